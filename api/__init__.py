@@ -1,0 +1,1 @@
+"""The HTTP API: validates notifications, writes them to Redis and answers at once."""

@@ -1,0 +1,81 @@
+"""Every mapping from an error to an HTTP answer, in one place.
+
+Errors are JSON `{"detail": ...}` like FastAPI's own 422s. The tree of the service's own exceptions:
+
+    ApiError                      -> its `status_code`
+    ├── NotFoundError             -> 404
+    ├── UnsupportedMediaTypeError -> 415
+    └── PayloadTooLargeError      -> 413
+
+Redis or Postgres being unreachable answers 503 with `Retry-After`, never a 500.
+"""
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = "2"
+
+
+class ApiError(Exception):
+    """An error the client should see as it is."""
+
+    status_code = 400
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotFoundError(ApiError):
+    """The requested resource does not exist."""
+
+    status_code = 404
+
+
+class UnsupportedMediaTypeError(ApiError):
+    """The request body is not JSON."""
+
+    status_code = 415
+
+
+class PayloadTooLargeError(ApiError):
+    """The request body is larger than MAX_BODY_BYTES."""
+
+    status_code = 413
+
+
+def error_response(detail: object, status_code: int, headers: dict[str, str] | None = None) -> Response:
+    """Return the JSON error body every error of the service uses."""
+    return Response(
+        orjson.dumps({"detail": detail}),
+        status_code=status_code,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.detail, exc.status_code)
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    logger.warning("dependency unavailable on %s %s: %r", request.method, request.url.path, exc)
+    return error_response(
+        "a backing store is unavailable, retry later", 503, headers={"Retry-After": RETRY_AFTER_SECONDS}
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers above on the app."""
+    app.add_exception_handler(ApiError, _api_error)
+    for exc_type in (RedisConnectionError, RedisTimeoutError, OperationalError, InterfaceError, OSError):
+        app.add_exception_handler(exc_type, _unavailable)

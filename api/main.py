@@ -1,0 +1,68 @@
+"""The FastAPI application: `uvicorn api.main:app`.
+
+`create_app` builds the app without touching the environment; the lifespan reads the settings and opens (and
+finally closes) the Redis client, the group-commit writer and the database engine.
+"""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from api.access_log import AccessLogMiddleware
+from api.errors import install_error_handlers
+from api.routes import notifications, status
+from api.writer import RedisWriter
+from shared.db import create_engine
+from shared.logs import configure_logging
+from shared.settings import Settings, get_settings
+
+DESCRIPTION = """Write-behind notification ingestion: every accepted notification is in Redis when the 201 is sent,
+and arq workers drain it into Postgres in large batches. GET finds a notification in either place."""
+
+
+def redis_client(settings: Settings) -> Redis:
+    """Create the API's Redis client with bounded timeouts, so an outage turns into a 503, not a hang."""
+    redis: Redis = Redis.from_url(
+        settings.require_redis_url(),
+        socket_timeout=settings.redis_timeout_seconds,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        health_check_interval=30,
+    )
+    return redis
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application; `settings` defaults to the environment's, read when the app starts."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = active = settings or get_settings()
+        configure_logging(active.log_level)
+        logging.getLogger("api.access").setLevel(logging.INFO if active.access_log else logging.WARNING)
+        app.state.redis = redis = redis_client(active)
+        app.state.writer = writer = RedisWriter(redis)
+        app.state.engine = engine = create_engine(active.require_database_url(), active.db_pool_size)
+        try:
+            yield
+        finally:
+            await writer.close()
+            await redis.aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Notification ingestion",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.add_middleware(AccessLogMiddleware)
+    install_error_handlers(app)
+    app.include_router(notifications.router)
+    app.include_router(status.router)
+    return app
+
+
+app = create_app()

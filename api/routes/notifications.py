@@ -1,0 +1,120 @@
+"""The notification routes: the write path (validate → id → Redis → 201) and the read-through GET.
+
+POST parses the raw body once, gives each notification a time-ordered UUIDv7, serializes it once, and hands the
+bytes to the group-commit writer: one stream entry per request plus one cache key per notification. The 201 goes
+out after Redis acknowledged. GET looks in the Redis cache first (notifications not yet drained, or drained a
+moment ago) and then in Postgres.
+"""
+
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import uuid_utils
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from api.body import read_json_body
+from api.deps import EngineDep, RedisDep, SettingsDep, WriterDep
+from api.errors import NotFoundError
+from shared import keys, queries
+from shared.codec import encode_notification, join_array
+from shared.schemas import (
+    BRIEF_EXAMPLE,
+    BRIEF_MULTIPLE_EXAMPLE,
+    NotificationIn,
+    NotificationListIn,
+    NotificationOut,
+    notification_list,
+)
+
+router = APIRouter(prefix="/notifications/v1", tags=["notifications"])
+
+JSON = "application/json"
+_ERROR = {"content": {JSON: {"example": {"detail": "..."}}}}
+_WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"description": "Body larger than MAX_BODY_BYTES", **_ERROR},
+    415: {"description": "Body is not JSON", **_ERROR},
+    503: {"description": "Redis unavailable; retry after `Retry-After` seconds", **_ERROR},
+}
+
+
+def _body_doc(schema: dict[str, Any], example: Any) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {JSON: {"schema": schema, "example": example}}}}
+
+
+def _body_error(exc: ValidationError) -> RequestValidationError:
+    """Report pydantic's errors the way FastAPI reports body errors (`loc` starts with "body")."""
+    errors = exc.errors(include_url=False)
+    for error in errors:
+        error["loc"] = ("body", *error["loc"])
+    return RequestValidationError(errors)
+
+
+def _accept(items: list[NotificationIn]) -> tuple[list[str], list[bytes]]:
+    """Give each notification its id and timestamps and serialize it once."""
+    now = datetime.now(UTC)
+    ids = [str(uuid_utils.uuid7()) for _ in items]
+    docs = [
+        encode_notification(i, item.to, item.personalization or {}, now) for i, item in zip(ids, items, strict=True)
+    ]
+    return ids, docs
+
+
+@router.post(
+    "/",
+    status_code=201,
+    response_model=NotificationOut,
+    responses=_WRITE_ERRORS,
+    openapi_extra=_body_doc(NotificationIn.model_json_schema(), BRIEF_EXAMPLE),
+    summary="Accept one notification",
+)
+async def create_notification(request: Request, writer: WriterDep, settings: SettingsDep) -> Response:
+    """Validate one notification, queue it in Redis and return it with its id (201)."""
+    body = await read_json_body(request, settings.max_body_bytes)
+    try:
+        item = NotificationIn.model_validate_json(body)
+    except ValidationError as exc:
+        raise _body_error(exc) from None
+    ids, docs = _accept([item])
+    await writer.write(join_array(docs), {keys.cache_key(ids[0]): docs[0]})
+    return Response(docs[0], status_code=201, media_type=JSON, headers={"Location": f"{router.prefix}/{ids[0]}"})
+
+
+@router.post(
+    "/multiple",
+    status_code=201,
+    response_model=list[NotificationOut],
+    responses=_WRITE_ERRORS,
+    openapi_extra=_body_doc(NotificationListIn.json_schema(), BRIEF_MULTIPLE_EXAMPLE),
+    summary="Accept a list of notifications, all or nothing",
+)
+async def create_notifications(request: Request, writer: WriterDep, settings: SettingsDep) -> Response:
+    """Validate 1..MAX_BATCH_ITEMS notifications, queue them in Redis as one entry, return them in order (201)."""
+    body = await read_json_body(request, settings.max_body_bytes)
+    try:
+        items = notification_list(settings.max_batch_items).validate_json(body)
+    except ValidationError as exc:
+        raise _body_error(exc) from None
+    ids, docs = _accept(items)
+    entry = join_array(docs)
+    await writer.write(entry, {keys.cache_key(i): doc for i, doc in zip(ids, docs, strict=True)})
+    return Response(entry, status_code=201, media_type=JSON)
+
+
+@router.get(
+    "/{notification_id}",
+    response_model=NotificationOut,
+    responses={404: {"description": "No such notification", **_ERROR}},
+    summary="Get one notification, queued or stored",
+)
+async def get_notification(notification_id: UUID, redis: RedisDep, engine: EngineDep) -> Response:
+    """Return a notification from the Redis cache or, once drained and expired there, from Postgres."""
+    cached: bytes | None = await redis.get(keys.cache_key(str(notification_id)))
+    if cached is None:
+        async with engine.connect() as conn:
+            cached = await queries.fetch_notification(conn, notification_id)
+    if cached is None:
+        raise NotFoundError(f"notification {notification_id} not found")
+    return Response(cached, media_type=JSON)

@@ -1,0 +1,68 @@
+"""Group commit of the write path: concurrent requests' Redis writes go out as one MULTI/EXEC round trip.
+
+Each accepted request hands its stream entry and its cache keys to `RedisWriter.write` and waits. One flusher task
+takes everything queued so far, sends it as one transaction (XADD + MSET per request) and wakes the requests when
+Redis acknowledged it; requests that arrive meanwhile form the next batch. A request gets its 201 only after
+Redis acknowledged its write (with AOF `appendfsync always`, after the fsync that covers it).
+"""
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from shared import keys
+
+
+@dataclass(slots=True)
+class _PendingWrite:
+    entry: bytes
+    cache: Mapping[str, bytes]
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class RedisWriter:
+    """Merges the Redis writes of concurrent requests into one pipeline per round trip."""
+
+    def __init__(self, redis: Redis, max_requests_per_flush: int = 256) -> None:
+        self._redis = redis
+        self._max = max_requests_per_flush
+        self._queue: list[_PendingWrite] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def write(self, entry: bytes, cache: Mapping[str, bytes]) -> None:
+        """Add one stream entry and set its cache keys; return once Redis acknowledged both.
+
+        Raises:
+            redis.exceptions.RedisError: Redis refused the write or could not be reached.
+        """
+        pending = _PendingWrite(entry, cache)
+        self._queue.append(pending)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_all())
+        # shield: a client that disconnects must not cancel a write that other requests share
+        await asyncio.shield(pending.done)
+
+    async def _flush_all(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[: self._max], self._queue[self._max :]
+            try:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    for item in batch:
+                        pipe.xadd(keys.STREAM, {keys.STREAM_FIELD: item.entry})
+                        pipe.mset(item.cache)
+                    await pipe.execute()
+            except Exception as exc:  # every waiter learns the outcome, whatever it was
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_exception(exc)
+            else:
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_result(None)
+
+    async def close(self) -> None:
+        """Wait for the writes already queued to finish."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)

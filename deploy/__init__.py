@@ -1,0 +1,1 @@
+"""Deployment shapes: the local launcher (`make run`), the Dockerfile, compose overrides."""

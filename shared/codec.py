@@ -1,0 +1,60 @@
+"""The one JSON shape of a notification, shared by the POST response, the Redis cache, the stream and GET.
+
+The API serializes each accepted notification once (`encode_notification`); those bytes are the cache value, part
+of the stream entry and part of the response. The drain decodes stream entries with `decode_entry`.
+"""
+
+from datetime import datetime
+from typing import Any, TypedDict
+from uuid import UUID
+
+import orjson
+
+
+class NotificationDoc(TypedDict):
+    """A decoded notification as it travels through Redis."""
+
+    id: str
+    to: str
+    personalization: dict[str, str]
+    created_at: str
+    updated_at: str
+    sent_at: str | None
+
+
+def encode_notification(
+    notification_id: str | UUID,
+    to: str,
+    personalization: dict[str, str],
+    created_at: datetime,
+    updated_at: datetime | None = None,
+    sent_at: datetime | None = None,
+) -> bytes:
+    """Serialize one notification to its JSON document."""
+    return orjson.dumps(
+        {
+            "id": str(notification_id),
+            "to": to,
+            "personalization": personalization,
+            "created_at": created_at,
+            "updated_at": updated_at or created_at,
+            "sent_at": sent_at,
+        }
+    )
+
+
+def join_array(documents: list[bytes]) -> bytes:
+    """Join already serialized JSON documents into one JSON array without re-serializing them."""
+    return b"[" + b",".join(documents) + b"]"
+
+
+def decode_entry(payload: bytes) -> list[NotificationDoc]:
+    """Decode one stream entry (a JSON array of notifications).
+
+    Raises:
+        ValueError: the payload is not a JSON array of objects.
+    """
+    decoded: Any = orjson.loads(payload)
+    if not isinstance(decoded, list) or not all(isinstance(item, dict) for item in decoded):
+        raise ValueError("stream entry is not a JSON array of notification objects")
+    return decoded

@@ -1,0 +1,26 @@
+"""Engine factory: turns the plain DATABASE_URL into an async SQLAlchemy engine on asyncpg.
+
+The API uses it for GETs of drained notifications, the worker for bulk inserts (through the raw asyncpg
+connection), Alembic for migrations. Engines are built in lifespans/startup hooks, never at import time.
+"""
+
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+
+def sqlalchemy_url(database_url: str, driver: str = "asyncpg") -> str:
+    """Return DATABASE_URL with the SQLAlchemy driver name added (`postgresql+asyncpg://...`)."""
+    scheme, sep, rest = database_url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        raise ValueError("DATABASE_URL must look like postgresql://user:pass@host:port/db")
+    return f"postgresql+{driver}://{rest}"
+
+
+def create_engine(database_url: str, pool_size: int = 5) -> AsyncEngine:
+    """Create the async engine; connections are opened lazily and checked before use."""
+    return create_async_engine(
+        sqlalchemy_url(database_url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )

@@ -1,0 +1,23 @@
+"""Every Redis key and stream name the service uses, in one place.
+
+Write path: the API adds one stream entry per accepted request (the JSON array of its notifications) and one cache
+key per notification. Drain: a consumer group reads the stream, stores rows in Postgres, acks and deletes the entry,
+and gives each cache key a short TTL, after which GET reads Postgres.
+"""
+
+#: Stream of accepted, not yet stored requests; field `STREAM_FIELD` holds a JSON array of notifications.
+STREAM = "notify:stream"
+STREAM_FIELD = b"n"
+#: Consumer group of the drain workers.
+GROUP = "notify:drain"
+#: Cache of one notification's JSON, read by GET until (and shortly after) the row is in Postgres.
+CACHE_PREFIX = "notify:n:"
+
+
+def cache_key(notification_id: str) -> str:
+    """Return the cache key of one notification."""
+    return CACHE_PREFIX + notification_id
+
+
+#: Entries the drain could not decode or store, each with `entry` (original id), `payload` and `error`.
+DEAD_LETTER_STREAM = "notify:dead"

@@ -1,0 +1,76 @@
+"""All configuration, read from the environment (and an optional `.env`) by one pydantic-settings class.
+
+Nothing reads the environment at import time: call `get_settings()` (cached) from a lifespan or startup hook.
+Every field is documented in the README's configuration table.
+"""
+
+from functools import lru_cache
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service settings; each field maps to the upper-case environment variable of the same name."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Connections. Unset means "start the embedded servers" for `make run` / `make test`.
+    database_url: str | None = None
+    redis_url: str | None = None
+
+    # Request limits (clients get a 4xx JSON error past them).
+    max_batch_items: int = Field(1000, ge=1, le=100_000)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_to_length: int = Field(320, ge=1)
+    max_personalization_keys: int = Field(50, ge=0)
+    max_personalization_key_length: int = Field(128, ge=1)
+    max_personalization_value_length: int = Field(4096, ge=1)
+
+    # Redis behaviour.
+    redis_timeout_seconds: float = Field(5.0, gt=0)
+    cache_ttl_seconds: int = Field(60, ge=1)
+
+    # Drain (worker) behaviour.
+    drain_batch_entries: int = Field(500, ge=1)
+    drain_block_ms: int = Field(1000, ge=1)
+    reclaim_idle_ms: int = Field(30_000, ge=100)
+    reclaim_interval_seconds: int = Field(10, ge=1)
+    db_retry_max_seconds: float = Field(30.0, gt=0)
+    db_pool_size: int = Field(5, ge=1)
+
+    # Operations.
+    access_log: bool = True
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _plain_postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("DATABASE_URL must look like postgresql://user:pass@host:port/db")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("REDIS_URL must look like redis://host:port/db")
+        return value
+
+    def require_database_url(self) -> str:
+        """Return DATABASE_URL or raise a clear error when it is not configured."""
+        if not self.database_url:
+            raise RuntimeError("DATABASE_URL is not set (use `make run`, which starts an embedded Postgres)")
+        return self.database_url
+
+    def require_redis_url(self) -> str:
+        """Return REDIS_URL or raise a clear error when it is not configured."""
+        if not self.redis_url:
+            raise RuntimeError("REDIS_URL is not set (use `make run`, which starts an embedded Redis)")
+        return self.redis_url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Return the process-wide settings, read from the environment on first call."""
+    return Settings()

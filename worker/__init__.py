@@ -1,0 +1,1 @@
+"""The arq worker that hosts the drain from Redis into Postgres."""

@@ -1,0 +1,195 @@
+"""The drain: stream → Postgres. Read a batch through the consumer group → insert idempotently → ack.
+
+Each worker process is one consumer of the group, so concurrent workers never get the same new entry. A batch is
+stored in one transaction (`ON CONFLICT DO NOTHING` on the notification id), and only then acknowledged and
+deleted from the stream, with its cache keys given CACHE_TTL_SECONDS to live. A worker that dies between the two
+leaves its entries pending; another worker reclaims them after RECLAIM_IDLE_MS (XAUTOCLAIM) and stores them again,
+which inserts nothing twice. Postgres being down is retried with capped backoff, holding the batch; an entry that
+cannot be decoded or stored (bad data, not an outage) is isolated by splitting the batch and moved to the
+dead-letter stream, so it never blocks the rest.
+"""
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared import keys, queries
+from shared.codec import decode_entry
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: Errors that say the data itself cannot be stored; anything else from Postgres is retried.
+POISON_ERRORS = (DataError, IntegrityError)
+
+
+@dataclass(slots=True)
+class Entry:
+    """One stream entry: its id, its payload (a JSON array of notifications) and the ids in it."""
+
+    entry_id: bytes
+    payload: bytes
+    notification_ids: list[str]
+
+
+def consumer_name() -> str:
+    """Return a consumer name unique to this process (host, pid, random suffix)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
+
+
+class Drain:
+    """Moves notifications from the Redis stream into Postgres; one instance per worker process."""
+
+    def __init__(self, redis: Redis, engine: AsyncEngine, settings: Settings, consumer: str) -> None:
+        self.redis = redis
+        self.engine = engine
+        self.settings = settings
+        self.consumer = consumer
+        self.stopping = asyncio.Event()
+        self.stored = 0
+
+    async def ensure_group(self) -> None:
+        """Create the stream and consumer group if missing; from id 0 so no queued entry is skipped."""
+        try:
+            await self.redis.xgroup_create(keys.STREAM, keys.GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read_new(self) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
+        """Block up to DRAIN_BLOCK_MS for up to DRAIN_BATCH_ENTRIES entries never delivered before."""
+        response = await self.redis.xreadgroup(
+            keys.GROUP,
+            self.consumer,
+            {keys.STREAM: ">"},
+            count=self.settings.drain_batch_entries,
+            block=self.settings.drain_block_ms,
+        )
+        return list(response[0][1]) if response else []
+
+    async def reclaim_stale(self) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
+        """Claim entries pending longer than RECLAIM_IDLE_MS at other (dead or stuck) consumers."""
+        claimed: list[tuple[bytes, dict[bytes, bytes] | None]] = []
+        cursor: bytes | str = "0-0"
+        while len(claimed) < self.settings.drain_batch_entries:
+            reply = await self.redis.xautoclaim(
+                keys.STREAM,
+                keys.GROUP,
+                self.consumer,
+                self.settings.reclaim_idle_ms,
+                start_id=cursor,
+                count=self.settings.drain_batch_entries,
+            )
+            cursor, entries = reply[0], reply[1]
+            claimed.extend(entries)
+            # Redis >= 7 lists entries deleted from the stream but still pending separately: ack them.
+            if len(reply) > 2 and reply[2]:
+                await self.redis.xack(keys.STREAM, keys.GROUP, *reply[2])
+            if cursor in (b"0-0", "0-0"):
+                break
+        return claimed
+
+    async def drain_batch(self, raw: list[tuple[bytes, dict[bytes, bytes] | None]]) -> int:
+        """Store a batch of stream entries, then ack them; return how many notifications were new rows."""
+        entries: list[Entry] = []
+        finished: list[bytes] = []  # entry ids to ack without storing (deleted or dead-lettered)
+        for entry_id, fields in raw:
+            payload = (fields or {}).get(keys.STREAM_FIELD)
+            if payload is None:
+                finished.append(entry_id)  # deleted meanwhile (Redis < 7 returns it with no fields)
+                continue
+            try:
+                ids = [str(doc["id"]) for doc in decode_entry(payload)]
+            except (ValueError, KeyError, TypeError) as exc:
+                await self._dead_letter(entry_id, payload, f"undecodable entry: {exc!r}")
+                finished.append(entry_id)
+                continue
+            entries.append(Entry(entry_id, payload, ids))
+        stored = await self._store(entries) if entries else 0
+        await self._ack(entries, finished)
+        self.stored += stored
+        return stored
+
+    async def _store(self, entries: list[Entry]) -> int:
+        """Insert entries in one transaction; split the batch to isolate entries that cannot be stored."""
+        try:
+            return await self._insert_with_retry([entry.payload.decode() for entry in entries])
+        except POISON_ERRORS as exc:
+            if len(entries) == 1:
+                await self._dead_letter(entries[0].entry_id, entries[0].payload, repr(exc.orig or exc))
+                entries[0].notification_ids.clear()  # nothing stored: leave no cache key to expire early
+                return 0
+            middle = len(entries) // 2
+            return await self._store(entries[:middle]) + await self._store(entries[middle:])
+
+    async def _insert_with_retry(self, payloads: list[str]) -> int:
+        delay = 0.1
+        while True:
+            try:
+                async with self.engine.begin() as conn:
+                    return await queries.insert_notifications(conn, payloads)
+            except POISON_ERRORS:
+                raise
+            except Exception as exc:  # an outage: keep the batch and try again, never drop it
+                if self.stopping.is_set():
+                    raise
+                logger.warning("storing %d entries failed (%r); retrying in %.1fs", len(payloads), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.db_retry_max_seconds)
+
+    async def _ack(self, stored: list[Entry], finished: list[bytes]) -> None:
+        """Give stored notifications' cache keys their TTL, then ack and delete the entries, atomically."""
+        entry_ids = [entry.entry_id for entry in stored] + finished
+        if not entry_ids:
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for entry in stored:
+                for notification_id in entry.notification_ids:
+                    pipe.expire(keys.cache_key(notification_id), self.settings.cache_ttl_seconds)
+            pipe.xack(keys.STREAM, keys.GROUP, *entry_ids)
+            pipe.xdel(keys.STREAM, *entry_ids)
+            await pipe.execute()
+
+    async def _dead_letter(self, entry_id: bytes, payload: bytes, error: str) -> None:
+        logger.error("dead-lettering entry %s: %s", entry_id.decode(), error)
+        await self.redis.xadd(
+            keys.DEAD_LETTER_STREAM,
+            {"entry": entry_id, "payload": payload, "error": error, "consumer": self.consumer},
+        )
+
+    async def run(self) -> None:
+        """Drain until `stopping` is set: reclaim stale entries now and then, otherwise read new ones."""
+        loop = asyncio.get_running_loop()
+        next_reclaim = 0.0
+        delay = 0.1
+        logger.info("drain %s started", self.consumer)
+        while not self.stopping.is_set():
+            try:
+                if loop.time() >= next_reclaim:
+                    await self.ensure_group()
+                    next_reclaim = loop.time() + self.settings.reclaim_interval_seconds
+                    while stale := await self.reclaim_stale():
+                        logger.info("reclaimed %d stale entries", len(stale))
+                        await self.drain_batch(stale)
+                if batch := await self.read_new():
+                    await self.drain_batch(batch)
+                delay = 0.1
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self.ensure_group()  # Redis lost the group (flushed or restarted): recreate it
+            except (RedisError, OSError) as exc:
+                if self.stopping.is_set():
+                    break
+                logger.warning("redis unavailable (%r); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.db_retry_max_seconds)
+        logger.info("drain %s stopped after storing %d notifications", self.consumer, self.stored)

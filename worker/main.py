@@ -1,0 +1,96 @@
+"""arq entry point: `arq worker.main.WorkerSettings` hosts one drain loop per worker process.
+
+The drain is not one arq job per notification (arq tops out at a few thousand jobs/s): `on_startup` starts the
+long-running drain task, `on_shutdown` asks it to finish its batch and waits. arq's own scheduler runs the
+housekeeping cron job that forgets consumers of worker processes that are long gone.
+"""
+
+import asyncio
+import logging
+from typing import Any
+
+from arq import cron
+from arq.connections import RedisSettings
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.db import create_engine
+from shared.logs import configure_logging
+from shared.settings import get_settings
+from worker.drain import Drain, consumer_name
+
+logger = logging.getLogger(__name__)
+
+#: How long a consumer with nothing pending may stay silent before housekeeping removes it from the group.
+IDLE_CONSUMER_MS = 3_600_000
+#: How long shutdown waits for the drain to finish its batch before cancelling it (it is then reclaimed).
+SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    """Open the drain's own Redis client and the database engine, and start the drain loop."""
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    logging.getLogger("arq").propagate = False  # arq's CLI gives it a handler of its own
+    redis = Redis.from_url(
+        settings.require_redis_url(),
+        socket_timeout=settings.redis_timeout_seconds + settings.drain_block_ms / 1000,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+    )
+    engine = create_engine(settings.require_database_url(), settings.db_pool_size)
+    drain = Drain(redis, engine, settings, consumer_name())
+    ctx["drain"] = drain
+    ctx["drain_task"] = asyncio.create_task(drain.run(), name="drain")
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    """Let the drain finish its current batch, then close its connections."""
+    drain: Drain = ctx["drain"]
+    task: asyncio.Task[None] = ctx["drain_task"]
+    drain.stopping.set()
+    try:
+        await asyncio.wait_for(task, SHUTDOWN_GRACE_SECONDS)
+    except TimeoutError:
+        logger.warning(
+            "drain did not finish in %.0fs; its batch stays pending for another worker",
+            SHUTDOWN_GRACE_SECONDS,
+        )
+    except Exception:
+        logger.exception("drain failed")
+    await drain.redis.aclose()
+    await drain.engine.dispose()
+
+
+async def forget_idle_consumers(ctx: dict[str, Any]) -> int:
+    """Remove consumers with nothing pending that have been silent for an hour (exited worker processes)."""
+    drain: Drain = ctx["drain"]
+    removed = 0
+    for consumer in await drain.redis.xinfo_consumers(keys.STREAM, keys.GROUP):
+        if consumer["pending"] == 0 and consumer["idle"] > IDLE_CONSUMER_MS:
+            await drain.redis.xgroup_delconsumer(keys.STREAM, keys.GROUP, consumer["name"])
+            removed += 1
+    return removed
+
+
+def _worker_settings() -> type:
+    settings = get_settings()
+
+    class WorkerSettings:
+        """arq settings: the drain runs beside arq's scheduler, which only runs housekeeping."""
+
+        redis_settings = RedisSettings.from_dsn(settings.require_redis_url())
+        functions: list[Any] = []
+        cron_jobs = [cron(forget_idle_consumers, minute=set(range(0, 60, 10)), run_at_startup=False)]
+        on_startup = startup
+        on_shutdown = shutdown
+        handle_signals = True
+        health_check_interval = 10
+
+    return WorkerSettings
+
+
+def __getattr__(name: str) -> Any:
+    # `arq worker.main.WorkerSettings` looks the class up lazily, so importing this module reads no environment.
+    if name == "WorkerSettings":
+        return _worker_settings()
+    raise AttributeError(name)
