@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import keys, queries
@@ -27,8 +27,18 @@ from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-#: Errors that say the data itself cannot be stored; anything else from Postgres is retried.
-POISON_ERRORS = (DataError, IntegrityError)
+#: SQLSTATE classes that say the data itself cannot be stored (22 data exception, 23 integrity constraint
+#: violation); any other failure is taken as an outage and retried.
+POISON_SQLSTATE_CLASSES = ("22", "23")
+
+
+class PoisonError(Exception):
+    """Postgres refused the data of a batch (not an outage): retrying the same batch cannot succeed."""
+
+
+def _is_poison(exc: Exception) -> bool:
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None) if isinstance(exc, DBAPIError) else None
+    return isinstance(sqlstate, str) and sqlstate[:2] in POISON_SQLSTATE_CLASSES
 
 
 @dataclass(slots=True)
@@ -122,9 +132,9 @@ class Drain:
         """Insert entries in one transaction; split the batch to isolate entries that cannot be stored."""
         try:
             return await self._insert_with_retry([entry.payload.decode() for entry in entries])
-        except POISON_ERRORS as exc:
+        except PoisonError as exc:
             if len(entries) == 1:
-                await self._dead_letter(entries[0].entry_id, entries[0].payload, repr(exc.orig or exc))
+                await self._dead_letter(entries[0].entry_id, entries[0].payload, str(exc))
                 entries[0].notification_ids.clear()  # nothing stored: leave no cache key to expire early
                 return 0
             middle = len(entries) // 2
@@ -136,9 +146,10 @@ class Drain:
             try:
                 async with self.engine.begin() as conn:
                     return await queries.insert_notifications(conn, payloads)
-            except POISON_ERRORS:
-                raise
-            except Exception as exc:  # an outage: keep the batch and try again, never drop it
+            except Exception as exc:
+                if _is_poison(exc):
+                    raise PoisonError(str(getattr(exc, "orig", exc))) from exc
+                # an outage: keep the batch and try again, never drop it
                 if self.stopping.is_set():
                     raise
                 logger.warning("storing %d entries failed (%r); retrying in %.1fs", len(payloads), exc, delay)

@@ -1,0 +1,193 @@
+"""The brief's endpoints through HTTP: what a producer sees, and what Redis holds when the 201 is sent."""
+
+import logging
+from datetime import datetime
+from uuid import UUID
+
+import httpx
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
+
+BASE = "/notifications/v1"
+
+
+async def test_post_returns_the_created_notification(client: httpx.AsyncClient) -> None:
+    response = await client.post(f"{BASE}/", json=BRIEF_EXAMPLE)
+
+    assert response.status_code == 201
+    body = response.json()
+    assert body["to"] == "example@gmail.com"
+    assert body["personalization"] == {"band": "Incubus"}
+    assert body["sent_at"] is None
+    assert UUID(body["id"]).version == 7
+    created = datetime.fromisoformat(body["created_at"])
+    assert created.tzinfo is not None
+    assert body["updated_at"] == body["created_at"]
+    assert response.headers["location"] == f"{BASE}/{body['id']}"
+    assert response.headers["content-type"] == "application/json"
+
+
+async def test_post_is_readable_at_once(client: httpx.AsyncClient) -> None:
+    created = (await client.post(f"{BASE}/", json=BRIEF_EXAMPLE)).json()
+
+    fetched = await client.get(f"{BASE}/{created['id']}")
+
+    assert fetched.status_code == 200
+    assert fetched.json() == created
+
+
+async def test_post_queues_one_stream_entry_and_a_cache_key(client: httpx.AsyncClient, redis: Redis) -> None:
+    created = (await client.post(f"{BASE}/", json={"to": "somebody"})).json()
+
+    entries = await redis.xrange(keys.STREAM)
+    assert len(entries) == 1
+    assert orjson.loads(entries[0][1][keys.STREAM_FIELD]) == [created]
+    assert orjson.loads(await redis.get(keys.cache_key(created["id"]))) == created
+    assert await redis.ttl(keys.cache_key(created["id"])) == -1  # no expiry before it is stored
+
+
+async def test_personalization_is_optional(client: httpx.AsyncClient) -> None:
+    for body in ({"to": "me"}, {"to": "me", "personalization": None}, {"to": "me", "personalization": {}}):
+        response = await client.post(f"{BASE}/", json=body)
+        assert response.status_code == 201
+        assert response.json()["personalization"] == {}
+
+
+async def test_multiple_returns_objects_in_request_order(client: httpx.AsyncClient, redis: Redis) -> None:
+    response = await client.post(f"{BASE}/multiple", json=BRIEF_MULTIPLE_EXAMPLE)
+
+    assert response.status_code == 201
+    body = response.json()
+    assert [item["to"] for item in body] == ["example@gmail.com", "another-example@gmail.com"]
+    assert [item["personalization"]["band"] for item in body] == ["Korn", "Soundgarden"]
+    assert len({item["id"] for item in body}) == 2
+    assert await redis.xlen(keys.STREAM) == 1  # one entry for the whole request
+    for item in body:
+        assert (await client.get(f"{BASE}/{item['id']}")).json() == item
+
+
+@pytest.mark.parametrize("payload", [[], [{"to": "x"}] * 1001], ids=["empty", "over-limit"])
+async def test_multiple_refuses_empty_or_too_long_lists(client: httpx.AsyncClient, redis: Redis, payload: list) -> None:
+    response = await client.post(f"{BASE}/multiple", json=payload)
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body"]
+    assert await redis.xlen(keys.STREAM) == 0
+
+
+async def test_multiple_is_all_or_nothing(client: httpx.AsyncClient, redis: Redis) -> None:
+    response = await client.post(f"{BASE}/multiple", json=[{"to": "fine"}, {"to": ""}, {"to": "also fine"}])
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", 1, "to"]
+    assert await redis.xlen(keys.STREAM) == 0
+    assert await redis.dbsize() == 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "where"),
+    [
+        ({}, ["body", "to"]),
+        ({"to": ""}, ["body", "to"]),
+        ({"to": "   "}, ["body"]),
+        ({"to": 5}, ["body", "to"]),
+        ({"to": None}, ["body", "to"]),
+        ({"to": "x" * 321}, ["body"]),
+        ({"to": "a\u0000b"}, ["body", "to"]),
+        ({"to": "me", "personalization": {"band": 1}}, ["body", "personalization", "band"]),
+        ({"to": "me", "personalization": ["band"]}, ["body", "personalization"]),
+        ({"to": "me", "personalization": {"k": {"nested": "no"}}}, ["body", "personalization", "k"]),
+        ({"to": "me", "cc": "someone"}, ["body", "cc"]),
+        ([{"to": "me"}], ["body"]),
+        ("just a string", ["body"]),
+    ],
+)
+async def test_invalid_notifications_get_422(
+    client: httpx.AsyncClient, redis: Redis, payload: object, where: list[object]
+) -> None:
+    response = await client.post(f"{BASE}/", json=payload)
+
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["detail"][0]["loc"] == where
+    assert await redis.dbsize() == 0
+
+
+@pytest.mark.parametrize("raw", [b"{", b"", b"not json", b'{"to": "\\ud800"}', b"\xff\xfe"])
+async def test_malformed_json_gets_422(client: httpx.AsyncClient, raw: bytes) -> None:
+    response = await client.post(f"{BASE}/", content=raw, headers={"content-type": "application/json"})
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "json_invalid"
+
+
+async def test_non_json_content_type_gets_415(client: httpx.AsyncClient) -> None:
+    response = await client.post(f"{BASE}/", content=b"to=me", headers={"content-type": "text/plain"})
+
+    assert response.status_code == 415
+    assert "application/json" in response.json()["detail"]
+
+
+async def test_missing_content_type_is_taken_as_json(client: httpx.AsyncClient) -> None:
+    response = await client.post(f"{BASE}/", content=b'{"to": "me"}')
+
+    assert response.status_code == 201
+
+
+async def test_oversized_body_gets_413(client: httpx.AsyncClient, redis: Redis) -> None:
+    huge = orjson.dumps([{"to": "x" * 300, "personalization": {"k": "v" * 4000}}] * 1100)
+    assert len(huge) > 4 * 1024 * 1024
+
+    response = await client.post(f"{BASE}/multiple", content=huge, headers={"content-type": "application/json"})
+
+    assert response.status_code == 413
+    assert await redis.dbsize() == 0
+
+
+async def test_get_unknown_id_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.get(f"{BASE}/0190b8a4-6c1e-7000-8000-000000000000")
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "notification 0190b8a4-6c1e-7000-8000-000000000000 not found"}
+
+
+async def test_get_malformed_id_is_422(client: httpx.AsyncClient) -> None:
+    response = await client.get(f"{BASE}/not-a-uuid")
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["path", "notification_id"]
+
+
+async def test_heartbeat(client: httpx.AsyncClient) -> None:
+    response = await client.get("/status/heartbeat")
+
+    assert response.status_code == 204
+    assert response.content == b""
+
+
+async def test_requests_are_logged_in_the_briefs_format(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="api.access"):
+        await client.get("/status/heartbeat")
+
+    lines = [record.getMessage() for record in caplog.records if record.name == "api.access"]
+    assert len(lines) == 1
+    method, url, status, duration = lines[0].split(" ")
+    assert (method, url, status) == ("GET", "http://localhost:8000/status/heartbeat", "204")
+    assert duration.endswith("s")
+    assert float(duration[:-1]) >= 0
+
+
+async def test_openapi_documents_the_briefs_payloads(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+
+    single = spec["paths"]["/notifications/v1/"]["post"]["requestBody"]["content"]["application/json"]
+    multiple = spec["paths"]["/notifications/v1/multiple"]["post"]["requestBody"]["content"]["application/json"]
+    assert single["example"] == BRIEF_EXAMPLE
+    assert multiple["example"] == BRIEF_MULTIPLE_EXAMPLE
+    assert (await client.get("/docs")).status_code == 200

@@ -1,0 +1,155 @@
+"""Fixtures: real PostgreSQL and Redis servers (embedded ones unless TEST_DATABASE_URL / TEST_REDIS_URL are set).
+
+Every test starts from an empty database and an empty Redis (truncate + flush), and talks to the app through
+its ASGI interface with the lifespan running, so the same connections a server would open are used.
+"""
+
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+from alembic import command
+from alembic.config import Config
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from api.main import create_app
+from shared.db import create_engine
+from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from shared.settings import Settings
+from worker.drain import Drain
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Servers:
+    """URLs of the servers the suite runs against."""
+
+    database_url: str
+    redis_url: str
+
+
+def migrate(database_url: str, revision: str = "head") -> None:
+    """Apply the Alembic migrations up to `revision` on `database_url`."""
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = database_url
+    config.attributes["configure_logger"] = False
+    command.upgrade(config, revision)
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """Start (or reuse) the servers for the whole session and migrate the database."""
+    started: list[EmbeddedPostgres | EmbeddedRedis] = []
+    database_url = os.environ.get("TEST_DATABASE_URL")
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    try:
+        if not database_url:
+            pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", free_port()).start()
+            started.append(pg)
+            database_url = pg.url
+        if not redis_url:
+            redis = EmbeddedRedis(tmp_path_factory.mktemp("redis"), free_port()).start()
+            started.append(redis)
+            redis_url = redis.url
+        migrate(database_url)
+        yield Servers(database_url, redis_url)
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(servers: Servers) -> Settings:
+    """Settings pointing at the test servers; the drain blocks briefly so tests do not wait on it."""
+    return Settings(
+        database_url=servers.database_url,
+        redis_url=servers.redis_url,
+        drain_block_ms=20,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+
+
+@pytest.fixture(scope="session")
+def worker_env(servers: Servers) -> dict[str, str]:
+    """Environment for worker/API subprocesses started by tests."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(
+        DATABASE_URL=servers.database_url,
+        REDIS_URL=servers.redis_url,
+        RECLAIM_IDLE_MS="500",
+        RECLAIM_INTERVAL_SECONDS="1",
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def venv_bin() -> Path:
+    """The folder of this interpreter's console scripts (arq, uvicorn)."""
+    return Path(sys.executable).parent
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def redis(servers: Servers) -> AsyncIterator[Redis]:
+    """A Redis client on an emptied database."""
+    client = Redis.from_url(servers.redis_url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def engine(servers: Servers) -> AsyncIterator[AsyncEngine]:
+    """A database engine on emptied tables."""
+    engine = create_engine(servers.database_url)
+    async with engine.begin() as conn:
+        await conn.execute(text("TRUNCATE notifications CASCADE"))
+    yield engine
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def app(settings: Settings, redis: Redis, engine: AsyncEngine) -> AsyncIterator[FastAPI]:
+    """The application with its lifespan running, on clean servers."""
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to the app in-process."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost:8000") as http:
+        yield http
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def drain(redis: Redis, engine: AsyncEngine, settings: Settings) -> Drain:
+    """An in-process drain (the same class the worker runs) with its consumer group created."""
+    instance = Drain(redis, engine, settings, "test-consumer")
+    await instance.ensure_group()
+    return instance
+
+
+async def drain_all(drain: Drain) -> int:
+    """Drain until the stream has nothing new; return how many notifications were stored."""
+    stored = 0
+    while batch := await drain.read_new():
+        stored += await drain.drain_batch(batch)
+    return stored
+
+
+async def count_rows(engine: AsyncEngine, table: str = "notifications") -> int:
+    """Return the number of rows in `table`."""
+    async with engine.connect() as conn:
+        return int((await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())

@@ -1,0 +1,104 @@
+"""The drain in-process: POST → drain → rows in Postgres → GET from Postgres; idempotence; poison entries."""
+
+import httpx
+import orjson
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared import keys
+from shared.schemas import BRIEF_MULTIPLE_EXAMPLE
+from tests.conftest import count_rows, drain_all
+from worker.drain import Drain
+
+BASE = "/notifications/v1"
+
+
+async def test_post_drain_get_from_postgres(
+    client: httpx.AsyncClient, redis: Redis, engine: AsyncEngine, drain: Drain
+) -> None:
+    single = await client.post(f"{BASE}/", json={"to": "example@gmail.com", "personalization": {"band": "Incubus"}})
+    multiple = await client.post(f"{BASE}/multiple", json=BRIEF_MULTIPLE_EXAMPLE)
+    accepted = [single.json(), *multiple.json()]
+
+    assert await drain_all(drain) == 3
+
+    async with engine.connect() as conn:
+        rows = (await conn.execute(text('SELECT id::text, "to" FROM notifications ORDER BY id'))).all()
+        pairs = (await conn.execute(text("SELECT key, value FROM notification_personalization ORDER BY value"))).all()
+    assert sorted(rows) == sorted((item["id"], item["to"]) for item in accepted)
+    assert [tuple(pair) for pair in pairs] == [("band", "Incubus"), ("band", "Korn"), ("band", "Soundgarden")]
+    assert await redis.xlen(keys.STREAM) == 0
+    assert (await redis.xpending(keys.STREAM, keys.GROUP))["pending"] == 0
+
+    await redis.flushdb()  # the cache is gone: GET must be served by Postgres
+    for item in accepted:
+        response = await client.get(f"{BASE}/{item['id']}")
+        assert response.status_code == 200
+        assert response.json() == item
+
+
+async def test_stored_notifications_cache_keys_expire(client: httpx.AsyncClient, redis: Redis, drain: Drain) -> None:
+    created = (await client.post(f"{BASE}/", json={"to": "me"})).json()
+
+    await drain_all(drain)
+
+    ttl = await redis.ttl(keys.cache_key(created["id"]))
+    assert 0 < ttl <= drain.settings.cache_ttl_seconds
+
+
+async def test_redelivered_batch_makes_no_duplicates(
+    client: httpx.AsyncClient, redis: Redis, engine: AsyncEngine, drain: Drain
+) -> None:
+    await client.post(f"{BASE}/multiple", json=[{"to": f"r{i}", "personalization": {"i": str(i)}} for i in range(50)])
+    batch = await drain.read_new()
+    await drain._store(await _entries(drain, batch))  # stored, then the worker "dies" before acking
+
+    rescuer = Drain(redis, engine, drain.settings.model_copy(update={"reclaim_idle_ms": 0}), "rescuer")
+    reclaimed = await rescuer.reclaim_stale()
+    assert [entry_id for entry_id, _ in reclaimed] == [entry_id for entry_id, _ in batch]
+    assert await rescuer.drain_batch(reclaimed) == 0  # nothing new: all 50 were stored already
+    assert await drain.drain_batch(batch) == 0  # and once more, for good measure
+
+    assert await count_rows(engine) == 50
+    assert await count_rows(engine, "notification_personalization") == 50
+    assert await redis.xlen(keys.STREAM) == 0
+
+
+async def test_poison_entry_is_dead_lettered_and_the_rest_stored(
+    client: httpx.AsyncClient, redis: Redis, engine: AsyncEngine, drain: Drain
+) -> None:
+    good = (await client.post(f"{BASE}/multiple", json=[{"to": "a"}, {"to": "b"}])).json()
+    await redis.xadd(keys.STREAM, {keys.STREAM_FIELD: b"{not json"})
+    bad_date = orjson.dumps([{**good[0], "id": "0190b8a4-6c1e-7000-8000-000000000001", "created_at": "not a date"}])
+    await redis.xadd(keys.STREAM, {keys.STREAM_FIELD: bad_date})
+    later = (await client.post(f"{BASE}/", json={"to": "c"})).json()
+
+    assert await drain_all(drain) == 3
+
+    assert await count_rows(engine) == 3
+    async with engine.connect() as conn:
+        stored = set((await conn.execute(text("SELECT id::text FROM notifications"))).scalars())
+    assert stored == {good[0]["id"], good[1]["id"], later["id"]}
+    dead = await redis.xrange(keys.DEAD_LETTER_STREAM)
+    assert [fields[b"payload"] for _, fields in dead] == [b"{not json", bad_date]
+    assert all(fields[b"error"] for _, fields in dead)
+    assert await redis.xlen(keys.STREAM) == 0
+
+
+async def test_group_lost_with_redis_is_recreated(client: httpx.AsyncClient, redis: Redis, drain: Drain) -> None:
+    await redis.flushdb()  # as after a Redis restart without persistence: no stream, no group
+    await client.post(f"{BASE}/", json={"to": "after the flush"})
+
+    await drain.ensure_group()
+
+    assert await drain_all(drain) == 1
+
+
+async def _entries(drain: Drain, batch: list) -> list:
+    from worker.drain import Entry
+
+    return [
+        Entry(entry_id, fields[keys.STREAM_FIELD], [doc["id"] for doc in orjson.loads(fields[keys.STREAM_FIELD])])
+        for entry_id, fields in batch
+    ]

@@ -1,0 +1,178 @@
+"""Real `arq worker.main.WorkerSettings` processes: several drain one backlog; SIGKILL and SIGTERM mid-batch."""
+
+import asyncio
+import re
+import signal
+import subprocess
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared import keys
+from tests.conftest import ROOT, count_rows
+
+BASE = "/notifications/v1"
+STORED = re.compile(r"drain (\S+) stopped after storing (\d+) notifications")
+
+
+class Workers:
+    """Starts worker processes with their output in files, and stops whatever is left at the end."""
+
+    def __init__(self, venv_bin: Path, env: dict[str, str], logs: Path) -> None:
+        self.venv_bin, self.env, self.logs = venv_bin, env, logs
+        self.started: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    def start(self, **settings: str) -> subprocess.Popen[bytes]:
+        log = self.logs / f"worker-{len(self.started)}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [str(self.venv_bin / "arq"), "worker.main.WorkerSettings"],
+                env={**self.env, **settings},
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.started.append((process, log))
+        return process
+
+    def log(self, process: subprocess.Popen[bytes]) -> str:
+        return next(log for p, log in self.started if p is process).read_text()
+
+    def stop_all(self) -> None:
+        for process, _ in self.started:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture
+def workers(venv_bin: Path, worker_env: dict[str, str], tmp_path: Path) -> Iterator[Workers]:
+    """Worker processes against the test servers, killed after the test if still running."""
+    pool = Workers(venv_bin, worker_env, tmp_path)
+    yield pool
+    pool.stop_all()
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], limit: float = 60.0) -> None:
+    """Poll `condition` until it holds, failing the test after `limit` seconds."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while not await condition():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"condition not met within {limit}s")
+        await asyncio.sleep(0.1)
+
+
+async def pending(redis: Redis) -> int:
+    """Entries delivered to a consumer and not yet acknowledged (0 before the group exists)."""
+    try:
+        return int((await redis.xpending(keys.STREAM, keys.GROUP))["pending"])
+    except ResponseError:
+        return 0
+
+
+async def stop(process: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM) -> int:
+    """Send `sig` and wait for the process to exit; return its exit code."""
+    process.send_signal(sig)
+    for _ in range(300):
+        if process.poll() is not None:
+            return process.returncode
+        await asyncio.sleep(0.1)
+    pytest.fail("worker did not exit within 30s")
+
+
+async def test_two_workers_store_each_notification_exactly_once(
+    client: httpx.AsyncClient, redis: Redis, engine: AsyncEngine, workers: Workers
+) -> None:
+    first = workers.start(DRAIN_BATCH_ENTRIES="20")
+    second = workers.start(DRAIN_BATCH_ENTRIES="20")
+
+    async def both_draining() -> bool:
+        return all(" started" in workers.log(p) for p in (first, second))
+
+    await wait_for(both_draining)
+    accepted: list[str] = []
+    for batch in range(400):
+        response = await client.post(f"{BASE}/multiple", json=[{"to": f"{batch}-{i}"} for i in range(25)])
+        accepted.extend(item["id"] for item in response.json())
+
+    async def all_stored() -> bool:
+        return await count_rows(engine) >= len(accepted)
+
+    await wait_for(all_stored)
+    assert await stop(first) == 0
+    assert await stop(second) == 0
+
+    async with engine.connect() as conn:
+        stored = list((await conn.execute(text("SELECT id::text FROM notifications"))).scalars())
+    assert sorted(stored) == sorted(accepted)
+    per_worker = [int(STORED.search(workers.log(p)).group(2)) for p in (first, second)]  # type: ignore[union-attr]
+    assert sum(per_worker) == 10_000  # new rows counted by each worker: no notification was inserted twice
+    assert min(per_worker) > 0, f"one worker drained everything: {per_worker}"
+    assert await redis.xlen(keys.STREAM) == 0
+
+
+async def test_worker_killed_mid_batch_loses_nothing(
+    client: httpx.AsyncClient, redis: Redis, engine: AsyncEngine, workers: Workers
+) -> None:
+    accepted: list[str] = []
+    for batch in range(100):
+        response = await client.post(f"{BASE}/multiple", json=[{"to": f"{batch}-{i}"} for i in range(10)])
+        accepted.extend(item["id"] for item in response.json())
+
+    async with engine.connect() as blocker:
+        await blocker.execute(text("LOCK TABLE notifications IN ACCESS EXCLUSIVE MODE"))
+        doomed = workers.start()
+
+        async def all_read() -> bool:
+            return await pending(redis) == 100
+
+        await wait_for(all_read)  # the worker holds the whole backlog, its INSERT waiting on the lock
+        assert await stop(doomed, signal.SIGKILL) == -signal.SIGKILL
+        await blocker.rollback()
+
+    assert await count_rows(engine) == 0
+    rescuer = workers.start()
+
+    async def all_stored() -> bool:
+        return await count_rows(engine) >= len(accepted)
+
+    await wait_for(all_stored)
+    assert await stop(rescuer) == 0
+    assert "reclaimed 100 stale entries" in workers.log(rescuer)
+    async with engine.connect() as conn:
+        stored = list((await conn.execute(text("SELECT id::text FROM notifications"))).scalars())
+    assert sorted(stored) == sorted(accepted)
+    assert await redis.xlen(keys.STREAM) == 0
+    assert await pending(redis) == 0
+
+
+async def test_sigterm_lets_the_worker_finish_its_batch(
+    client: httpx.AsyncClient, redis: Redis, engine: AsyncEngine, workers: Workers
+) -> None:
+    response = await client.post(f"{BASE}/multiple", json=[{"to": f"t{i}"} for i in range(100)])
+    accepted = sorted(item["id"] for item in response.json())
+
+    async with engine.connect() as blocker:
+        await blocker.execute(text("LOCK TABLE notifications IN ACCESS EXCLUSIVE MODE"))
+        worker = workers.start()
+
+        async def read() -> bool:
+            return await pending(redis) == 1
+
+        await wait_for(read)
+        worker.send_signal(signal.SIGTERM)
+        await asyncio.sleep(1.0)
+        assert worker.poll() is None  # still waiting to store its batch
+        await blocker.rollback()
+
+    assert await stop(worker) == 0
+    async with engine.connect() as conn:
+        stored = sorted((await conn.execute(text("SELECT id::text FROM notifications"))).scalars())
+    assert stored == accepted
+    assert await pending(redis) == 0
