@@ -26,8 +26,8 @@ test: install  ## the whole suite, against real servers (embedded unless TEST_DA
 check: install  ## style and types
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy api worker shared deploy
-	$(BIN)/pydocstyle api worker shared deploy
+	$(BIN)/mypy api worker shared deploy loadtest
+	$(BIN)/pydocstyle api worker shared deploy loadtest
 
 format: install
 	$(BIN)/ruff check --fix .

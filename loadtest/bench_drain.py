@@ -67,7 +67,8 @@ async def run(settings: Settings, total: int, per_entry: int) -> dict[str, float
         await drain.drain_batch(batch)
     drain_seconds = time.perf_counter() - started
 
-    rows, pairs = [], []
+    rows: list[tuple[object, ...]] = []
+    pairs: list[tuple[object, ...]] = []
     for payload in payloads:
         for doc in orjson.loads(payload):
             created = datetime.fromisoformat(doc["created_at"])
@@ -127,7 +128,7 @@ def main() -> None:
                 redis_url=redis_url,
                 drain_batch_entries=args.batch_entries,
                 drain_block_ms=10,
-                _env_file=None,  # type: ignore[call-arg]
+                _env_file=None,
             )
             figures = asyncio.run(run(settings, args.notifications, args.per_entry))
         finally:
