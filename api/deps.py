@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api.template_cache import TemplateCache
 from api.writer import RedisWriter
 from shared.settings import Settings
 
@@ -31,6 +32,12 @@ def get_writer(request: Request) -> RedisWriter:
     return writer
 
 
+def get_templates(request: Request) -> TemplateCache:
+    """Return the app's template-version cache."""
+    templates: TemplateCache = request.app.state.templates
+    return templates
+
+
 def get_app_settings(request: Request) -> Settings:
     """Return the settings the app was started with."""
     settings: Settings = request.app.state.settings
@@ -41,3 +48,4 @@ RedisDep = Annotated[Redis, Depends(get_redis)]
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 WriterDep = Annotated[RedisWriter, Depends(get_writer)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+TemplatesDep = Annotated[TemplateCache, Depends(get_templates)]

@@ -3,9 +3,12 @@
 Errors are JSON `{"detail": ...}` like FastAPI's own 422s. The tree of the service's own exceptions:
 
     ApiError                      -> its `status_code`
+    ├── UnauthorizedError         -> 401 (with `WWW-Authenticate: Bearer`)
+    ├── AdminDisabledError        -> 403
     ├── NotFoundError             -> 404
-    ├── UnsupportedMediaTypeError -> 415
-    └── PayloadTooLargeError      -> 413
+    ├── ConflictError             -> 409
+    ├── PayloadTooLargeError      -> 413
+    └── UnsupportedMediaTypeError -> 415
 
 Redis or Postgres being unreachable answers 503 with `Retry-After`, never a 500.
 """
@@ -28,10 +31,30 @@ class ApiError(Exception):
     """An error the client should see as it is."""
 
     status_code = 400
+    headers: dict[str, str] | None = None
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+class UnauthorizedError(ApiError):
+    """No credentials, or credentials that are not valid."""
+
+    status_code = 401
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class AdminDisabledError(ApiError):
+    """The admin API is switched off (no ADMIN_TOKEN)."""
+
+    status_code = 403
+
+
+class ConflictError(ApiError):
+    """The resource exists already (a name is taken)."""
+
+    status_code = 409
 
 
 class NotFoundError(ApiError):
@@ -64,7 +87,7 @@ def error_response(detail: object, status_code: int, headers: dict[str, str] | N
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc.detail, exc.status_code)
+    return error_response(exc.detail, exc.status_code, exc.headers)
 
 
 async def _unavailable(request: Request, exc: Exception) -> Response:

@@ -12,8 +12,10 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from api.access_log import AccessLogMiddleware
+from api.auth import KeyCache
 from api.errors import install_error_handlers
-from api.routes import notifications, status
+from api.routes import notifications, services, status, templates
+from api.template_cache import TemplateCache
 from api.writer import RedisWriter
 from shared.db import create_engine
 from shared.logs import configure_logging
@@ -45,6 +47,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis = redis = redis_client(active)
         app.state.writer = writer = RedisWriter(redis)
         app.state.engine = engine = create_engine(active.require_database_url(), active.db_pool_size)
+        app.state.key_cache = KeyCache(active.auth_cache_seconds)
+        app.state.templates = TemplateCache(engine, active.template_cache_seconds)
         try:
             yield
         finally:
@@ -61,6 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AccessLogMiddleware)
     install_error_handlers(app)
     app.include_router(notifications.router)
+    app.include_router(templates.router)
+    app.include_router(services.router)
     app.include_router(status.router)
     return app
 

@@ -6,6 +6,7 @@ the migrations, then runs the API (uvicorn) and WORKERS drain workers (arq) as c
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -21,6 +22,17 @@ DATA = ROOT / ".data"
 
 def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
+
+
+def _saved_secret(path: Path) -> str:
+    """Return the secret kept in `path`, making one on first use."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(24)
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    return secret
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -60,13 +72,26 @@ def main() -> int:
             print(f"embedded Redis: {redis.url} (AOF always, data in {redis.datadir})", flush=True)
 
         subprocess.run([_bin("alembic"), "upgrade", "head"], env=env, cwd=ROOT, check=True)
+        if not settings.admin_token:
+            env["ADMIN_TOKEN"] = _saved_secret(DATA / "admin-token")
+        dev_key = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "dev-key", "--file", str(DATA / "dev-api-key")],
+            env=env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         uvicorn = [_bin("uvicorn"), "api.main:app", "--host", args.host, "--port", str(args.port)]
         uvicorn += ["--no-access-log", "--workers", str(args.api_workers)]
         children.append(_spawn(uvicorn, env))
         for _ in range(args.workers):
             children.append(_spawn([_bin("arq"), "worker.main.WorkerSettings"], env))
+        admin = "as set in ADMIN_TOKEN" if settings.admin_token else f"{env['ADMIN_TOKEN']}  (in .data/admin-token)"
         print(
-            f"API on http://{args.host}:{args.port} (docs at /docs), {args.workers} worker(s); Ctrl-C stops",
+            f"API on http://{args.host}:{args.port} (docs at /docs), {args.workers} worker(s); Ctrl-C stops\n"
+            f"API key of the `development` service: {dev_key}  (in .data/dev-api-key)\n"
+            f"admin token: {admin}",
             flush=True,
         )
 

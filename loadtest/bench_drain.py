@@ -32,6 +32,7 @@ from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from shared.settings import Settings
 from worker.drain import Drain
 
+SERVICE_ID = "00000000-0000-7000-8000-000000000001"  # the default service of migration 0002
 RESULTS = Path(__file__).resolve().parent / "results" / "drain.csv"
 
 
@@ -41,7 +42,9 @@ async def fill(redis: Redis, total: int, per_entry: int) -> None:
     async with redis.pipeline(transaction=False) as pipe:
         for start in range(0, total, per_entry):
             docs = [
-                encode_notification(str(uuid_utils.uuid7()), f"user{n}@example.com", {"band": "Incubus"}, now)
+                encode_notification(
+                    str(uuid_utils.uuid7()), SERVICE_ID, f"user{n}@example.com", {"band": "Incubus"}, now
+                )
                 for n in range(start, min(start + per_entry, total))
             ]
             pipe.xadd(keys.STREAM, {keys.STREAM_FIELD: join_array(docs)})
@@ -56,6 +59,9 @@ async def run(settings: Settings, total: int, per_entry: int) -> dict[str, float
     engine = create_engine(settings.require_database_url())
     async with engine.begin() as conn:
         await conn.execute(text("TRUNCATE notifications CASCADE"))
+        await conn.execute(
+            text("INSERT INTO services VALUES (:id, 'default', now()) ON CONFLICT DO NOTHING"), {"id": SERVICE_ID}
+        )
     await redis.flushdb()
     await fill(redis, total, per_entry)
     payloads = [fields[keys.STREAM_FIELD] for _, fields in await redis.xrange(keys.STREAM)]
@@ -72,7 +78,7 @@ async def run(settings: Settings, total: int, per_entry: int) -> dict[str, float
     for payload in payloads:
         for doc in orjson.loads(payload):
             created = datetime.fromisoformat(doc["created_at"])
-            rows.append((UUID(doc["id"]), doc["to"], created, created, None))
+            rows.append((UUID(doc["id"]), UUID(doc["service_id"]), doc["to"], created, created, None))
             pairs.extend((UUID(doc["id"]), key, value) for key, value in doc["personalization"].items())
     async with engine.begin() as conn:
         await conn.execute(text("TRUNCATE notifications CASCADE"))
@@ -81,7 +87,11 @@ async def run(settings: Settings, total: int, per_entry: int) -> dict[str, float
         assert raw is not None
         started = time.perf_counter()
         async with raw.transaction():
-            await raw.copy_records_to_table("notifications", records=rows)
+            await raw.copy_records_to_table(
+                "notifications",
+                records=rows,
+                columns=["id", "service_id", "to", "created_at", "updated_at", "sent_at"],
+            )
             await raw.copy_records_to_table("notification_personalization", records=pairs)
         copy_seconds = time.perf_counter() - started
     await redis.aclose()

@@ -1,7 +1,8 @@
 """The one JSON shape of a notification, shared by the POST response, the Redis cache, the stream and GET.
 
 The API serializes each accepted notification once (`encode_notification`); those bytes are the cache value, part
-of the stream entry and part of the response. The drain decodes stream entries with `decode_entry`.
+of the stream entry and part of the response. The drain decodes stream entries with `decode_entry`; GET rebuilds
+the same bytes from Postgres with `encode_notification`.
 """
 
 from datetime import datetime
@@ -11,12 +12,23 @@ from uuid import UUID
 import orjson
 
 
+class TemplateRef(TypedDict):
+    """Which template version a notification was rendered from."""
+
+    id: str
+    version: int
+
+
 class NotificationDoc(TypedDict):
     """A decoded notification as it travels through Redis."""
 
     id: str
+    service_id: str
     to: str
     personalization: dict[str, str]
+    template: TemplateRef | None
+    subject: str | None
+    body: str | None
     created_at: str
     updated_at: str
     sent_at: str | None
@@ -24,9 +36,14 @@ class NotificationDoc(TypedDict):
 
 def encode_notification(
     notification_id: str | UUID,
+    service_id: str | UUID,
     to: str,
     personalization: dict[str, str],
     created_at: datetime,
+    *,
+    template: TemplateRef | None = None,
+    subject: str | None = None,
+    body: str | None = None,
     updated_at: datetime | None = None,
     sent_at: datetime | None = None,
 ) -> bytes:
@@ -34,8 +51,12 @@ def encode_notification(
     return orjson.dumps(
         {
             "id": str(notification_id),
+            "service_id": str(service_id),
             "to": to,
             "personalization": personalization,
+            "template": template,
+            "subject": subject,
+            "body": body,
             "created_at": created_at,
             "updated_at": updated_at or created_at,
             "sent_at": sent_at,

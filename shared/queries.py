@@ -1,25 +1,31 @@
-"""All SQL of the service: the drain's idempotent batch insert and GET's lookup of a drained notification.
+"""All SQL of the service: the drain's idempotent batch insert, GET's lookup of a drained notification, and the
+tenancy tables (services, API keys, versioned templates).
 
 The drain hands Postgres the stream entries' JSON as they are (a text array of JSON arrays) and lets
 `json_to_recordset` unpack them, so no per-row Python objects are built on the way into the database.
-Both inserts are `ON CONFLICT DO NOTHING`: a redelivered entry never makes a second row.
+Every insert of the drain is `ON CONFLICT DO NOTHING`: a redelivered entry never makes a second row.
 """
 
+from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import orjson
-from sqlalchemy import text
+from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.codec import encode_notification
+from shared.codec import TemplateRef, encode_notification
+from shared.templating import render
+
+# --- notifications (drain and GET) -------------------------------------------------------------------------------
 
 INSERT_NOTIFICATIONS = text(
     """
-    INSERT INTO notifications (id, "to", created_at, updated_at, sent_at)
-    SELECT x.id, x."to", x.created_at, x.updated_at, x.sent_at
+    INSERT INTO notifications (id, service_id, "to", created_at, updated_at, sent_at)
+    SELECT x.id, x.service_id, x."to", x.created_at, x.updated_at, x.sent_at
     FROM unnest(CAST(:payloads AS text[])) AS e(payload),
-         json_to_recordset(e.payload::json)
-           AS x(id uuid, "to" text, created_at timestamptz, updated_at timestamptz, sent_at timestamptz)
+         json_to_recordset(e.payload::json) AS x(
+           id uuid, service_id uuid, "to" text, created_at timestamptz, updated_at timestamptz, sent_at timestamptz)
     ON CONFLICT (id) DO NOTHING
     """
 )
@@ -35,34 +41,222 @@ INSERT_PERSONALIZATION = text(
     """
 )
 
+INSERT_NOTIFICATION_TEMPLATES = text(
+    """
+    INSERT INTO notification_templates (notification_id, template_id, template_version)
+    SELECT x.id, (x.template->>'id')::uuid, (x.template->>'version')::int
+    FROM unnest(CAST(:payloads AS text[])) AS e(payload),
+         json_to_recordset(e.payload::json) AS x(id uuid, template json)
+    WHERE json_typeof(x.template) = 'object'
+    ON CONFLICT (notification_id) DO NOTHING
+    """
+)
+
 SELECT_NOTIFICATION = text(
     """
-    SELECT n.id, n."to", n.created_at, n.updated_at, n.sent_at,
+    SELECT n.id, n.service_id, n."to", n.created_at, n.updated_at, n.sent_at,
            (SELECT json_object_agg(p.key, p.value)
               FROM notification_personalization AS p
-             WHERE p.notification_id = n.id)::text AS personalization
+             WHERE p.notification_id = n.id)::text AS personalization,
+           nt.template_id, nt.template_version, tv.subject, tv.body
     FROM notifications AS n
-    WHERE n.id = :id
+    LEFT JOIN notification_templates AS nt ON nt.notification_id = n.id
+    LEFT JOIN template_versions AS tv ON tv.template_id = nt.template_id AND tv.version = nt.template_version
+    WHERE n.id = :id AND n.service_id = :service_id
     """
 )
 
 
-async def insert_notifications(conn: AsyncConnection, payloads: list[str]) -> int:
+async def insert_notifications(conn: AsyncConnection, payloads: list[str], with_templates: bool = True) -> int:
     """Insert the notifications of some stream entries (each a JSON array); return how many rows were new.
 
-    Runs inside the caller's transaction; already stored notifications are skipped.
+    Runs inside the caller's transaction; already stored notifications are skipped. `with_templates=False`
+    skips the template-reference insert when the caller knows no notification in the batch uses a template.
     """
     result = await conn.execute(INSERT_NOTIFICATIONS, {"payloads": payloads})
     await conn.execute(INSERT_PERSONALIZATION, {"payloads": payloads})
+    if with_templates:
+        await conn.execute(INSERT_NOTIFICATION_TEMPLATES, {"payloads": payloads})
     return int(result.rowcount)
 
 
-async def fetch_notification(conn: AsyncConnection, notification_id: UUID) -> bytes | None:
-    """Return the JSON document of a stored notification, or None when Postgres does not have it."""
-    row = (await conn.execute(SELECT_NOTIFICATION, {"id": notification_id})).one_or_none()
+async def fetch_notification(conn: AsyncConnection, notification_id: UUID, service_id: UUID) -> bytes | None:
+    """Return the JSON document of a stored notification of `service_id`, or None."""
+    row = (await conn.execute(SELECT_NOTIFICATION, {"id": notification_id, "service_id": service_id})).one_or_none()
     if row is None:
         return None
     personalization: dict[str, str] = orjson.loads(row.personalization) if row.personalization else {}
+    template: TemplateRef | None = None
+    if row.template_id is not None:
+        template = {"id": str(row.template_id), "version": row.template_version}
     return encode_notification(
-        row.id, row.to, personalization, row.created_at, updated_at=row.updated_at, sent_at=row.sent_at
+        row.id,
+        row.service_id,
+        row.to,
+        personalization,
+        row.created_at,
+        template=template,
+        subject=render(row.subject, personalization),
+        body=render(row.body, personalization),
+        updated_at=row.updated_at,
+        sent_at=row.sent_at,
     )
+
+
+# --- services and API keys ------------------------------------------------------------------------------------------
+
+SERVICE_COLUMNS = "id, name, created_at"
+API_KEY_COLUMNS = "id, service_id, name, prefix, created_at, revoked_at"
+
+
+async def insert_service(conn: AsyncConnection, service_id: UUID, name: str, now: datetime) -> Row[Any]:
+    """Insert a service; raises IntegrityError when the name is taken."""
+    return (
+        await conn.execute(
+            text(f"INSERT INTO services (id, name, created_at) VALUES (:id, :name, :now) RETURNING {SERVICE_COLUMNS}"),
+            {"id": service_id, "name": name, "now": now},
+        )
+    ).one()
+
+
+async def list_services(conn: AsyncConnection) -> list[Row[Any]]:
+    """Return all services, oldest first."""
+    return list(await conn.execute(text(f"SELECT {SERVICE_COLUMNS} FROM services ORDER BY created_at, name")))
+
+
+async def get_service(conn: AsyncConnection, service_id: UUID) -> Row[Any] | None:
+    """Return one service or None."""
+    query = text(f"SELECT {SERVICE_COLUMNS} FROM services WHERE id = :id")
+    return (await conn.execute(query, {"id": service_id})).one_or_none()
+
+
+async def get_service_by_name(conn: AsyncConnection, name: str) -> Row[Any] | None:
+    """Return the service called `name`, or None."""
+    query = text(f"SELECT {SERVICE_COLUMNS} FROM services WHERE name = :name")
+    return (await conn.execute(query, {"name": name})).one_or_none()
+
+
+async def insert_api_key(
+    conn: AsyncConnection, key_id: UUID, service_id: UUID, name: str, prefix: str, secret_hash: str, now: datetime
+) -> Row[Any]:
+    """Insert an API key (its hash only)."""
+    return (
+        await conn.execute(
+            text(
+                "INSERT INTO api_keys (id, service_id, name, prefix, secret_hash, created_at) "
+                f"VALUES (:id, :service_id, :name, :prefix, :secret_hash, :now) RETURNING {API_KEY_COLUMNS}"
+            ),
+            {
+                "id": key_id,
+                "service_id": service_id,
+                "name": name,
+                "prefix": prefix,
+                "secret_hash": secret_hash,
+                "now": now,
+            },
+        )
+    ).one()
+
+
+async def list_api_keys(conn: AsyncConnection, service_id: UUID) -> list[Row[Any]]:
+    """Return a service's keys (revoked ones too), oldest first."""
+    query = text(f"SELECT {API_KEY_COLUMNS} FROM api_keys WHERE service_id = :service_id ORDER BY created_at")
+    return list(await conn.execute(query, {"service_id": service_id}))
+
+
+async def revoke_api_key(conn: AsyncConnection, service_id: UUID, key_id: UUID, now: datetime) -> Row[Any] | None:
+    """Mark a key revoked (keeping the first revocation time); return it with its hash, or None if unknown."""
+    query = text(
+        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, :now) WHERE id = :id AND service_id = :service_id "
+        f"RETURNING {API_KEY_COLUMNS}, secret_hash"
+    )
+    return (await conn.execute(query, {"id": key_id, "service_id": service_id, "now": now})).one_or_none()
+
+
+async def find_api_key(conn: AsyncConnection, secret_hash: str) -> Row[Any] | None:
+    """Return the key with this hash (id, service_id, revoked_at), or None."""
+    query = text("SELECT id, service_id, revoked_at FROM api_keys WHERE secret_hash = :secret_hash")
+    return (await conn.execute(query, {"secret_hash": secret_hash})).one_or_none()
+
+
+# --- templates ------------------------------------------------------------------------------------------------------
+
+TEMPLATE_VERSION_SELECT = """
+    SELECT t.id, t.service_id, t.name, t.created_at AS template_created_at,
+           v.version, v.subject, v.body, v.created_at
+    FROM templates AS t JOIN template_versions AS v ON v.template_id = t.id
+"""
+
+
+async def insert_template(
+    conn: AsyncConnection, template_id: UUID, service_id: UUID, name: str, subject: str | None, body: str, now: datetime
+) -> Row[Any]:
+    """Create a template with its version 1; raises IntegrityError when the service has one of that name."""
+    await conn.execute(
+        text("INSERT INTO templates (id, service_id, name, created_at) VALUES (:id, :service_id, :name, :now)"),
+        {"id": template_id, "service_id": service_id, "name": name, "now": now},
+    )
+    await conn.execute(
+        text(
+            "INSERT INTO template_versions (template_id, version, subject, body, created_at) "
+            "VALUES (:id, 1, :subject, :body, :now)"
+        ),
+        {"id": template_id, "subject": subject, "body": body, "now": now},
+    )
+    row = await get_template_version(conn, service_id, template_id, 1)
+    assert row is not None
+    return row
+
+
+async def add_template_version(
+    conn: AsyncConnection, service_id: UUID, template_id: UUID, subject: str | None, body: str, now: datetime
+) -> Row[Any] | None:
+    """Add the next version of a template (serialized per template by a row lock); None if no such template."""
+    locked = await conn.execute(
+        text("SELECT id FROM templates WHERE id = :id AND service_id = :service_id FOR UPDATE"),
+        {"id": template_id, "service_id": service_id},
+    )
+    if locked.one_or_none() is None:
+        return None
+    version = (
+        await conn.execute(
+            text(
+                "INSERT INTO template_versions (template_id, version, subject, body, created_at) "
+                "SELECT :id, coalesce(max(version), 0) + 1, :subject, :body, :now "
+                "FROM template_versions WHERE template_id = :id RETURNING version"
+            ),
+            {"id": template_id, "subject": subject, "body": body, "now": now},
+        )
+    ).scalar_one()
+    return await get_template_version(conn, service_id, template_id, version)
+
+
+async def get_template_version(
+    conn: AsyncConnection, service_id: UUID, template_id: UUID, version: int | None = None
+) -> Row[Any] | None:
+    """Return a template of `service_id` at `version` (the latest when None), or None."""
+    if version is None:
+        query = text(
+            TEMPLATE_VERSION_SELECT + "WHERE t.id = :id AND t.service_id = :service_id ORDER BY v.version DESC LIMIT 1"
+        )
+        params: dict[str, Any] = {"id": template_id, "service_id": service_id}
+    else:
+        query = text(TEMPLATE_VERSION_SELECT + "WHERE t.id = :id AND t.service_id = :service_id AND v.version = :v")
+        params = {"id": template_id, "service_id": service_id, "v": version}
+    return (await conn.execute(query, params)).one_or_none()
+
+
+async def list_templates(conn: AsyncConnection, service_id: UUID) -> list[Row[Any]]:
+    """Return the latest version of each of a service's templates, by name."""
+    query = text(
+        "SELECT DISTINCT ON (t.name) * FROM ("
+        + TEMPLATE_VERSION_SELECT
+        + "WHERE t.service_id = :service_id) AS t ORDER BY t.name, t.version DESC"
+    )
+    return list(await conn.execute(query, {"service_id": service_id}))
+
+
+async def list_template_versions(conn: AsyncConnection, service_id: UUID, template_id: UUID) -> list[Row[Any]]:
+    """Return every version of one template, oldest first (empty if no such template)."""
+    query = text(TEMPLATE_VERSION_SELECT + "WHERE t.id = :id AND t.service_id = :service_id ORDER BY v.version")
+    return list(await conn.execute(query, {"id": template_id, "service_id": service_id}))

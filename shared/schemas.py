@@ -38,11 +38,15 @@ class NotificationIn(BaseModel):
     personalization: dict[StoredText, StoredText] | None = Field(
         default=None, description="Template values: string keys to string values."
     )
+    template_id: UUID | None = Field(default=None, description="Render this template of your service.")
+    template_version: int | None = Field(default=None, ge=1, description="Version of the template (else latest).")
 
     @model_validator(mode="after")
     def _within_limits(self) -> "NotificationIn":
         """Apply the configurable size limits (settings are read once and cached)."""
         settings = get_settings()
+        if self.template_version is not None and self.template_id is None:
+            raise ValueError("`template_version` needs a `template_id`")
         if not self.to.strip():
             raise ValueError("`to` must contain a non-blank recipient")
         if len(self.to) > settings.max_to_length:
@@ -72,12 +76,104 @@ def notification_list(max_items: int) -> TypeAdapter[list[NotificationIn]]:
     return TypeAdapter(Annotated[list[NotificationIn], Field(min_length=1, max_length=max_items)])
 
 
+class TemplateRefOut(BaseModel):
+    """The template version a notification was rendered from."""
+
+    id: UUID
+    version: int
+
+
 class NotificationOut(BaseModel):
     """A notification as the service returns it, from Redis or from Postgres alike."""
 
     id: UUID
+    service_id: UUID
     to: str
     personalization: dict[str, str]
+    template: TemplateRefOut | None = None
+    subject: str | None = Field(None, description="Rendered template subject, if the template has one.")
+    body: str | None = Field(None, description="Rendered template body, for notifications sent with a template.")
     created_at: datetime
     updated_at: datetime
     sent_at: datetime | None = None
+
+
+Name = Annotated[StoredText, Field(min_length=1, max_length=200)]
+TemplateText = Annotated[StoredText, Field(min_length=1, max_length=100_000)]
+
+
+class ServiceIn(BaseModel):
+    """A service (tenant) to create."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "band-newsletter"}]})
+
+    name: Name
+
+
+class ServiceOut(BaseModel):
+    """A service."""
+
+    id: UUID
+    name: str
+    created_at: datetime
+
+
+class ApiKeyIn(BaseModel):
+    """An API key to create."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "production"}]})
+
+    name: Name
+
+
+class ApiKeyOut(BaseModel):
+    """An API key as listed: never its secret, only its first characters."""
+
+    id: UUID
+    service_id: UUID
+    name: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    """A new API key, with its secret: shown this once, stored only as a hash."""
+
+    key: str
+
+
+class TemplateIn(BaseModel):
+    """A template to create (its version 1); placeholders are written `((name))`."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "gig", "subject": "((band)) live", "body": "Hi! ((band)) plays."}]},
+    )
+
+    name: Name
+    subject: TemplateText | None = None
+    body: TemplateText
+
+
+class TemplateUpdate(BaseModel):
+    """The text of a template's next version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject: TemplateText | None = None
+    body: TemplateText
+
+
+class TemplateOut(BaseModel):
+    """One version of a template."""
+
+    id: UUID
+    service_id: UUID
+    name: str
+    version: int
+    subject: str | None
+    body: str
+    placeholders: list[str]
+    created_at: datetime = Field(description="When this version was created.")
+    template_created_at: datetime = Field(description="When version 1 was created.")

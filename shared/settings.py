@@ -6,7 +6,7 @@ Every field is documented in the README's configuration table.
 
 from functools import lru_cache
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,6 +18,11 @@ class Settings(BaseSettings):
     # Connections. Unset means "start the embedded servers" for `make run` / `make test`.
     database_url: str | None = None
     redis_url: str | None = None
+
+    # Tenancy.
+    admin_token: SecretStr | None = None
+    auth_cache_seconds: float = Field(5.0, ge=0)
+    template_cache_seconds: float = Field(5.0, ge=0)
 
     # Request limits (clients get a 4xx JSON error past them).
     max_batch_items: int = Field(1000, ge=1, le=100_000)

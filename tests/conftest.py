@@ -9,6 +9,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import UUID
 
 import httpx
 import pytest
@@ -21,6 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.main import create_app
+from shared import tenancy
 from shared.db import create_engine
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from shared.settings import Settings
@@ -74,6 +76,7 @@ def settings(servers: Servers) -> Settings:
         database_url=servers.database_url,
         redis_url=servers.redis_url,
         drain_block_ms=20,
+        admin_token="test-admin-token",
         _env_file=None,  # type: ignore[call-arg]
     )
 
@@ -112,7 +115,7 @@ async def engine(servers: Servers) -> AsyncIterator[AsyncEngine]:
     """A database engine on emptied tables."""
     engine = create_engine(servers.database_url)
     async with engine.begin() as conn:
-        await conn.execute(text("TRUNCATE notifications CASCADE"))
+        await conn.execute(text("TRUNCATE notifications, services CASCADE"))
     yield engine
     await engine.dispose()
 
@@ -125,11 +128,46 @@ async def app(settings: Settings, redis: Redis, engine: AsyncEngine) -> AsyncIte
         yield application
 
 
+@dataclass
+class Tenant:
+    """A service and a valid API key of it."""
+
+    service_id: UUID
+    key: str
+    key_id: UUID
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The Authorization header of this tenant's key."""
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+async def make_tenant(engine: AsyncEngine, redis: Redis, name: str) -> Tenant:
+    """Create a service with one API key."""
+    service = await tenancy.create_service(engine, name)
+    created = await tenancy.create_api_key(engine, redis, service.id, "test")
+    return Tenant(service.id, created.secret, created.record.id)
+
+
 @pytest_asyncio.fixture(loop_scope="session")
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client talking to the app in-process."""
+async def tenant(engine: AsyncEngine, redis: Redis) -> Tenant:
+    """The service the default `client` acts for."""
+    return await make_tenant(engine, redis, "tenant-a")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def anonymous(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to the app in-process, without credentials."""
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://localhost:8000") as http:
+        yield http
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(app: FastAPI, tenant: Tenant) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to the app in-process with the API key of `tenant`."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost:8000", headers=tenant.headers) as http:
         yield http
 
 

@@ -43,11 +43,12 @@ def _is_poison(exc: Exception) -> bool:
 
 @dataclass(slots=True)
 class Entry:
-    """One stream entry: its id, its payload (a JSON array of notifications) and the ids in it."""
+    """One stream entry: its id, its payload (a JSON array of notifications), their cache keys."""
 
     entry_id: bytes
     payload: bytes
-    notification_ids: list[str]
+    cache_keys: list[str]
+    has_templates: bool
 
 
 def consumer_name() -> str:
@@ -117,12 +118,13 @@ class Drain:
                 finished.append(entry_id)  # deleted meanwhile (Redis < 7 returns it with no fields)
                 continue
             try:
-                ids = [str(doc["id"]) for doc in decode_entry(payload)]
+                docs = decode_entry(payload)
+                cache_keys = [keys.cache_key(str(doc["service_id"]), str(doc["id"])) for doc in docs]
             except (ValueError, KeyError, TypeError) as exc:
                 await self._dead_letter(entry_id, payload, f"undecodable entry: {exc!r}")
                 finished.append(entry_id)
                 continue
-            entries.append(Entry(entry_id, payload, ids))
+            entries.append(Entry(entry_id, payload, cache_keys, any(doc.get("template") for doc in docs)))
         stored = await self._store(entries) if entries else 0
         await self._ack(entries, finished)
         self.stored += stored
@@ -131,21 +133,22 @@ class Drain:
     async def _store(self, entries: list[Entry]) -> int:
         """Insert entries in one transaction; split the batch to isolate entries that cannot be stored."""
         try:
-            return await self._insert_with_retry([entry.payload.decode() for entry in entries])
+            payloads = [entry.payload.decode() for entry in entries]
+            return await self._insert_with_retry(payloads, any(entry.has_templates for entry in entries))
         except PoisonError as exc:
             if len(entries) == 1:
                 await self._dead_letter(entries[0].entry_id, entries[0].payload, str(exc))
-                entries[0].notification_ids.clear()  # nothing stored: leave no cache key to expire early
+                entries[0].cache_keys.clear()  # nothing stored: leave no cache key to expire early
                 return 0
             middle = len(entries) // 2
             return await self._store(entries[:middle]) + await self._store(entries[middle:])
 
-    async def _insert_with_retry(self, payloads: list[str]) -> int:
+    async def _insert_with_retry(self, payloads: list[str], with_templates: bool) -> int:
         delay = 0.1
         while True:
             try:
                 async with self.engine.begin() as conn:
-                    return await queries.insert_notifications(conn, payloads)
+                    return await queries.insert_notifications(conn, payloads, with_templates)
             except Exception as exc:
                 if _is_poison(exc):
                     raise PoisonError(str(getattr(exc, "orig", exc))) from exc
@@ -163,8 +166,8 @@ class Drain:
             return
         async with self.redis.pipeline(transaction=True) as pipe:
             for entry in stored:
-                for notification_id in entry.notification_ids:
-                    pipe.expire(keys.cache_key(notification_id), self.settings.cache_ttl_seconds)
+                for cache_key in entry.cache_keys:
+                    pipe.expire(cache_key, self.settings.cache_ttl_seconds)
             pipe.xack(keys.STREAM, keys.GROUP, *entry_ids)
             pipe.xdel(keys.STREAM, *entry_ids)
             await pipe.execute()

@@ -1,9 +1,10 @@
-"""The notification routes: the write path (validate → id → Redis → 201) and the read-through GET.
+"""The notification routes: the write path (auth → validate → id → Redis → 201) and the read-through GET.
 
-POST parses the raw body once, gives each notification a time-ordered UUIDv7, serializes it once, and hands the
-bytes to the group-commit writer: one stream entry per request plus one cache key per notification. The 201 goes
-out after Redis acknowledged. GET looks in the Redis cache first (notifications not yet drained, or drained a
-moment ago) and then in Postgres.
+POST parses the raw body once, checks any template against the personalization, gives each notification a
+time-ordered UUIDv7, serializes it once, and hands the bytes to the group-commit writer: one stream entry per
+request plus one cache key per notification. The 201 goes out after Redis acknowledged. GET looks in the Redis
+cache first (notifications not yet drained, or drained a moment ago) and then in Postgres. Every route works
+within the service of the caller's API key; another service's notification is a 404.
 """
 
 from datetime import UTC, datetime
@@ -15,9 +16,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from api.auth import ServiceId
 from api.body import read_json_body
-from api.deps import EngineDep, RedisDep, SettingsDep, WriterDep
+from api.deps import EngineDep, RedisDep, SettingsDep, TemplatesDep, WriterDep
 from api.errors import NotFoundError
+from api.template_cache import TemplateCache, TemplateVersion
 from shared import keys, queries
 from shared.codec import encode_notification, join_array
 from shared.schemas import (
@@ -28,12 +31,15 @@ from shared.schemas import (
     NotificationOut,
     notification_list,
 )
+from shared.templating import render
 
 router = APIRouter(prefix="/notifications/v1", tags=["notifications"])
 
 JSON = "application/json"
 _ERROR = {"content": {JSON: {"example": {"detail": "..."}}}}
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"description": "Missing, unknown or revoked API key", **_ERROR}}
 _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_AUTH_ERRORS,
     413: {"description": "Body larger than MAX_BODY_BYTES", **_ERROR},
     415: {"description": "Body is not JSON", **_ERROR},
     503: {"description": "Redis unavailable; retry after `Retry-After` seconds", **_ERROR},
@@ -63,13 +69,74 @@ def _body_error(exc: ValidationError) -> RequestValidationError:
     return RequestValidationError(errors)
 
 
-def _accept(items: list[NotificationIn]) -> tuple[list[str], list[bytes]]:
-    """Give each notification its id and timestamps and serialize it once."""
+async def _templates_for(
+    items: list[NotificationIn], service_id: UUID, templates: TemplateCache, *, listed: bool
+) -> list[TemplateVersion | None]:
+    """Resolve each item's template and check its personalization; raise one 422 naming every problem.
+
+    `listed` says the body was a list, so that error locations name the item (`["body", 3, ...]`).
+    """
+    resolved: list[TemplateVersion | None] = []
+    errors: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        where: tuple[Any, ...] = ("body", index) if listed else ("body",)
+        if item.template_id is None:
+            resolved.append(None)
+            continue
+        template = await templates.resolve(service_id, item.template_id, item.template_version)
+        resolved.append(template)
+        if template is None:
+            what = f"version {item.template_version} of " if item.template_version else ""
+            errors.append(
+                {
+                    "type": "unknown_template",
+                    "loc": (*where, "template_id"),
+                    "msg": f"your service has no {what}template {item.template_id}",
+                    "input": str(item.template_id),
+                }
+            )
+            continue
+        values = item.personalization or {}
+        missing = [name for name in template.placeholders if name not in values]
+        if missing:
+            errors.append(
+                {
+                    "type": "missing_personalization",
+                    "loc": (*where, "personalization"),
+                    "msg": "missing personalization for template placeholders: " + ", ".join(missing),
+                    "input": values,
+                    "ctx": {"missing": missing},
+                }
+            )
+    if errors:
+        raise RequestValidationError(errors)
+    return resolved
+
+
+def _accept(
+    items: list[NotificationIn], service_id: UUID, templates: list[TemplateVersion | None]
+) -> tuple[list[str], list[bytes]]:
+    """Give each notification its id and timestamps, render its template, and serialize it once."""
     now = datetime.now(UTC)
     ids = [str(uuid_utils.uuid7()) for _ in items]
-    docs = [
-        encode_notification(i, item.to, item.personalization or {}, now) for i, item in zip(ids, items, strict=True)
-    ]
+    docs = []
+    for notification_id, item, template in zip(ids, items, templates, strict=True):
+        values = item.personalization or {}
+        if template is None:
+            docs.append(encode_notification(notification_id, service_id, item.to, values, now))
+        else:
+            docs.append(
+                encode_notification(
+                    notification_id,
+                    service_id,
+                    item.to,
+                    values,
+                    now,
+                    template={"id": str(template.template_id), "version": template.version},
+                    subject=render(template.subject, values),
+                    body=render(template.body, values),
+                )
+            )
     return ids, docs
 
 
@@ -81,15 +148,18 @@ def _accept(items: list[NotificationIn]) -> tuple[list[str], list[bytes]]:
     openapi_extra=_body_doc(NotificationIn.model_json_schema(), BRIEF_EXAMPLE),
     summary="Accept one notification",
 )
-async def create_notification(request: Request, writer: WriterDep, settings: SettingsDep) -> Response:
+async def create_notification(
+    request: Request, service_id: ServiceId, writer: WriterDep, templates: TemplatesDep, settings: SettingsDep
+) -> Response:
     """Validate one notification, queue it in Redis and return it with its id (201)."""
     body = await read_json_body(request, settings.max_body_bytes)
     try:
         item = NotificationIn.model_validate_json(body)
     except ValidationError as exc:
         raise _body_error(exc) from None
-    ids, docs = _accept([item])
-    await writer.write(join_array(docs), {keys.cache_key(ids[0]): docs[0]})
+    resolved = await _templates_for([item], service_id, templates, listed=False)
+    ids, docs = _accept([item], service_id, resolved)
+    await writer.write(join_array(docs), {keys.cache_key(str(service_id), ids[0]): docs[0]})
     return Response(docs[0], status_code=201, media_type=JSON, headers={"Location": f"{router.prefix}/{ids[0]}"})
 
 
@@ -101,31 +171,37 @@ async def create_notification(request: Request, writer: WriterDep, settings: Set
     openapi_extra=_body_doc(NotificationListIn.json_schema(), BRIEF_MULTIPLE_EXAMPLE),
     summary="Accept a list of notifications, all or nothing",
 )
-async def create_notifications(request: Request, writer: WriterDep, settings: SettingsDep) -> Response:
+async def create_notifications(
+    request: Request, service_id: ServiceId, writer: WriterDep, templates: TemplatesDep, settings: SettingsDep
+) -> Response:
     """Validate 1..MAX_BATCH_ITEMS notifications, queue them in Redis as one entry, return them in order (201)."""
     body = await read_json_body(request, settings.max_body_bytes)
     try:
         items = notification_list(settings.max_batch_items).validate_json(body)
     except ValidationError as exc:
         raise _body_error(exc) from None
-    ids, docs = _accept(items)
+    resolved = await _templates_for(items, service_id, templates, listed=True)
+    ids, docs = _accept(items, service_id, resolved)
     entry = join_array(docs)
-    await writer.write(entry, {keys.cache_key(i): doc for i, doc in zip(ids, docs, strict=True)})
+    service = str(service_id)
+    await writer.write(entry, {keys.cache_key(service, i): doc for i, doc in zip(ids, docs, strict=True)})
     return Response(entry, status_code=201, media_type=JSON)
 
 
 @router.get(
     "/{notification_id}",
     response_model=NotificationOut,
-    responses={404: {"description": "No such notification", **_ERROR}},
+    responses={**_AUTH_ERRORS, 404: {"description": "No such notification in your service", **_ERROR}},
     summary="Get one notification, queued or stored",
 )
-async def get_notification(notification_id: UUID, redis: RedisDep, engine: EngineDep) -> Response:
+async def get_notification(
+    notification_id: UUID, service_id: ServiceId, redis: RedisDep, engine: EngineDep
+) -> Response:
     """Return a notification from the Redis cache or, once drained and expired there, from Postgres."""
-    cached: bytes | None = await redis.get(keys.cache_key(str(notification_id)))
+    cached: bytes | None = await redis.get(keys.cache_key(str(service_id), str(notification_id)))
     if cached is None:
         async with engine.connect() as conn:
-            cached = await queries.fetch_notification(conn, notification_id)
+            cached = await queries.fetch_notification(conn, notification_id, service_id)
     if cached is None:
         raise NotFoundError(f"notification {notification_id} not found")
     return Response(cached, media_type=JSON)

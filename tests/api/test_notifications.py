@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
+from tests.conftest import Tenant
 
 BASE = "/notifications/v1"
 
@@ -23,6 +24,8 @@ async def test_post_returns_the_created_notification(client: httpx.AsyncClient) 
     assert body["to"] == "example@gmail.com"
     assert body["personalization"] == {"band": "Incubus"}
     assert body["sent_at"] is None
+    assert body["template"] is None
+    assert body["body"] is None
     assert UUID(body["id"]).version == 7
     created = datetime.fromisoformat(body["created_at"])
     assert created.tzinfo is not None
@@ -40,14 +43,17 @@ async def test_post_is_readable_at_once(client: httpx.AsyncClient) -> None:
     assert fetched.json() == created
 
 
-async def test_post_queues_one_stream_entry_and_a_cache_key(client: httpx.AsyncClient, redis: Redis) -> None:
+async def test_post_queues_one_stream_entry_and_a_cache_key(
+    client: httpx.AsyncClient, redis: Redis, tenant: Tenant
+) -> None:
     created = (await client.post(f"{BASE}/", json={"to": "somebody"})).json()
 
     entries = await redis.xrange(keys.STREAM)
     assert len(entries) == 1
     assert orjson.loads(entries[0][1][keys.STREAM_FIELD]) == [created]
-    assert orjson.loads(await redis.get(keys.cache_key(created["id"]))) == created
-    assert await redis.ttl(keys.cache_key(created["id"])) == -1  # no expiry before it is stored
+    cache_key = keys.cache_key(str(tenant.service_id), created["id"])
+    assert orjson.loads(await redis.get(cache_key)) == created
+    assert await redis.ttl(cache_key) == -1  # no expiry before it is stored
 
 
 async def test_personalization_is_optional(client: httpx.AsyncClient) -> None:
@@ -85,7 +91,7 @@ async def test_multiple_is_all_or_nothing(client: httpx.AsyncClient, redis: Redi
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", 1, "to"]
     assert await redis.xlen(keys.STREAM) == 0
-    assert await redis.dbsize() == 0
+    assert await redis.exists(keys.STREAM) == 0
 
 
 @pytest.mark.parametrize(
@@ -114,7 +120,7 @@ async def test_invalid_notifications_get_422(
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/json"
     assert response.json()["detail"][0]["loc"] == where
-    assert await redis.dbsize() == 0
+    assert await redis.exists(keys.STREAM) == 0
 
 
 @pytest.mark.parametrize("raw", [b"{", b"", b"not json", b'{"to": "\\ud800"}', b"\xff\xfe"])
@@ -145,7 +151,7 @@ async def test_oversized_body_gets_413(client: httpx.AsyncClient, redis: Redis) 
     response = await client.post(f"{BASE}/multiple", content=huge, headers={"content-type": "application/json"})
 
     assert response.status_code == 413
-    assert await redis.dbsize() == 0
+    assert await redis.exists(keys.STREAM) == 0
 
 
 async def test_get_unknown_id_is_404(client: httpx.AsyncClient) -> None:

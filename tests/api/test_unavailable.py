@@ -8,6 +8,7 @@ import pytest
 from api.main import create_app
 from shared.embedded import free_port
 from shared.settings import Settings
+from tests.conftest import Tenant
 
 
 @pytest.mark.parametrize(
@@ -18,12 +19,12 @@ from shared.settings import Settings
         ("GET", "/notifications/v1/0190b8a4-6c1e-7000-8000-000000000000", None),
     ],
 )
-async def test_redis_down_is_503(settings: Settings, method: str, path: str, body: object) -> None:
+async def test_redis_down_is_503(settings: Settings, tenant: Tenant, method: str, path: str, body: object) -> None:
     dead = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0", "redis_timeout_seconds": 1.0})
     app = create_app(dead)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=tenant.headers) as client:
             started = time.monotonic()
             response = await client.request(method, path, json=body)
 

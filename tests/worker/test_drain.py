@@ -43,7 +43,7 @@ async def test_stored_notifications_cache_keys_expire(client: httpx.AsyncClient,
 
     await drain_all(drain)
 
-    ttl = await redis.ttl(keys.cache_key(created["id"]))
+    ttl = await redis.ttl(keys.cache_key(created["service_id"], created["id"]))
     assert 0 < ttl <= drain.settings.cache_ttl_seconds
 
 
@@ -98,7 +98,9 @@ async def test_group_lost_with_redis_is_recreated(client: httpx.AsyncClient, red
 async def _entries(drain: Drain, batch: list) -> list:
     from worker.drain import Entry
 
-    return [
-        Entry(entry_id, fields[keys.STREAM_FIELD], [doc["id"] for doc in orjson.loads(fields[keys.STREAM_FIELD])])
-        for entry_id, fields in batch
-    ]
+    entries = []
+    for entry_id, fields in batch:
+        docs = orjson.loads(fields[keys.STREAM_FIELD])
+        cache_keys = [keys.cache_key(doc["service_id"], doc["id"]) for doc in docs]
+        entries.append(Entry(entry_id, fields[keys.STREAM_FIELD], cache_keys, has_templates=False))
+    return entries

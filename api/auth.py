@@ -1,0 +1,91 @@
+"""Who is calling: the service behind an API key, and the admin token.
+
+The key check sits on the hot path, so verified keys (and refused ones) are remembered in-process for
+AUTH_CACHE_SECONDS: a revoked key stops working within that bound. Past the in-process cache the key is looked up
+in Redis (the registry of valid keys), and only then in Postgres.
+"""
+
+import secrets
+import time
+from collections import OrderedDict
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.errors import AdminDisabledError, UnauthorizedError
+from shared import tenancy
+
+
+class KeyCache:
+    """Bounded in-process memory of recent key checks: key → (service id or None, expiry)."""
+
+    def __init__(self, ttl_seconds: float, max_entries: int = 10_000) -> None:
+        self.ttl = ttl_seconds
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[UUID | None, float]] = OrderedDict()
+
+    def get(self, key: str) -> tuple[bool, UUID | None]:
+        """Return (known, service id); known is False when the key must be looked up."""
+        entry = self._entries.get(key)
+        if entry is None or entry[1] < time.monotonic():
+            return False, None
+        return True, entry[0]
+
+    def put(self, key: str, service_id: UUID | None) -> None:
+        """Remember the outcome of a lookup for the TTL, evicting the oldest entries past the size bound."""
+        if self.ttl <= 0:
+            return
+        self._entries[key] = (service_id, time.monotonic() + self.ttl)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+api_key_scheme = HTTPBearer(
+    auto_error=False, scheme_name="ApiKey", description="A service's API key: `Authorization: Bearer nk_...`"
+)
+admin_scheme = HTTPBearer(auto_error=False, scheme_name="AdminToken", description="The ADMIN_TOKEN setting")
+
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(api_key_scheme)]
+AdminCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(admin_scheme)]
+
+
+async def current_service(request: Request, credentials: Credentials) -> UUID:
+    """Return the id of the service whose API key authorizes this request.
+
+    Raises:
+        UnauthorizedError: no key, an unknown key or a revoked key (401).
+    """
+    if credentials is None:
+        raise UnauthorizedError("missing API key: send `Authorization: Bearer <api key>`")
+    key = credentials.credentials
+    cache: KeyCache = request.app.state.key_cache
+    known, service_id = cache.get(key)
+    if not known:
+        service_id = await tenancy.service_for_key(request.app.state.engine, request.app.state.redis, key)
+        cache.put(key, service_id)
+    if service_id is None:
+        raise UnauthorizedError("invalid or revoked API key")
+    return service_id
+
+
+async def require_admin(request: Request, credentials: AdminCredentials) -> None:
+    """Let the request through only with the ADMIN_TOKEN.
+
+    Raises:
+        AdminDisabledError: ADMIN_TOKEN is not set (403).
+        UnauthorizedError: no token or a wrong one (401).
+    """
+    expected = request.app.state.settings.admin_token
+    if expected is None:
+        raise AdminDisabledError("the admin API is disabled: set ADMIN_TOKEN")
+    if credentials is None or not secrets.compare_digest(
+        credentials.credentials.encode(), expected.get_secret_value().encode()
+    ):
+        raise UnauthorizedError("missing or wrong admin token")
+
+
+ServiceId = Annotated[UUID, Depends(current_service)]
+AdminDep = Depends(require_admin)

@@ -1,0 +1,142 @@
+"""Command line administration: `python -m shared.cli ...` (the same operations as the admin API).
+
+    python -m shared.cli services create NAME
+    python -m shared.cli services list
+    python -m shared.cli keys create SERVICE_ID NAME     # prints the secret once
+    python -m shared.cli keys list SERVICE_ID
+    python -m shared.cli keys revoke SERVICE_ID KEY_ID
+    python -m shared.cli dev-key [--file PATH]           # a key of the `development` service (make run)
+
+Connects to DATABASE_URL and REDIS_URL.
+"""
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from redis.asyncio import Redis
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared import tenancy
+from shared.db import create_engine
+from shared.settings import get_settings
+
+DEV_SERVICE = "development"
+
+
+def _row(row: Any) -> str:
+    return "  ".join(f"{key}={value}" for key, value in row._mapping.items() if key != "secret_hash")
+
+
+async def _services_create(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
+    try:
+        print(_row(await tenancy.create_service(engine, args.name)))
+    except IntegrityError:
+        print(f"a service named {args.name!r} exists already", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _services_list(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
+    for row in await tenancy.list_services(engine):
+        print(_row(row))
+    return 0
+
+
+async def _keys_create(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
+    try:
+        created = await tenancy.create_api_key(engine, redis, args.service_id, args.name)
+    except tenancy.ServiceNotFoundError:
+        print(f"no service {args.service_id}", file=sys.stderr)
+        return 1
+    print(_row(created.record))
+    print(f"key={created.secret}   (shown this once)")
+    return 0
+
+
+async def _keys_list(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
+    try:
+        rows = await tenancy.list_api_keys(engine, args.service_id)
+    except tenancy.ServiceNotFoundError:
+        print(f"no service {args.service_id}", file=sys.stderr)
+        return 1
+    for row in rows:
+        print(_row(row))
+    return 0
+
+
+async def _keys_revoke(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
+    record = await tenancy.revoke_api_key(engine, redis, args.service_id, args.key_id)
+    if record is None:
+        print(f"service {args.service_id} has no key {args.key_id}", file=sys.stderr)
+        return 1
+    print(_row(record))
+    return 0
+
+
+async def _dev_key(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    saved = path.read_text().strip() if path.exists() else None
+    key, created = await tenancy.ensure_dev_key(engine, redis, DEV_SERVICE, saved)
+    if created:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(key + "\n")
+        path.chmod(0o600)
+    print(key)
+    return 0
+
+
+Command = Callable[[AsyncEngine, Redis, argparse.Namespace], Awaitable[int]]
+
+
+def parser() -> argparse.ArgumentParser:
+    """Build the argument parser."""
+    root = argparse.ArgumentParser(prog="python -m shared.cli", description="Administer services and API keys.")
+    groups = root.add_subparsers(required=True, metavar="{services,keys,dev-key}")
+    services = groups.add_parser("services").add_subparsers(required=True)
+    create = services.add_parser("create", help="create a service")
+    create.add_argument("name")
+    create.set_defaults(run=_services_create)
+    services.add_parser("list", help="list services").set_defaults(run=_services_list)
+    api_keys = groups.add_parser("keys").add_subparsers(required=True)
+    key_create = api_keys.add_parser("create", help="create an API key (prints its secret once)")
+    key_create.add_argument("service_id", type=UUID)
+    key_create.add_argument("name")
+    key_create.set_defaults(run=_keys_create)
+    key_list = api_keys.add_parser("list", help="list a service's keys")
+    key_list.add_argument("service_id", type=UUID)
+    key_list.set_defaults(run=_keys_list)
+    revoke = api_keys.add_parser("revoke", help="revoke an API key")
+    revoke.add_argument("service_id", type=UUID)
+    revoke.add_argument("key_id", type=UUID)
+    revoke.set_defaults(run=_keys_revoke)
+    dev = groups.add_parser("dev-key", help="print a key of the development service, creating it if needed")
+    dev.add_argument("--file", default=".data/dev-api-key", help="where the key is kept between runs")
+    dev.set_defaults(run=_dev_key)
+    return root
+
+
+async def _main(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    engine = create_engine(settings.require_database_url(), pool_size=1)
+    redis = Redis.from_url(settings.require_redis_url(), socket_timeout=settings.redis_timeout_seconds)
+    try:
+        run: Command = args.run
+        return await run(engine, redis, args)
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return the exit code."""
+    return asyncio.run(_main(parser().parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

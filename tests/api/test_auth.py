@@ -1,0 +1,156 @@
+"""API keys on the notification routes, and the admin routes behind ADMIN_TOKEN."""
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared import keys
+from tests.conftest import Tenant, drain_all, make_tenant
+from worker.drain import Drain
+
+BASE = "/notifications/v1"
+ADMIN = {"Authorization": "Bearer test-admin-token"}
+ANY_ID = "0190b8a4-6c1e-7000-8000-000000000000"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", f"{BASE}/"), ("POST", f"{BASE}/multiple"), ("GET", f"{BASE}/{ANY_ID}"), ("GET", "/templates/v1/")],
+)
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer nk_made-up-key", "Basic dXNlcjpwYXNz", "Bearer "],
+    ids=["none", "made-up", "basic", "empty"],
+)
+async def test_notification_routes_need_a_valid_key(
+    anonymous: httpx.AsyncClient, redis: Redis, method: str, path: str, authorization: str | None
+) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    body = [{"to": "me"}] if path.endswith("multiple") else {"to": "me"}
+
+    response = await anonymous.request(method, path, json=body if method == "POST" else None, headers=headers)
+
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert "key" in response.json()["detail"]
+    assert await redis.exists(keys.STREAM) == 0
+
+
+async def test_revoked_key_is_refused(anonymous: httpx.AsyncClient, app: FastAPI, tenant: Tenant) -> None:
+    assert (await anonymous.post(f"{BASE}/", json={"to": "me"}, headers=tenant.headers)).status_code == 201
+
+    revoked = await anonymous.delete(f"/services/v1/{tenant.service_id}/api-keys/{tenant.key_id}", headers=ADMIN)
+    assert revoked.status_code == 204
+    app.state.key_cache = type(app.state.key_cache)(0)  # as if AUTH_CACHE_SECONDS had passed
+
+    response = await anonymous.post(f"{BASE}/", json={"to": "me"}, headers=tenant.headers)
+    assert response.status_code == 401
+    assert response.json()["detail"] == "invalid or revoked API key"
+
+
+async def test_revoked_key_stays_refused_when_redis_lost_the_registry(
+    anonymous: httpx.AsyncClient, app: FastAPI, redis: Redis, tenant: Tenant
+) -> None:
+    await anonymous.delete(f"/services/v1/{tenant.service_id}/api-keys/{tenant.key_id}", headers=ADMIN)
+    await redis.delete(keys.API_KEYS_HASH)
+    app.state.key_cache = type(app.state.key_cache)(0)
+
+    response = await anonymous.post(f"{BASE}/", json={"to": "me"}, headers=tenant.headers)
+
+    assert response.status_code == 401
+
+
+async def test_valid_key_works_when_redis_lost_the_registry(
+    anonymous: httpx.AsyncClient, app: FastAPI, redis: Redis, tenant: Tenant
+) -> None:
+    await redis.delete(keys.API_KEYS_HASH)
+    app.state.key_cache = type(app.state.key_cache)(0)
+
+    response = await anonymous.post(f"{BASE}/", json={"to": "me"}, headers=tenant.headers)
+
+    assert response.status_code == 201
+    assert await redis.hlen(keys.API_KEYS_HASH) == 1  # registered again from Postgres
+
+
+async def test_other_services_notifications_are_404_before_and_after_the_drain(
+    client: httpx.AsyncClient, anonymous: httpx.AsyncClient, engine: AsyncEngine, redis: Redis, drain: Drain
+) -> None:
+    other = await make_tenant(engine, redis, "tenant-b")
+    mine = (await client.post(f"{BASE}/", json={"to": "me"})).json()
+
+    assert (await anonymous.get(f"{BASE}/{mine['id']}", headers=other.headers)).status_code == 404
+    await drain_all(drain)
+    await redis.flushdb()
+    assert (await anonymous.get(f"{BASE}/{mine['id']}", headers=other.headers)).status_code == 404
+    assert (await client.get(f"{BASE}/{mine['id']}")).json() == mine
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/services/v1/"),
+        ("POST", "/services/v1/"),
+        ("POST", f"/services/v1/{ANY_ID}/api-keys"),
+        ("GET", f"/services/v1/{ANY_ID}/api-keys"),
+        ("DELETE", f"/services/v1/{ANY_ID}/api-keys/{ANY_ID}"),
+    ],
+)
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token"])
+async def test_admin_routes_need_the_admin_token(
+    anonymous: httpx.AsyncClient, tenant: Tenant, method: str, path: str, authorization: str | None
+) -> None:
+    for headers in ({"Authorization": authorization} if authorization else {}, tenant.headers):
+        response = await anonymous.request(
+            method, path, json={"name": "x"} if method == "POST" else None, headers=headers
+        )
+        assert response.status_code == 401, headers
+
+
+async def test_admin_api_is_off_without_admin_token(settings: object, redis: Redis, engine: AsyncEngine) -> None:
+    from api.main import create_app
+
+    app = create_app(settings.model_copy(update={"admin_token": None}))  # type: ignore[attr-defined]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            response = await http.get("/services/v1/", headers={"Authorization": "Bearer anything"})
+
+    assert response.status_code == 403
+    assert "ADMIN_TOKEN" in response.json()["detail"]
+
+
+async def test_admin_creates_service_and_key_that_works(anonymous: httpx.AsyncClient) -> None:
+    service = await anonymous.post("/services/v1/", json={"name": "newsletter"}, headers=ADMIN)
+    assert service.status_code == 201
+    service_id = service.json()["id"]
+    assert service.json()["name"] == "newsletter"
+    assert (await anonymous.post("/services/v1/", json={"name": "newsletter"}, headers=ADMIN)).status_code == 409
+
+    created = await anonymous.post(f"/services/v1/{service_id}/api-keys", json={"name": "prod"}, headers=ADMIN)
+    assert created.status_code == 201
+    key = created.json()["key"]
+    assert key.startswith("nk_")
+    assert created.json()["prefix"] == key[:10]
+    assert created.json()["revoked_at"] is None
+
+    listed = await anonymous.get(f"/services/v1/{service_id}/api-keys", headers=ADMIN)
+    assert [item["id"] for item in listed.json()] == [created.json()["id"]]
+    assert "key" not in listed.json()[0]
+    assert key not in listed.text
+
+    posted = await anonymous.post(f"{BASE}/", json={"to": "me"}, headers={"Authorization": f"Bearer {key}"})
+    assert posted.status_code == 201
+    assert posted.json()["service_id"] == service_id
+
+    names = [item["name"] for item in (await anonymous.get("/services/v1/", headers=ADMIN)).json()]
+    assert "newsletter" in names
+
+
+async def test_admin_404s(anonymous: httpx.AsyncClient, tenant: Tenant) -> None:
+    missing_service = await anonymous.post(f"/services/v1/{ANY_ID}/api-keys", json={"name": "x"}, headers=ADMIN)
+    missing_key = await anonymous.delete(f"/services/v1/{tenant.service_id}/api-keys/{ANY_ID}", headers=ADMIN)
+
+    assert missing_service.status_code == 404
+    assert missing_key.status_code == 404

@@ -1,0 +1,137 @@
+"""Versioned templates, and notifications rendered from them (before and after the drain)."""
+
+import httpx
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import drain_all, make_tenant
+from worker.drain import Drain
+
+T = "/templates/v1"
+N = "/notifications/v1"
+GIG = {"name": "gig", "subject": "((band)) live", "body": "Hi ((name)), ((band)) plays ((city)) on ((day))."}
+
+
+async def test_create_update_get_list_versions(client: httpx.AsyncClient) -> None:
+    created = await client.post(f"{T}/", json=GIG)
+    assert created.status_code == 201
+    first = created.json()
+    assert first["version"] == 1
+    assert first["placeholders"] == ["band", "name", "city", "day"]
+
+    updated = await client.put(f"{T}/{first['id']}", json={"body": "((band)) tonight!"})
+    assert updated.status_code == 200
+    assert updated.json()["version"] == 2
+    assert updated.json()["subject"] is None
+    assert updated.json()["placeholders"] == ["band"]
+
+    assert (await client.get(f"{T}/{first['id']}")).json()["version"] == 2
+    assert (await client.get(f"{T}/{first['id']}", params={"version": 1})).json()["body"] == GIG["body"]
+    assert (await client.get(f"{T}/{first['id']}", params={"version": 3})).status_code == 404
+    versions = (await client.get(f"{T}/{first['id']}/versions")).json()
+    assert [v["version"] for v in versions] == [1, 2]
+    assert [t["version"] for t in (await client.get(f"{T}/")).json()] == [2]
+
+
+async def test_template_names_are_unique_per_service(
+    client: httpx.AsyncClient, anonymous: httpx.AsyncClient, engine: AsyncEngine, redis: Redis
+) -> None:
+    assert (await client.post(f"{T}/", json=GIG)).status_code == 201
+    assert (await client.post(f"{T}/", json=GIG)).status_code == 409
+    other = await make_tenant(engine, redis, "tenant-b")
+    assert (await anonymous.post(f"{T}/", json=GIG, headers=other.headers)).status_code == 201
+
+
+async def test_other_services_templates_are_invisible(
+    client: httpx.AsyncClient, anonymous: httpx.AsyncClient, engine: AsyncEngine, redis: Redis
+) -> None:
+    template = (await client.post(f"{T}/", json=GIG)).json()
+    other = await make_tenant(engine, redis, "tenant-b")
+
+    assert (await anonymous.get(f"{T}/{template['id']}", headers=other.headers)).status_code == 404
+    assert (await anonymous.put(f"{T}/{template['id']}", json={"body": "x"}, headers=other.headers)).status_code == 404
+    assert (await anonymous.get(f"{T}/", headers=other.headers)).json() == []
+    sent = await anonymous.post(
+        f"{N}/", json={"to": "me", "template_id": template["id"], "personalization": {}}, headers=other.headers
+    )
+    assert sent.status_code == 422
+    assert sent.json()["detail"][0]["type"] == "unknown_template"
+
+
+async def test_missing_personalization_is_422_naming_all(client: httpx.AsyncClient, redis: Redis) -> None:
+    template = (await client.post(f"{T}/", json=GIG)).json()
+
+    response = await client.post(
+        f"{N}/", json={"to": "me", "template_id": template["id"], "personalization": {"band": "Korn"}}
+    )
+
+    assert response.status_code == 422
+    error = response.json()["detail"][0]
+    assert error["loc"] == ["body", "personalization"]
+    assert error["ctx"]["missing"] == ["name", "city", "day"]
+    assert "name, city, day" in error["msg"]
+    assert await redis.exists("notify:stream") == 0
+
+
+async def test_multiple_reports_every_item_with_missing_values(client: httpx.AsyncClient) -> None:
+    template = (await client.post(f"{T}/", json={"name": "t", "body": "((a)) ((b))"})).json()
+    items = [
+        {"to": "1", "template_id": template["id"], "personalization": {"a": "x", "b": "y"}},
+        {"to": "2", "template_id": template["id"], "personalization": {"a": "x"}},
+        {"to": "3"},
+        {"to": "4", "template_id": template["id"]},
+    ]
+
+    response = await client.post(f"{N}/multiple", json=items)
+
+    assert response.status_code == 422
+    assert [(e["loc"], e["ctx"]["missing"]) for e in response.json()["detail"]] == [
+        (["body", 1, "personalization"], ["b"]),
+        (["body", 3, "personalization"], ["a", "b"]),
+    ]
+
+
+async def test_rendered_notification_before_and_after_drain(
+    client: httpx.AsyncClient, redis: Redis, engine: AsyncEngine, drain: Drain
+) -> None:
+    template = (await client.post(f"{T}/", json=GIG)).json()
+    await client.put(f"{T}/{template['id']}", json={"body": "v2 ((band))"})
+    values = {"band": "Incubus", "name": "Ann", "city": "Oslo", "day": "Friday", "campaign": "autumn"}
+
+    pinned = await client.post(
+        f"{N}/",
+        json={"to": "ann@example.com", "template_id": template["id"], "template_version": 1, "personalization": values},
+    )
+    latest = await client.post(
+        f"{N}/", json={"to": "bob", "template_id": template["id"], "personalization": {"band": "Korn"}}
+    )
+
+    assert pinned.status_code == 201
+    body = pinned.json()
+    assert body["template"] == {"id": template["id"], "version": 1}
+    assert body["subject"] == "Incubus live"
+    assert body["body"] == "Hi Ann, Incubus plays Oslo on Friday."
+    assert body["personalization"]["campaign"] == "autumn"  # extra keys are kept, not rendered
+    assert latest.json()["template"]["version"] == 2
+    assert latest.json()["body"] == "v2 Korn"
+
+    await drain_all(drain)
+    await redis.flushdb()
+    assert (await client.get(f"{N}/{body['id']}")).json() == body
+    assert (await client.get(f"{N}/{latest.json()['id']}")).json() == latest.json()
+    async with engine.connect() as conn:
+        refs = (await conn.execute(text("SELECT template_version FROM notification_templates ORDER BY 1"))).scalars()
+    assert list(refs) == [1, 2]
+
+
+async def test_unknown_template_and_version_are_422(client: httpx.AsyncClient) -> None:
+    template = (await client.post(f"{T}/", json={"name": "t", "body": "plain"})).json()
+
+    unknown = await client.post(f"{N}/", json={"to": "me", "template_id": "0190b8a4-6c1e-7000-8000-000000000000"})
+    no_version = await client.post(f"{N}/", json={"to": "me", "template_id": template["id"], "template_version": 9})
+    version_only = await client.post(f"{N}/", json={"to": "me", "template_version": 1})
+
+    assert unknown.status_code == no_version.status_code == version_only.status_code == 422
+    assert unknown.json()["detail"][0]["loc"] == ["body", "template_id"]
+    assert "version 9" in no_version.json()["detail"][0]["msg"]
