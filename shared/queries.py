@@ -1,5 +1,6 @@
-"""All SQL of the service: the drain's idempotent batch insert, GET's lookup of a drained notification, and the
-tenancy tables (services, API keys, versioned templates).
+"""All SQL of the service: the drain's batch insert, GET's lookup, and the tenancy tables.
+
+Tenancy here means services, their API keys, and versioned templates.
 
 The drain hands Postgres the stream entries' JSON as they are (a text array of JSON arrays) and lets
 `json_to_recordset` unpack them, so no per-row Python objects are built on the way into the database.
