@@ -8,7 +8,8 @@ Errors are JSON `{"detail": ...}` like FastAPI's own 422s. The tree of the servi
     ├── NotFoundError             -> 404
     ├── ConflictError             -> 409
     ├── PayloadTooLargeError      -> 413
-    └── UnsupportedMediaTypeError -> 415
+    ├── UnsupportedMediaTypeError -> 415
+    └── BacklogFullError          -> 503 (with `Retry-After`)
 
 Redis or Postgres being unreachable answers 503 with `Retry-After`, never a 500.
 """
@@ -55,6 +56,13 @@ class ConflictError(ApiError):
     """The resource exists already (a name is taken)."""
 
     status_code = 409
+
+
+class BacklogFullError(ApiError):
+    """The stream holds MAX_BACKLOG_ENTRIES not yet stored requests: accept nothing until it drains."""
+
+    status_code = 503
+    headers = {"Retry-After": RETRY_AFTER_SECONDS}
 
 
 class NotFoundError(ApiError):

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from redis.asyncio import Redis
 
 from api.access_log import AccessLogMiddleware
 from api.auth import KeyCache
@@ -17,23 +16,13 @@ from api.errors import install_error_handlers
 from api.routes import notifications, services, status, templates
 from api.template_cache import TemplateCache
 from api.writer import RedisWriter
+from shared import redis_client
 from shared.db import create_engine
 from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
 
 DESCRIPTION = """Write-behind notification ingestion: every accepted notification is in Redis when the 201 is sent,
 and arq workers drain it into Postgres in large batches. GET finds a notification in either place."""
-
-
-def redis_client(settings: Settings) -> Redis:
-    """Create the API's Redis client with bounded timeouts, so an outage turns into a 503, not a hang."""
-    redis: Redis = Redis.from_url(
-        settings.require_redis_url(),
-        socket_timeout=settings.redis_timeout_seconds,
-        socket_connect_timeout=settings.redis_timeout_seconds,
-        health_check_interval=30,
-    )
-    return redis
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,8 +33,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = active = settings or get_settings()
         configure_logging(active.log_level)
         logging.getLogger("api.access").setLevel(logging.INFO if active.access_log else logging.WARNING)
-        app.state.redis = redis = redis_client(active)
-        app.state.writer = writer = RedisWriter(redis)
+        app.state.redis = redis = redis_client.connect(active)
+        app.state.writer = writer = RedisWriter(redis, active.max_backlog_entries)
         app.state.engine = engine = create_engine(active.require_database_url(), active.db_pool_size)
         app.state.key_cache = KeyCache(active.auth_cache_seconds)
         app.state.templates = TemplateCache(engine, active.template_cache_seconds)

@@ -6,6 +6,8 @@
     python -m shared.cli keys list SERVICE_ID
     python -m shared.cli keys revoke SERVICE_ID KEY_ID
     python -m shared.cli dev-key [--file PATH]           # a key of the `development` service (make run)
+    python -m shared.cli dead-letters list [--count N]
+    python -m shared.cli dead-letters replay [ID ...]    # all when no id is given
 
 Connects to DATABASE_URL and REDIS_URL.
 """
@@ -22,7 +24,7 @@ from redis.asyncio import Redis
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import tenancy
+from shared import deadletters, redis_client, tenancy
 from shared.db import create_engine
 from shared.settings import get_settings
 
@@ -91,13 +93,28 @@ async def _dev_key(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) 
     return 0
 
 
+async def _dead_list(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
+    letters = await deadletters.list_dead_letters(redis, args.count)
+    for letter in letters:
+        payload = letter.payload[:200].decode(errors="replace")
+        print(f"id={letter.id}  entry={letter.entry}  error={letter.error}\n    payload={payload}")
+    print(f"{len(letters)} dead letter(s) shown")
+    return 0
+
+
+async def _dead_replay(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
+    moved = await deadletters.replay(redis, args.ids or None)
+    print(f"{moved} dead letter(s) put back on the stream")
+    return 0
+
+
 Command = Callable[[AsyncEngine, Redis, argparse.Namespace], Awaitable[int]]
 
 
 def parser() -> argparse.ArgumentParser:
     """Build the argument parser."""
     root = argparse.ArgumentParser(prog="python -m shared.cli", description="Administer services and API keys.")
-    groups = root.add_subparsers(required=True, metavar="{services,keys,dev-key}")
+    groups = root.add_subparsers(required=True, metavar="{services,keys,dev-key,dead-letters}")
     services = groups.add_parser("services").add_subparsers(required=True)
     create = services.add_parser("create", help="create a service")
     create.add_argument("name")
@@ -118,13 +135,20 @@ def parser() -> argparse.ArgumentParser:
     dev = groups.add_parser("dev-key", help="print a key of the development service, creating it if needed")
     dev.add_argument("--file", default=".data/dev-api-key", help="where the key is kept between runs")
     dev.set_defaults(run=_dev_key)
+    dead = groups.add_parser("dead-letters").add_subparsers(required=True)
+    dead_list = dead.add_parser("list", help="show dead-lettered entries with their errors")
+    dead_list.add_argument("--count", type=int, default=100)
+    dead_list.set_defaults(run=_dead_list)
+    dead_replay = dead.add_parser("replay", help="put dead letters back on the stream (all, or the given ids)")
+    dead_replay.add_argument("ids", nargs="*")
+    dead_replay.set_defaults(run=_dead_replay)
     return root
 
 
 async def _main(args: argparse.Namespace) -> int:
     settings = get_settings()
     engine = create_engine(settings.require_database_url(), pool_size=1)
-    redis = Redis.from_url(settings.require_redis_url(), socket_timeout=settings.redis_timeout_seconds)
+    redis = redis_client.connect(settings)
     try:
         run: Command = args.run
         return await run(engine, redis, args)

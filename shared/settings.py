@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     # Redis behaviour.
     redis_timeout_seconds: float = Field(5.0, gt=0)
     cache_ttl_seconds: int = Field(60, ge=1)
+    max_backlog_entries: int = Field(500_000, ge=1)
 
     # Drain (worker) behaviour.
     drain_batch_entries: int = Field(500, ge=1)

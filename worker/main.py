@@ -11,9 +11,8 @@ from typing import Any
 
 from arq import cron
 from arq.connections import RedisSettings
-from redis.asyncio import Redis
 
-from shared import keys
+from shared import keys, redis_client
 from shared.db import create_engine
 from shared.logs import configure_logging
 from shared.settings import get_settings
@@ -32,11 +31,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
     logging.getLogger("arq").propagate = False  # arq's CLI gives it a handler of its own
-    redis = Redis.from_url(
-        settings.require_redis_url(),
-        socket_timeout=settings.redis_timeout_seconds + settings.drain_block_ms / 1000,
-        socket_connect_timeout=settings.redis_timeout_seconds,
-    )
+    redis = redis_client.connect(settings, read_slack_seconds=settings.drain_block_ms / 1000)
     engine = create_engine(settings.require_database_url(), settings.db_pool_size)
     drain = Drain(redis, engine, settings, consumer_name())
     ctx["drain"] = drain

@@ -1,11 +1,67 @@
-"""Liveness: `GET /status/heartbeat` answers 204 without touching Redis or Postgres."""
+"""Liveness and readiness.
 
+`GET /status/heartbeat` answers 204 without touching Redis or Postgres (is the process serving?).
+`GET /status/ready` checks both stores and reports the backlog: 200 when Redis and Postgres answer, else 503.
+"""
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
 from fastapi import APIRouter, Response
+from sqlalchemy import text
+
+from api.deps import EngineDep, RedisDep, WriterDep
+from shared import keys
 
 router = APIRouter(prefix="/status", tags=["status"])
+
+#: How long each readiness probe may take before its store counts as down.
+PROBE_TIMEOUT_SECONDS = 2.0
 
 
 @router.get("/heartbeat", status_code=204, response_class=Response)
 async def heartbeat() -> Response:
     """Answer 204 while the process serves requests."""
     return Response(status_code=204)
+
+
+def _entry_age_seconds(entry_id: bytes) -> float:
+    """Age of a stream entry from its id (`<milliseconds>-<sequence>`)."""
+    return max(0.0, time.time() - int(entry_id.split(b"-", 1)[0]) / 1000)
+
+
+@router.get(
+    "/ready",
+    responses={
+        200: {"description": "Redis and Postgres reachable", "content": {"application/json": {}}},
+        503: {"description": "Redis or Postgres unreachable", "content": {"application/json": {}}},
+    },
+)
+async def ready(redis: RedisDep, engine: EngineDep, writer: WriterDep) -> Response:
+    """Report whether both stores answer, how many requests wait to be stored and the age of the oldest."""
+    report: dict[str, Any] = {"redis": "ok", "postgres": "ok"}
+
+    async def probe_redis() -> None:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(keys.STREAM)
+            pipe.xrange(keys.STREAM, count=1)
+            pipe.xlen(keys.DEAD_LETTER_STREAM)
+            backlog, oldest, dead = await pipe.execute()
+        report["backlog_entries"] = backlog
+        report["oldest_pending_age_seconds"] = round(_entry_age_seconds(oldest[0][0]), 3) if oldest else 0.0
+        report["dead_letters"] = dead
+        report["accepting"] = backlog < writer.max_backlog
+
+    async def probe_postgres() -> None:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    for name, probe in (("redis", probe_redis), ("postgres", probe_postgres)):
+        try:
+            await asyncio.wait_for(probe(), PROBE_TIMEOUT_SECONDS)
+        except Exception as exc:  # any failure means "not ready", and says why
+            report[name] = f"unavailable: {type(exc).__name__}"
+    ok = report["redis"] == "ok" and report["postgres"] == "ok"
+    return Response(orjson.dumps(report), status_code=200 if ok else 503, media_type="application/json")

@@ -1,0 +1,27 @@
+"""Redis client factory for the API, the worker and the CLI: bounded timeouts and one reconnect.
+
+Timeouts turn an outage into an error within REDIS_TIMEOUT_SECONDS (a 503 at the API, a retry in the worker)
+instead of a hang. A command that fails on a dead pooled connection (say, after Redis restarted) is retried once
+on a new connection, which is safe here: every write of the service is idempotent (notification ids are fixed
+before the write, and the drain stores each id once).
+"""
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from shared.settings import Settings
+
+
+def connect(settings: Settings, read_slack_seconds: float = 0.0) -> Redis:
+    """Create a client for REDIS_URL; `read_slack_seconds` extends the read timeout for blocking reads."""
+    client: Redis = Redis.from_url(
+        settings.require_redis_url(),
+        socket_timeout=settings.redis_timeout_seconds + read_slack_seconds,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        retry=Retry(NoBackoff(), retries=1),
+        retry_on_error=[RedisConnectionError],
+        health_check_interval=30,
+    )
+    return client

@@ -1,0 +1,109 @@
+"""Schema-driven fuzzing: schemathesis generates valid and invalid requests for every operation of the OpenAPI
+spec and sends them to a real uvicorn server; no answer may be a 5xx (503 from an outage aside, which cannot
+happen here). A property-based test adds arbitrary JSON documents and raw bytes on the write routes.
+"""
+
+import asyncio
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from api.main import create_app
+from shared import tenancy
+from shared.db import create_engine
+from shared.embedded import free_port
+from tests.conftest import ROOT
+
+schema = schemathesis.openapi.from_dict(create_app().openapi())
+ADMIN_TOKEN = "fuzz-admin-token"
+
+
+@pytest.fixture(scope="module")
+def server(worker_env: dict[str, str], venv_bin: Path) -> Iterator[tuple[str, str]]:
+    """A uvicorn server on the test servers, and an API key of a fresh service."""
+
+    async def tenant() -> str:
+        engine = create_engine(worker_env["DATABASE_URL"])
+        redis = Redis.from_url(worker_env["REDIS_URL"])
+        service = await tenancy.create_service(engine, f"fuzz-{os.getpid()}-{time.monotonic_ns()}")
+        created = await tenancy.create_api_key(engine, redis, service.id, "fuzz")
+        await redis.aclose()
+        await engine.dispose()
+        return created.secret
+
+    key = asyncio.run(tenant())
+    port = free_port()
+    env = {**worker_env, "ADMIN_TOKEN": ADMIN_TOKEN, "ACCESS_LOG": "false", "LOG_LEVEL": "WARNING"}
+    process = subprocess.Popen(
+        [str(venv_bin / "uvicorn"), "api.main:app", "--port", str(port), "--no-access-log"], env=env, cwd=ROOT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"{url}/status/heartbeat").status_code == 204:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield url, key
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _auth(path: str, key: str) -> dict[str, str]:
+    token = ADMIN_TOKEN if path.startswith("/services") else key
+    return {"Authorization": f"Bearer {token}"}
+
+
+@schema.parametrize()
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_server_errors(case: schemathesis.Case, server: tuple[str, str]) -> None:
+    url, key = server
+    response = case.call(base_url=url, headers=_auth(case.path, key), timeout=10)
+    assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:500])
+    content_type = response.headers.get("content-type", [""])[0]
+    if response.status_code == 400 and content_type.startswith("text/plain"):
+        return  # uvicorn refused a malformed HTTP message (say, an empty Content-Length) before the app saw it
+    if response.status_code >= 400:
+        assert content_type.startswith("application/json"), (case.path, response.status_code, response.text[:200])
+        assert "detail" in response.json()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    body=json_values | st.binary(max_size=200),
+    path=st.sampled_from(["/notifications/v1/", "/notifications/v1/multiple"]),
+)
+def test_arbitrary_bodies_get_4xx_or_201(server: tuple[str, str], body: object, path: str) -> None:
+    url, key = server
+    headers = {**_auth(path, key), "Content-Type": "application/json"}
+    if isinstance(body, bytes):
+        response = httpx.post(url + path, content=body, headers=headers)
+    else:
+        response = httpx.post(url + path, json=body, headers=headers)
+    assert response.status_code in (201, 413, 422), (body, response.status_code, response.text[:300])
+
+
+@pytest.mark.parametrize("depth", [100, 10_000, 100_000])
+def test_deeply_nested_json_is_422(server: tuple[str, str], depth: int) -> None:
+    url, key = server
+    body = b"[" * depth + b"]" * depth
+    response = httpx.post(url + "/notifications/v1/multiple", content=body, headers=_auth("/", key))
+    assert response.status_code == 422
