@@ -13,6 +13,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 
 from shared.settings import get_settings
 
+#: Largest value of a Postgres `integer` (template versions).
+INT4_MAX = 2_147_483_647
+
 BRIEF_EXAMPLE: dict[str, Any] = {"to": "example@gmail.com", "personalization": {"band": "Incubus"}}
 BRIEF_MULTIPLE_EXAMPLE: list[dict[str, Any]] = [
     {"to": "example@gmail.com", "personalization": {"band": "Korn"}},
@@ -39,7 +42,9 @@ class NotificationIn(BaseModel):
         default=None, description="Template values: string keys to string values."
     )
     template_id: UUID | None = Field(default=None, description="Render this template of your service.")
-    template_version: int | None = Field(default=None, ge=1, description="Version of the template (else latest).")
+    template_version: int | None = Field(
+        default=None, ge=1, le=INT4_MAX, description="Version of the template (else latest)."
+    )
 
     @model_validator(mode="after")
     def _within_limits(self) -> "NotificationIn":

@@ -3,10 +3,10 @@
 Versions are immutable, so a notification always shows the text it was rendered from.
 """
 
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
 
@@ -14,7 +14,7 @@ from api.auth import ServiceId
 from api.deps import EngineDep
 from api.errors import ConflictError, NotFoundError
 from shared import queries
-from shared.schemas import TemplateIn, TemplateOut, TemplateUpdate
+from shared.schemas import INT4_MAX, TemplateIn, TemplateOut, TemplateUpdate
 from shared.templating import placeholders
 from shared.tenancy import new_id, utc_now
 
@@ -66,7 +66,10 @@ async def update_template(
 
 @router.get("/{template_id}", responses=_NOT_FOUND)
 async def get_template(
-    template_id: UUID, service_id: ServiceId, engine: EngineDep, version: int | None = None
+    template_id: UUID,
+    service_id: ServiceId,
+    engine: EngineDep,
+    version: Annotated[int | None, Query(ge=1, le=INT4_MAX)] = None,
 ) -> TemplateOut:
     """Return a template at its latest version, or at `?version=N`."""
     async with engine.connect() as conn:

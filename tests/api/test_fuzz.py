@@ -25,6 +25,8 @@ from tests.conftest import ROOT
 
 schema = schemathesis.openapi.from_dict(create_app().openapi())
 ADMIN_TOKEN = "fuzz-admin-token"
+#: Examples per operation; raise it (FUZZ_EXAMPLES=1000) for a longer hunt than `make test` affords.
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,7 @@ def _auth(path: str, key: str) -> dict[str, str]:
 
 
 @schema.parametrize()
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_server_errors(case: schemathesis.Case, server: tuple[str, str]) -> None:
     url, key = server
     response = case.call(base_url=url, headers=_auth(case.path, key), timeout=10)

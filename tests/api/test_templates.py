@@ -135,3 +135,12 @@ async def test_unknown_template_and_version_are_422(client: httpx.AsyncClient) -
     assert unknown.status_code == no_version.status_code == version_only.status_code == 422
     assert unknown.json()["detail"][0]["loc"] == ["body", "template_id"]
     assert "version 9" in no_version.json()["detail"][0]["msg"]
+
+
+async def test_versions_beyond_postgres_integer_are_422(client: httpx.AsyncClient) -> None:
+    template = (await client.post(f"{T}/", json={"name": "t", "body": "plain"})).json()
+
+    sent = await client.post(f"{N}/", json={"to": "me", "template_id": template["id"], "template_version": 2**31})
+    fetched = await client.get(f"{T}/{template['id']}", params={"version": 2**31})
+
+    assert sent.status_code == fetched.status_code == 422
