@@ -15,7 +15,7 @@ import orjson
 from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.codec import TemplateRef, encode_notification
+from shared.codec import NotificationDoc, TemplateRef, encode_notification
 from shared.templating import render
 
 # --- notifications (drain and GET) -------------------------------------------------------------------------------
@@ -102,6 +102,58 @@ async def fetch_notification(conn: AsyncConnection, notification_id: UUID, servi
         updated_at=row.updated_at,
         sent_at=row.sent_at,
     )
+
+
+NOTIFICATION_COLUMNS = ["id", "service_id", "to", "created_at", "updated_at", "sent_at"]
+PERSONALIZATION_COLUMNS = ["notification_id", "key", "value"]
+NOTIFICATION_TEMPLATE_COLUMNS = ["notification_id", "template_id", "template_version"]
+
+
+def _timestamp(value: str | None, parsed: dict[str, datetime]) -> datetime | None:
+    if value is None:
+        return None
+    found = parsed.get(value)
+    if found is None:  # every notification of a request shares its timestamps: parse each string once
+        found = parsed[value] = datetime.fromisoformat(value)
+    return found
+
+
+async def copy_notifications(raw: Any, docs: list[NotificationDoc]) -> int:
+    """Store decoded notifications with binary COPY, in one transaction of the raw asyncpg connection.
+
+    The fast path of the drain: about twice as fast as the JSON insert, but not idempotent. It raises
+    asyncpg's UniqueViolationError when any notification is stored already (a redelivered batch); the caller
+    then stores the batch with `insert_notifications` instead.
+    """
+    parsed: dict[str, datetime] = {}
+    rows: list[tuple[Any, ...]] = []
+    pairs: list[tuple[str, str, str]] = []
+    refs: list[tuple[str, str, int]] = []
+    for doc in docs:
+        rows.append(
+            (
+                doc["id"],
+                doc["service_id"],
+                doc["to"],
+                _timestamp(doc["created_at"], parsed),
+                _timestamp(doc["updated_at"], parsed),
+                _timestamp(doc["sent_at"], parsed),
+            )
+        )
+        pairs.extend((doc["id"], key, value) for key, value in doc["personalization"].items())
+        if doc.get("template"):
+            refs.append((doc["id"], doc["template"]["id"], doc["template"]["version"]))  # type: ignore[index]
+    async with raw.transaction():
+        await raw.copy_records_to_table("notifications", records=rows, columns=NOTIFICATION_COLUMNS)
+        if pairs:
+            await raw.copy_records_to_table(
+                "notification_personalization", records=pairs, columns=PERSONALIZATION_COLUMNS
+            )
+        if refs:
+            await raw.copy_records_to_table(
+                "notification_templates", records=refs, columns=NOTIFICATION_TEMPLATE_COLUMNS
+            )
+    return len(rows)
 
 
 # --- services and API keys ------------------------------------------------------------------------------------------

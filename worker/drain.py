@@ -1,8 +1,10 @@
 """The drain: stream → Postgres. Read a batch through the consumer group → insert idempotently → ack.
 
 Each worker process is one consumer of the group, so concurrent workers never get the same new entry. A batch is
-stored in one transaction (`ON CONFLICT DO NOTHING` on the notification id), and only then acknowledged and
-deleted from the stream, with its cache keys given CACHE_TTL_SECONDS to live. A worker that dies between the two
+stored in one transaction, and only then acknowledged and deleted from the stream, with its cache keys given
+CACHE_TTL_SECONDS to live. New entries go in by binary COPY (the fast path); if any of their notifications is
+stored already (a redelivery), or for entries reclaimed from another consumer, the batch is stored by the
+idempotent insert (`ON CONFLICT DO NOTHING` on the notification id) instead. A worker that dies between the two
 leaves its entries pending; another worker reclaims them after RECLAIM_IDLE_MS (XAUTOCLAIM) and stores them again,
 which inserts nothing twice. Postgres being down is retried with capped backoff, holding the batch; an entry that
 cannot be decoded or stored (bad data, not an outage) is isolated by splitting the batch and moved to the
@@ -22,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import keys, queries
-from shared.codec import decode_entry
+from shared.codec import NotificationDoc, decode_entry
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -30,14 +32,25 @@ logger = logging.getLogger(__name__)
 #: SQLSTATE classes that say the data itself cannot be stored (22 data exception, 23 integrity constraint
 #: violation); any other failure is taken as an outage and retried.
 POISON_SQLSTATE_CLASSES = ("22", "23")
+#: Cache keys given their TTL per Redis call, so one call never blocks Redis for long.
+EXPIRE_CHUNK = 5000
+
+# Give every cache key (KEYS) the TTL ARGV[1]; a script is one command however many keys it touches.
+EXPIRE_KEYS = """
+for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+return #KEYS
+"""
 
 
 class PoisonError(Exception):
     """Postgres refused the data of a batch (not an outage): retrying the same batch cannot succeed."""
 
 
-def _is_poison(exc: Exception) -> bool:
-    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None) if isinstance(exc, DBAPIError) else None
+def _is_data_error(exc: BaseException) -> bool:
+    """True for Postgres errors about the data (classes 22, 23), raw asyncpg or wrapped by SQLAlchemy."""
+    if isinstance(exc, DBAPIError):
+        exc = exc.orig or exc
+    sqlstate = getattr(exc, "sqlstate", None)
     return isinstance(sqlstate, str) and sqlstate[:2] in POISON_SQLSTATE_CLASSES
 
 
@@ -47,8 +60,8 @@ class Entry:
 
     entry_id: bytes
     payload: bytes
+    docs: list[NotificationDoc]
     cache_keys: list[str]
-    has_templates: bool
 
 
 def consumer_name() -> str:
@@ -66,6 +79,7 @@ class Drain:
         self.consumer = consumer
         self.stopping = asyncio.Event()
         self.stored = 0
+        self._expire = redis.register_script(EXPIRE_KEYS)
 
     async def ensure_group(self) -> None:
         """Create the stream and consumer group if missing; from id 0 so no queued entry is skipped."""
@@ -108,8 +122,12 @@ class Drain:
                 break
         return claimed
 
-    async def drain_batch(self, raw: list[tuple[bytes, dict[bytes, bytes] | None]]) -> int:
-        """Store a batch of stream entries, then ack them; return how many notifications were new rows."""
+    async def drain_batch(self, raw: list[tuple[bytes, dict[bytes, bytes] | None]], redelivered: bool = False) -> int:
+        """Store a batch of stream entries, then ack them; return how many notifications were new rows.
+
+        `redelivered` says the entries may have been stored before (reclaimed from another consumer), so the
+        idempotent insert is used straight away.
+        """
         entries: list[Entry] = []
         finished: list[bytes] = []  # entry ids to ack without storing (deleted or dead-lettered)
         for entry_id, fields in raw:
@@ -124,50 +142,70 @@ class Drain:
                 await self._dead_letter(entry_id, payload, f"undecodable entry: {exc!r}")
                 finished.append(entry_id)
                 continue
-            entries.append(Entry(entry_id, payload, cache_keys, any(doc.get("template") for doc in docs)))
-        stored = await self._store(entries) if entries else 0
+            entries.append(Entry(entry_id, payload, docs, cache_keys))
+        stored = await self._store(entries, redelivered) if entries else 0
         await self._ack(entries, finished)
         self.stored += stored
         return stored
 
-    async def _store(self, entries: list[Entry]) -> int:
+    async def _store(self, entries: list[Entry], redelivered: bool) -> int:
         """Insert entries in one transaction; split the batch to isolate entries that cannot be stored."""
         try:
-            payloads = [entry.payload.decode() for entry in entries]
-            return await self._insert_with_retry(payloads, any(entry.has_templates for entry in entries))
+            return await self._insert_with_retry(entries, idempotent=redelivered)
         except PoisonError as exc:
             if len(entries) == 1:
                 await self._dead_letter(entries[0].entry_id, entries[0].payload, str(exc))
                 entries[0].cache_keys.clear()  # nothing stored: leave no cache key to expire early
                 return 0
             middle = len(entries) // 2
-            return await self._store(entries[:middle]) + await self._store(entries[middle:])
+            return await self._store(entries[:middle], True) + await self._store(entries[middle:], True)
 
-    async def _insert_with_retry(self, payloads: list[str], with_templates: bool) -> int:
+    async def _copy(self, entries: list[Entry]) -> int:
+        async with self.engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            return await queries.copy_notifications(raw, [doc for entry in entries for doc in entry.docs])
+
+    async def _insert(self, entries: list[Entry]) -> int:
+        payloads = [entry.payload.decode() for entry in entries]
+        with_templates = any(doc.get("template") for entry in entries for doc in entry.docs)
+        async with self.engine.begin() as conn:
+            return await queries.insert_notifications(conn, payloads, with_templates)
+
+    async def _insert_with_retry(self, entries: list[Entry], idempotent: bool) -> int:
+        """Store entries, retrying outages with capped backoff; raise PoisonError for data Postgres refuses."""
         delay = 0.1
         while True:
             try:
-                async with self.engine.begin() as conn:
-                    return await queries.insert_notifications(conn, payloads, with_templates)
+                if not idempotent:
+                    try:
+                        return await self._copy(entries)
+                    except Exception:
+                        # stored before, bad data or an outage: the idempotent insert tells which
+                        idempotent = True
+                return await self._insert(entries)
             except Exception as exc:
-                if _is_poison(exc):
+                if _is_data_error(exc):
                     raise PoisonError(str(getattr(exc, "orig", exc))) from exc
                 # an outage: keep the batch and try again, never drop it
                 if self.stopping.is_set():
                     raise
-                logger.warning("storing %d entries failed (%r); retrying in %.1fs", len(payloads), exc, delay)
+                logger.warning("storing %d entries failed (%r); retrying in %.1fs", len(entries), exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.db_retry_max_seconds)
 
     async def _ack(self, stored: list[Entry], finished: list[bytes]) -> None:
-        """Give stored notifications' cache keys their TTL, then ack and delete the entries, atomically."""
+        """Give stored notifications' cache keys their TTL, then ack and delete the entries.
+
+        In that order: a worker dying in between leaves the entries pending, and their redelivery sets the
+        TTLs again, so no cache key is left without one.
+        """
         entry_ids = [entry.entry_id for entry in stored] + finished
         if not entry_ids:
             return
+        cache_keys = [cache_key for entry in stored for cache_key in entry.cache_keys]
+        for start in range(0, len(cache_keys), EXPIRE_CHUNK):
+            await self._expire(keys=cache_keys[start : start + EXPIRE_CHUNK], args=[self.settings.cache_ttl_seconds])
         async with self.redis.pipeline(transaction=True) as pipe:
-            for entry in stored:
-                for cache_key in entry.cache_keys:
-                    pipe.expire(cache_key, self.settings.cache_ttl_seconds)
             pipe.xack(keys.STREAM, keys.GROUP, *entry_ids)
             pipe.xdel(keys.STREAM, *entry_ids)
             await pipe.execute()
@@ -192,7 +230,7 @@ class Drain:
                     next_reclaim = loop.time() + self.settings.reclaim_interval_seconds
                     while stale := await self.reclaim_stale():
                         logger.info("reclaimed %d stale entries", len(stale))
-                        await self.drain_batch(stale)
+                        await self.drain_batch(stale, redelivered=True)
                 if batch := await self.read_new():
                     await self.drain_batch(batch)
                 delay = 0.1
