@@ -14,31 +14,31 @@ from api.writer import RedisWriter
 from shared.settings import Settings
 
 
-def get_redis(request: Request) -> Redis:
-    """Return the app's Redis client."""
+async def get_redis(request: Request) -> Redis:
+    """Return the app's Redis client (async: FastAPI would run a plain function in a thread)."""
     redis: Redis = request.app.state.redis
     return redis
 
 
-def get_engine(request: Request) -> AsyncEngine:
+async def get_engine(request: Request) -> AsyncEngine:
     """Return the app's database engine."""
     engine: AsyncEngine = request.app.state.engine
     return engine
 
 
-def get_writer(request: Request) -> RedisWriter:
+async def get_writer(request: Request) -> RedisWriter:
     """Return the app's group-commit Redis writer."""
     writer: RedisWriter = request.app.state.writer
     return writer
 
 
-def get_templates(request: Request) -> TemplateCache:
+async def get_templates(request: Request) -> TemplateCache:
     """Return the app's template-version cache."""
     templates: TemplateCache = request.app.state.templates
     return templates
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     """Return the settings the app was started with."""
     settings: Settings = request.app.state.settings
     return settings

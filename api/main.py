@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from api.access_log import AccessLogMiddleware
 from api.auth import KeyCache
 from api.errors import install_error_handlers
+from api.hotpath import HotPathMiddleware
 from api.routes import notifications, services, status, templates
 from api.template_cache import TemplateCache
 from api.writer import RedisWriter
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    app.add_middleware(HotPathMiddleware, fastapi_app=app)  # inner: added first
     app.add_middleware(AccessLogMiddleware)
     install_error_handlers(app)
     app.include_router(notifications.router)
