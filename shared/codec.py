@@ -39,15 +39,15 @@ def encode_notification(
     service_id: str | UUID,
     to: str,
     personalization: dict[str, str],
-    created_at: datetime,
+    created_at: datetime | str,
     *,
     template: TemplateRef | None = None,
     subject: str | None = None,
     body: str | None = None,
-    updated_at: datetime | None = None,
+    updated_at: datetime | str | None = None,
     sent_at: datetime | None = None,
 ) -> bytes:
-    """Serialize one notification to its JSON document."""
+    """Serialize one notification to its JSON document (timestamps as datetimes or ISO-8601 strings)."""
     return orjson.dumps(
         {
             "id": str(notification_id),

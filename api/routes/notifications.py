@@ -25,9 +25,11 @@ from shared.codec import encode_notification, join_array
 from shared.schemas import (
     BRIEF_EXAMPLE,
     BRIEF_MULTIPLE_EXAMPLE,
+    PATTERN_MESSAGES,
     NotificationIn,
     NotificationListIn,
     NotificationOut,
+    limited_notification,
     notification_list,
 )
 from shared.templating import render
@@ -64,7 +66,10 @@ def _body_error(exc: ValidationError) -> RequestValidationError:
     """
     errors: list[dict[str, Any]] = []
     for error in exc.errors(include_url=False):
-        report: dict[str, Any] = {"type": error["type"], "loc": ("body", *error["loc"]), "msg": error["msg"]}
+        msg = error["msg"]
+        if error["type"] == "string_pattern_mismatch":
+            msg = PATTERN_MESSAGES.get(str(error.get("ctx", {}).get("pattern")), msg)
+        report: dict[str, Any] = {"type": error["type"], "loc": ("body", *error["loc"]), "msg": msg}
         if error["type"] != "json_invalid":
             report["input"] = error["input"]
         if "ctx" in error:
@@ -123,7 +128,7 @@ def _accept(
     items: list[NotificationIn], service_id: UUID, templates: list[TemplateVersion | None]
 ) -> tuple[list[str], list[bytes]]:
     """Give each notification its id and timestamps, render its template, and serialize it once."""
-    now = datetime.now(UTC)
+    now = datetime.now(UTC).isoformat()  # formatted once for the whole request
     ids = [str(uuid_utils.uuid7()) for _ in items]
     docs = []
     for notification_id, item, template in zip(ids, items, templates, strict=True):
@@ -160,7 +165,7 @@ async def create_notification(request: Request) -> Response:
     service_id = await authenticate(request)
     body = await read_json_body(request, state.settings.max_body_bytes)
     try:
-        item = NotificationIn.model_validate_json(body)
+        item = limited_notification(state.settings).model_validate_json(body)
     except ValidationError as exc:
         raise _body_error(exc) from None
     resolved = await _templates_for([item], service_id, state.templates, listed=False)
@@ -183,7 +188,7 @@ async def create_notifications(request: Request) -> Response:
     service_id = await authenticate(request)
     body = await read_json_body(request, state.settings.max_body_bytes)
     try:
-        items = notification_list(state.settings.max_batch_items).validate_json(body)
+        items = notification_list(state.settings).validate_json(body)
     except ValidationError as exc:
         raise _body_error(exc) from None
     resolved = await _templates_for(items, service_id, state.templates, listed=True)

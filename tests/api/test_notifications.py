@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
+from shared.settings import Settings
 from tests.conftest import Tenant
 
 BASE = "/notifications/v1"
@@ -99,10 +100,14 @@ async def test_multiple_is_all_or_nothing(client: httpx.AsyncClient, redis: Redi
     [
         ({}, ["body", "to"]),
         ({"to": ""}, ["body", "to"]),
-        ({"to": "   "}, ["body"]),
+        ({"to": "   "}, ["body", "to"]),
         ({"to": 5}, ["body", "to"]),
         ({"to": None}, ["body", "to"]),
-        ({"to": "x" * 321}, ["body"]),
+        ({"to": "x" * 321}, ["body", "to"]),
+        ({"to": "me", "personalization": {"": "empty key"}}, ["body", "personalization", "", "[key]"]),
+        ({"to": "me", "personalization": {f"k{i}": "v" for i in range(51)}}, ["body", "personalization"]),
+        ({"to": "me", "personalization": {"k": "v" * 4097}}, ["body", "personalization", "k"]),
+        ({"to": "me", "personalization": {"k": "a\u0000"}}, ["body", "personalization", "k"]),
         ({"to": "a\u0000b"}, ["body", "to"]),
         ({"to": "me", "personalization": {"band": 1}}, ["body", "personalization", "band"]),
         ({"to": "me", "personalization": ["band"]}, ["body", "personalization"]),
@@ -197,3 +202,20 @@ async def test_openapi_documents_the_briefs_payloads(client: httpx.AsyncClient) 
     assert single["example"] == BRIEF_EXAMPLE
     assert multiple["example"] == BRIEF_MULTIPLE_EXAMPLE
     assert (await client.get("/docs")).status_code == 200
+
+
+async def test_limits_follow_the_settings(settings: Settings, tenant: Tenant) -> None:
+    from api.main import create_app
+
+    app = create_app(settings.model_copy(update={"max_to_length": 5, "max_batch_items": 2}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=tenant.headers) as http:
+            long_to = await http.post(f"{BASE}/", json={"to": "123456"})
+            fits = await http.post(f"{BASE}/", json={"to": "12345"})
+            too_many = await http.post(f"{BASE}/multiple", json=[{"to": "a"}] * 3)
+
+    assert long_to.status_code == 422
+    assert long_to.json()["detail"][0]["ctx"] == {"max_length": 5}
+    assert fits.status_code == 201
+    assert too_many.status_code == 422
