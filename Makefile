@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 
-.PHONY: install run test check format worker api migrate loadtest clean
+.PHONY: install run test check format migrate loadtest bench bench-drain clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,17 @@ check: install  ## style and types
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+loadtest: install  ## locust, the brief's settings (60 users, 10/s, 30 s), against a running `make run`
+	$(BIN)/python -m loadtest.run_locust $(ARGS)
+
+bench: install  ## the service vs the naive and direct baselines, then again with 2 ms added to Postgres
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m loadtest.bench $(ARGS)
+	$(BIN)/python -m loadtest.bench --pg-delay-ms 2 --label pg-delay-2ms --skip-extras $(ARGS)
+
+bench-drain: install  ## one worker draining a 200k backlog vs a raw COPY of the same rows
+	$(BIN)/python -m loadtest.bench_drain --notifications 200000
 
 migrate: install
 	$(BIN)/alembic upgrade head

@@ -20,6 +20,8 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
+from redis.exceptions import ReadOnlyError as RedisReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -108,5 +110,14 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers above on the app."""
     app.add_exception_handler(ApiError, _api_error)
-    for exc_type in (RedisConnectionError, RedisTimeoutError, OperationalError, InterfaceError, OSError):
+    unavailable = (
+        RedisConnectionError,  # includes BusyLoadingError: Redis is reading its AOF after a restart
+        RedisTimeoutError,
+        RedisOutOfMemoryError,  # maxmemory reached (noeviction): nothing was written
+        RedisReadOnlyError,  # a replica during failover
+        OperationalError,
+        InterfaceError,
+        OSError,
+    )
+    for exc_type in unavailable:
         app.add_exception_handler(exc_type, _unavailable)

@@ -1,9 +1,10 @@
 """Group commit of the write path: concurrent requests' Redis writes go out as one MULTI/EXEC round trip.
 
-Each accepted request hands its stream entry and its cache keys to `RedisWriter.write` and waits. One flusher task
-takes everything queued so far, sends it as one transaction (XADD + MSET per request) and wakes the requests when
-Redis acknowledged it; requests that arrive meanwhile form the next batch. A request gets its 201 only after
-Redis acknowledged its write (with AOF `appendfsync always`, after the fsync that covers it).
+Each accepted request hands its stream entry and its cache key to `RedisWriter.write` and waits. One flusher
+task takes everything queued so far, sends it as one transaction (XADD + SET per request, the same bytes for
+both) and wakes the requests when Redis acknowledged it; requests that arrive meanwhile form the next batch. A
+request gets its 201 only after Redis acknowledged its write (with AOF `appendfsync always`, after the fsync
+that covers it).
 
 Backpressure rides along: every flush also reads the stream's length (XLEN) in the same round trip. While that
 backlog is at MAX_BACKLOG_ENTRIES, `write` refuses new work with `BacklogFullError` (a 503), re-reading the length
@@ -12,7 +13,6 @@ at most once a second, so writes resume by themselves as the workers drain the s
 
 import asyncio
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
@@ -27,7 +27,7 @@ BACKLOG_RECHECK_SECONDS = 1.0
 @dataclass(slots=True)
 class _PendingWrite:
     entry: bytes
-    cache: Mapping[str, bytes]
+    cache_key: str
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -60,15 +60,15 @@ class RedisWriter:
         self.backlog = length
         self._backlog_read_at = time.monotonic()
 
-    async def write(self, entry: bytes, cache: Mapping[str, bytes]) -> None:
-        """Add one stream entry and set its cache keys; return once Redis acknowledged both.
+    async def write(self, entry: bytes, cache_key: str) -> None:
+        """Add one stream entry and cache it under `cache_key`; return once Redis acknowledged both.
 
         Raises:
             BacklogFullError: the stream's backlog is at MAX_BACKLOG_ENTRIES.
             redis.exceptions.RedisError: Redis refused the write or could not be reached.
         """
         await self._admit()
-        pending = _PendingWrite(entry, cache)
+        pending = _PendingWrite(entry, cache_key)
         self._queue.append(pending)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_all())
@@ -82,7 +82,7 @@ class RedisWriter:
                 async with self._redis.pipeline(transaction=True) as pipe:
                     for item in batch:
                         pipe.xadd(keys.STREAM, {keys.STREAM_FIELD: item.entry})
-                        pipe.mset(item.cache)
+                        pipe.set(item.cache_key, item.entry)
                     pipe.xlen(keys.STREAM)
                     results = await pipe.execute()
                 self._set_backlog(results[-1])

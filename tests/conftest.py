@@ -14,8 +14,6 @@ from uuid import UUID
 import httpx
 import pytest
 import pytest_asyncio
-from alembic import command
-from alembic.config import Config
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy import text
@@ -23,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.main import create_app
 from shared import tenancy
-from shared.db import create_engine
+from shared.db import create_engine, upgrade_database
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from shared.settings import Settings
 from worker.drain import Drain
@@ -39,12 +37,7 @@ class Servers:
     redis_url: str
 
 
-def migrate(database_url: str, revision: str = "head") -> None:
-    """Apply the Alembic migrations up to `revision` on `database_url`."""
-    config = Config(str(ROOT / "alembic.ini"))
-    config.attributes["database_url"] = database_url
-    config.attributes["configure_logger"] = False
-    command.upgrade(config, revision)
+migrate = upgrade_database
 
 
 @pytest.fixture(scope="session")

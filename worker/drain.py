@@ -56,12 +56,12 @@ def _is_data_error(exc: BaseException) -> bool:
 
 @dataclass(slots=True)
 class Entry:
-    """One stream entry: its id, its payload (a JSON array of notifications), their cache keys."""
+    """One stream entry: its id, its payload (a JSON array of notifications), its cache key (None: keep it)."""
 
     entry_id: bytes
     payload: bytes
     docs: list[NotificationDoc]
-    cache_keys: list[str]
+    cache_key: str | None
 
 
 def consumer_name() -> str:
@@ -137,12 +137,12 @@ class Drain:
                 continue
             try:
                 docs = decode_entry(payload)
-                cache_keys = [keys.cache_key(str(doc["service_id"]), str(doc["id"])) for doc in docs]
-            except (ValueError, KeyError, TypeError) as exc:
+                cache_key = keys.cache_key(str(docs[0]["service_id"]), str(docs[0]["id"])) if docs else None
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
                 await self._dead_letter(entry_id, payload, f"undecodable entry: {exc!r}")
                 finished.append(entry_id)
                 continue
-            entries.append(Entry(entry_id, payload, docs, cache_keys))
+            entries.append(Entry(entry_id, payload, docs, cache_key))
         stored = await self._store(entries, redelivered) if entries else 0
         await self._ack(entries, finished)
         self.stored += stored
@@ -155,7 +155,7 @@ class Drain:
         except PoisonError as exc:
             if len(entries) == 1:
                 await self._dead_letter(entries[0].entry_id, entries[0].payload, str(exc))
-                entries[0].cache_keys.clear()  # nothing stored: leave no cache key to expire early
+                entries[0].cache_key = None  # nothing stored: GET keeps finding it in Redis
                 return 0
             middle = len(entries) // 2
             return await self._store(entries[:middle], True) + await self._store(entries[middle:], True)
@@ -202,7 +202,7 @@ class Drain:
         entry_ids = [entry.entry_id for entry in stored] + finished
         if not entry_ids:
             return
-        cache_keys = [cache_key for entry in stored for cache_key in entry.cache_keys]
+        cache_keys = [entry.cache_key for entry in stored if entry.cache_key]
         for start in range(0, len(cache_keys), EXPIRE_CHUNK):
             await self._expire(keys=cache_keys[start : start + EXPIRE_CHUNK], args=[self.settings.cache_ttl_seconds])
         async with self.redis.pipeline(transaction=True) as pipe:

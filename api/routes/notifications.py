@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-import uuid_utils
+import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -22,6 +22,7 @@ from api.errors import NotFoundError
 from api.template_cache import TemplateCache, TemplateVersion
 from shared import keys, queries
 from shared.codec import encode_notification, join_array
+from shared.ids import request_ids, stem_and_index
 from shared.schemas import (
     BRIEF_EXAMPLE,
     BRIEF_MULTIPLE_EXAMPLE,
@@ -129,17 +130,18 @@ def _accept(
 ) -> tuple[list[str], list[bytes]]:
     """Give each notification its id and timestamps, render its template, and serialize it once."""
     now = datetime.now(UTC).isoformat()  # formatted once for the whole request
-    ids = [str(uuid_utils.uuid7()) for _ in items]
+    service = str(service_id)
+    ids = request_ids(len(items))
     docs = []
     for notification_id, item, template in zip(ids, items, templates, strict=True):
         values = item.personalization or {}
         if template is None:
-            docs.append(encode_notification(notification_id, service_id, item.to, values, now))
+            docs.append(encode_notification(notification_id, service, item.to, values, now))
         else:
             docs.append(
                 encode_notification(
                     notification_id,
-                    service_id,
+                    service,
                     item.to,
                     values,
                     now,
@@ -149,6 +151,17 @@ def _accept(
                 )
             )
     return ids, docs
+
+
+def _pick(request_json: bytes | None, notification_id: UUID) -> bytes | None:
+    """Return one notification's JSON out of its request's cached array (None if it is not there)."""
+    if request_json is None:
+        return None
+    _, index = stem_and_index(notification_id)
+    docs = orjson.loads(request_json)
+    if index < len(docs) and docs[index]["id"] == str(notification_id):
+        return orjson.dumps(docs[index])
+    return None
 
 
 @router.post(
@@ -170,7 +183,8 @@ async def create_notification(request: Request) -> Response:
         raise _body_error(exc) from None
     resolved = await _templates_for([item], service_id, state.templates, listed=False)
     ids, docs = _accept([item], service_id, resolved)
-    await state.writer.write(join_array(docs), {keys.cache_key(str(service_id), ids[0]): docs[0]})
+    entry = join_array(docs)
+    await state.writer.write(entry, keys.cache_key(str(service_id), ids[0]))
     return Response(docs[0], status_code=201, media_type=JSON, headers={"Location": f"{router.prefix}/{ids[0]}"})
 
 
@@ -194,8 +208,7 @@ async def create_notifications(request: Request) -> Response:
     resolved = await _templates_for(items, service_id, state.templates, listed=True)
     ids, docs = _accept(items, service_id, resolved)
     entry = join_array(docs)
-    service = str(service_id)
-    await state.writer.write(entry, {keys.cache_key(service, i): doc for i, doc in zip(ids, docs, strict=True)})
+    await state.writer.write(entry, keys.cache_key(str(service_id), ids[0]))
     return Response(entry, status_code=201, media_type=JSON)
 
 
@@ -210,7 +223,7 @@ async def get_notification(request: Request, notification_id: UUID) -> Response:
     """Return a notification from the Redis cache or, once drained and expired there, from Postgres."""
     state = request.app.state
     service_id = await authenticate(request)
-    cached: bytes | None = await state.redis.get(keys.cache_key(str(service_id), str(notification_id)))
+    cached = _pick(await state.redis.get(keys.cache_key(str(service_id), str(notification_id))), notification_id)
     if cached is None:
         async with state.engine.connect() as conn:
             cached = await queries.fetch_notification(conn, notification_id, service_id)

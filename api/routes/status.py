@@ -6,7 +6,7 @@
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from fastapi import APIRouter, Response
@@ -39,8 +39,14 @@ def _entry_age_seconds(entry_id: bytes) -> float:
         503: {"description": "Redis or Postgres unreachable", "content": {"application/json": {}}},
     },
 )
-async def ready(redis: RedisDep, engine: EngineDep, writer: WriterDep) -> Response:
-    """Report whether both stores answer, how many requests wait to be stored and the age of the oldest."""
+async def ready(
+    redis: RedisDep, engine: EngineDep, writer: WriterDep, postgres: Literal["required", "optional"] = "required"
+) -> Response:
+    """Report whether both stores answer, how many requests wait to be stored and the age of the oldest.
+
+    With `?postgres=optional` only Redis decides (the API accepts notifications while Postgres is down): the
+    probe to give a load balancer, so that a Postgres outage does not take every API instance out of service.
+    """
     report: dict[str, Any] = {"redis": "ok", "postgres": "ok"}
 
     async def probe_redis() -> None:
@@ -63,5 +69,5 @@ async def ready(redis: RedisDep, engine: EngineDep, writer: WriterDep) -> Respon
             await asyncio.wait_for(probe(), PROBE_TIMEOUT_SECONDS)
         except Exception as exc:  # any failure means "not ready", and says why
             report[name] = f"unavailable: {type(exc).__name__}"
-    ok = report["redis"] == "ok" and report["postgres"] == "ok"
+    ok = report["redis"] == "ok" and (report["postgres"] == "ok" or postgres == "optional")
     return Response(orjson.dumps(report), status_code=200 if ok else 503, media_type="application/json")

@@ -53,7 +53,7 @@ async def test_post_queues_one_stream_entry_and_a_cache_key(
     assert len(entries) == 1
     assert orjson.loads(entries[0][1][keys.STREAM_FIELD]) == [created]
     cache_key = keys.cache_key(str(tenant.service_id), created["id"])
-    assert orjson.loads(await redis.get(cache_key)) == created
+    assert orjson.loads(await redis.get(cache_key)) == [created]
     assert await redis.ttl(cache_key) == -1  # no expiry before it is stored
 
 
@@ -73,6 +73,9 @@ async def test_multiple_returns_objects_in_request_order(client: httpx.AsyncClie
     assert [item["personalization"]["band"] for item in body] == ["Korn", "Soundgarden"]
     assert len({item["id"] for item in body}) == 2
     assert await redis.xlen(keys.STREAM) == 1  # one entry for the whole request
+    assert len(await redis.keys(keys.CACHE_PREFIX + "*")) == 1  # and one cache key
+    assert [item["id"][:-8] for item in body] == [body[0]["id"][:-8]] * 2  # one stem, then the index
+    assert [item["id"][-8:] for item in body] == ["00000000", "00000001"]
     for item in body:
         assert (await client.get(f"{BASE}/{item['id']}")).json() == item
 

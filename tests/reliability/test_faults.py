@@ -160,3 +160,14 @@ async def test_redis_crash_loses_no_acknowledged_notification(
         assert await stop(worker, signal.SIGTERM) == 0
     finally:
         workers.stop_all()
+
+
+async def test_ready_with_postgres_optional_stays_200_while_postgres_is_down(own: Own, stack: tuple) -> None:
+    _, client, _, _ = stack
+
+    own.pg.stop(mode="immediate")
+
+    assert (await client.get("/status/ready")).status_code == 503
+    optional = await client.get("/status/ready", params={"postgres": "optional"})
+    assert optional.status_code == 200
+    assert optional.json()["postgres"].startswith("unavailable")

@@ -101,6 +101,6 @@ async def _entries(drain: Drain, batch: list) -> list:
     entries = []
     for entry_id, fields in batch:
         docs = orjson.loads(fields[keys.STREAM_FIELD])
-        cache_keys = [keys.cache_key(doc["service_id"], doc["id"]) for doc in docs]
-        entries.append(Entry(entry_id, fields[keys.STREAM_FIELD], docs, cache_keys))
+        cache_key = keys.cache_key(docs[0]["service_id"], docs[0]["id"])
+        entries.append(Entry(entry_id, fields[keys.STREAM_FIELD], docs, cache_key))
     return entries
