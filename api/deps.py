@@ -9,9 +9,7 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api.template_cache import TemplateCache
 from api.writer import RedisWriter
-from shared.settings import Settings
 
 
 async def get_redis(request: Request) -> Redis:
@@ -32,20 +30,6 @@ async def get_writer(request: Request) -> RedisWriter:
     return writer
 
 
-async def get_templates(request: Request) -> TemplateCache:
-    """Return the app's template-version cache."""
-    templates: TemplateCache = request.app.state.templates
-    return templates
-
-
-async def get_app_settings(request: Request) -> Settings:
-    """Return the settings the app was started with."""
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 RedisDep = Annotated[Redis, Depends(get_redis)]
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 WriterDep = Annotated[RedisWriter, Depends(get_writer)]
-SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-TemplatesDep = Annotated[TemplateCache, Depends(get_templates)]

@@ -20,21 +20,22 @@ PREFIX = notifications.router.prefix + "/"
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _route(method: str, path: str) -> Handler | None:
+def _route(method: str, path: str) -> tuple[str, Handler] | None:
+    """Return the route template and handler of a hot-path request, or None."""
     if not path.startswith(PREFIX):
         return None
     rest = path[len(PREFIX) :]
     if method == "POST":
         if rest == "":
-            return notifications.create_notification
+            return PREFIX, notifications.create_notification
         if rest == "multiple":
-            return notifications.create_notifications
+            return PREFIX + "multiple", notifications.create_notifications
     elif method == "GET" and len(rest) == 36:
         try:
             notification_id = UUID(rest)
         except ValueError:
             return None
-        return lambda request: notifications.get_notification(request, notification_id)
+        return PREFIX + "{notification_id}", lambda request: notifications.get_notification(request, notification_id)
     return None
 
 
@@ -47,10 +48,11 @@ class HotPathMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve a hot-path request, or hand the request on."""
-        handler = _route(scope["method"], scope["path"]) if scope["type"] == "http" else None
-        if handler is None:
+        matched = _route(scope["method"], scope["path"]) if scope["type"] == "http" else None
+        if matched is None:
             await self.app(scope, receive, send)
             return
+        scope["notify.route"], handler = matched
         scope["app"] = self.fastapi_app  # handlers reach the app's state through request.app
         request = Request(scope, receive)
         try:

@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(templates.router)
     app.include_router(services.router)
     app.include_router(status.router)
+    app.include_router(status.metrics_router)
     return app
 
 

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from api.errors import BacklogFullError
 from shared import keys
+from shared.metrics import BACKLOG
 
 #: How old the known backlog length may be before a refused write reads it again.
 BACKLOG_RECHECK_SECONDS = 1.0
@@ -58,6 +59,7 @@ class RedisWriter:
 
     def _set_backlog(self, length: int) -> None:
         self.backlog = length
+        BACKLOG.set(length)
         self._backlog_read_at = time.monotonic()
 
     async def write(self, entry: bytes, cache_key: str) -> None:

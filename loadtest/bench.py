@@ -186,24 +186,27 @@ def _wrk(port: int, path: str, body: bytes, key: str, seconds: int, tmp: Path) -
     }
 
 
-def run_design(design: str, mode: str, stack: Stack, seconds: int, tmp: Path) -> dict[str, Any]:
+def run_design(
+    design: str, mode: str, stack: Stack, seconds: int, tmp: Path, api_workers: int = 1, drain_workers: int = 1
+) -> dict[str, Any]:
     """Load one design with one kind of request; return the figures."""
     path, body, per_request = MODES[mode]
     asyncio.run(_reset(stack))
     port = free_port()
     api = _spawn(
-        [str(BIN / "uvicorn"), DESIGNS[design], "--port", str(port), "--no-access-log", "--log-level", "warning"],
+        [str(BIN / "uvicorn"), DESIGNS[design], "--port", str(port), "--no-access-log", "--log-level", "warning",
+         "--workers", str(api_workers)],
         stack.env,
         tmp / f"{design}-api.log",
-    )
-    worker = (
+    )  # fmt: skip
+    workers = [
         _spawn([str(BIN / "arq"), "worker.main.WorkerSettings"], stack.env, tmp / f"{design}-worker.log")
-        if design in DRAINED
-        else None
-    )
+        for _ in range(drain_workers if design in DRAINED else 0)
+    ]
+    worker = workers[0] if workers else None
     try:
         _wait_port(port)
-        time.sleep(1.0)
+        time.sleep(1.0 + api_workers)
         sampler = RssSampler({"api": api.pid, **({"worker": worker.pid} if worker else {})})
         sampler.start()
         started = time.monotonic()
@@ -217,11 +220,13 @@ def run_design(design: str, mode: str, stack: Stack, seconds: int, tmp: Path) ->
         lag_p50, lag_p99 = asyncio.run(_lag(stack))
     finally:
         _stop(api)
-        if worker:
-            _stop(worker)
+        for process in workers:
+            _stop(process)
     return {
         "design": design,
         "mode": mode,
+        "api_workers": api_workers,
+        "drain_workers": drain_workers if workers else 0,
         "accepted_per_s": round(load["rps"] * per_request * load["ok"] / max(load["requests"], 1)),
         "requests_per_s": round(load["rps"]),
         "p50_ms": round(load["p50"] * 1000, 2),
@@ -307,7 +312,8 @@ def _markdown(
         f"# Benchmark {datetime.now(UTC).isoformat(timespec='seconds')}",
         "",
         f"`python -m loadtest.bench --seconds {args.seconds} --pg-delay-ms {args.pg_delay_ms} "
-        f"--appendfsync {args.appendfsync}` — wrk -t1 -c50, one uvicorn worker per design, one drain worker.",
+        f"--appendfsync {args.appendfsync} --api-workers {args.api_workers} --drain-workers {args.drain_workers}"
+        f"{f' --drain-batch {args.drain_batch}' if args.drain_batch else ''}` — wrk -t1 -c50 on the same 2 cores.",
         "",
         "| design | mode | accepted notif/s | req/s | p50 ms | p99 ms | stored notif/s | lag p50 ms | lag p99 ms"
         " | API RSS MB | worker RSS MB |",
@@ -374,6 +380,9 @@ def main() -> None:
     parser.add_argument("--modes", default="single,multiple")
     parser.add_argument("--skip-extras", action="store_true", help="no half-load lag and memory runs")
     parser.add_argument("--label", default="")
+    parser.add_argument("--api-workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--drain-workers", type=int, default=1, help="arq worker processes")
+    parser.add_argument("--drain-batch", type=int, default=0, help="DRAIN_BATCH_ENTRIES (0: the default)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk (make bench installs it)")
@@ -405,12 +414,14 @@ def main() -> None:
                 "ACCESS_LOG": "false",
                 "LOG_LEVEL": "WARNING",
                 "PYTHONPATH": str(ROOT),
+                "WORKER_METRICS_PORT": "0",
+                **({"DRAIN_BATCH_ENTRIES": str(args.drain_batch)} if args.drain_batch else {}),
             }
             stack = Stack(pg.url, redis_server.url, api_key, service_id, env)
             rows = []
             for mode in args.modes.split(","):
                 for design in args.designs.split(","):
-                    row = run_design(design, mode, stack, args.seconds, tmp)
+                    row = run_design(design, mode, stack, args.seconds, tmp, args.api_workers, args.drain_workers)
                     print(row, flush=True)
                     rows.append(row)
             half: list[dict[str, Any]] = []
@@ -433,13 +444,15 @@ def main() -> None:
     csv_path = RESULTS / "bench.csv"
     new = not csv_path.exists()
     with csv_path.open("a", newline="") as out:
-        fields = ["when", "label", "pg_delay_ms", "appendfsync", *rows[0].keys()]
+        fields = ["when", "label", "pg_delay_ms", "appendfsync", "drain_batch", *rows[0].keys()]
         writer = csv.DictWriter(out, fieldnames=fields)
         if new:
             writer.writeheader()
         for row in rows:
-            writer.writerow({"when": when, "label": args.label, "pg_delay_ms": args.pg_delay_ms,
-                             "appendfsync": args.appendfsync, **row})  # fmt: skip
+            settings = {"pg_delay_ms": args.pg_delay_ms, "appendfsync": args.appendfsync}
+            writer.writerow(
+                {"when": when, "label": args.label, **settings, "drain_batch": args.drain_batch or 500, **row}
+            )
     report = _markdown(rows, half, bytes_per, args)
     (RESULTS / f"bench{label}.md").write_text(report)
     _plot(rows, RESULTS / f"bench{label}.png", f"pg delay {args.pg_delay_ms} ms, appendfsync {args.appendfsync}")

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(5, ge=1)
 
     # Operations.
+    worker_metrics_port: int = Field(9100, ge=0, le=65535)
     access_log: bool = True
     log_level: str = "INFO"
 

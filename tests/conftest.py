@@ -83,6 +83,7 @@ def worker_env(servers: Servers) -> dict[str, str]:
         REDIS_URL=servers.redis_url,
         RECLAIM_IDLE_MS="500",
         RECLAIM_INTERVAL_SECONDS="1",
+        WORKER_METRICS_PORT="0",
         PYTHONPATH=str(ROOT),
     )
     return env

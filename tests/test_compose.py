@@ -59,3 +59,17 @@ def test_app_services_share_one_image_built_from_deploy(compose: dict[str, Any])
 
 def test_api_publishes_its_port(compose: dict[str, Any]) -> None:
     assert compose["services"]["api"]["ports"] == ["8000:8000"]
+
+
+def test_observability_profile_scrapes_api_and_workers(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["observability"]
+    assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in services["prometheus"]["volumes"]
+    mounts = " ".join(services["grafana"]["volumes"])
+    assert "deploy/grafana/provisioning" in mounts
+    assert "deploy/grafana/dashboards" in mounts
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    text = str(config)
+    assert "api:8000" in text
+    assert "9100" in text

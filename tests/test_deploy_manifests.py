@@ -242,7 +242,8 @@ def test_api_deployment(k8s: list[Doc]) -> None:
     assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
     assert pod["terminationGracePeriodSeconds"] == 30
     assert container["livenessProbe"]["httpGet"] == {"path": "/status/heartbeat", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/status/ready", "port": "http"}
+    # Postgres down must not take the API out of the Service: it keeps accepting into Redis
+    assert container["readinessProbe"]["httpGet"] == {"path": "/status/ready?postgres=optional", "port": "http"}
     # /status/ready gives each store 2 s; a shorter probe timeout would mark healthy pods unready.
     assert container["readinessProbe"]["timeoutSeconds"] >= 3
 

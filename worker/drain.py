@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -25,6 +26,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import keys, queries
 from shared.codec import NotificationDoc, decode_entry
+from shared.metrics import (
+    BACKLOG,
+    DEAD_LETTERS,
+    DRAIN_BATCH_SECONDS,
+    DRAIN_BATCH_SIZE,
+    OLDEST_PENDING_AGE,
+    ROWS_STORED,
+    STORAGE_ERRORS,
+)
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -128,6 +138,7 @@ class Drain:
         `redelivered` says the entries may have been stored before (reclaimed from another consumer), so the
         idempotent insert is used straight away.
         """
+        started = time.perf_counter()
         entries: list[Entry] = []
         finished: list[bytes] = []  # entry ids to ack without storing (deleted or dead-lettered)
         for entry_id, fields in raw:
@@ -146,6 +157,9 @@ class Drain:
         stored = await self._store(entries, redelivered) if entries else 0
         await self._ack(entries, finished)
         self.stored += stored
+        ROWS_STORED.inc(stored)
+        DRAIN_BATCH_SIZE.observe(sum(len(entry.docs) for entry in entries))
+        DRAIN_BATCH_SECONDS.observe(time.perf_counter() - started)
         return stored
 
     async def _store(self, entries: list[Entry], redelivered: bool) -> int:
@@ -187,6 +201,7 @@ class Drain:
                 if _is_data_error(exc):
                     raise PoisonError(str(getattr(exc, "orig", exc))) from exc
                 # an outage: keep the batch and try again, never drop it
+                STORAGE_ERRORS.inc()
                 if self.stopping.is_set():
                     raise
                 logger.warning("storing %d entries failed (%r); retrying in %.1fs", len(entries), exc, delay)
@@ -212,15 +227,25 @@ class Drain:
 
     async def _dead_letter(self, entry_id: bytes, payload: bytes, error: str) -> None:
         logger.error("dead-lettering entry %s: %s", entry_id.decode(), error)
+        DEAD_LETTERS.inc()
         await self.redis.xadd(
             keys.DEAD_LETTER_STREAM,
             {"entry": entry_id, "payload": payload, "error": error, "consumer": self.consumer},
         )
 
+    async def observe_backlog(self) -> None:
+        """Update the backlog gauges: stream length and the age of its oldest entry."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(keys.STREAM)
+            pipe.xrange(keys.STREAM, count=1)
+            length, oldest = await pipe.execute()
+        BACKLOG.set(length)
+        OLDEST_PENDING_AGE.set(time.time() - int(oldest[0][0].split(b"-")[0]) / 1000 if oldest else 0)
+
     async def run(self) -> None:
         """Drain until `stopping` is set: reclaim stale entries now and then, otherwise read new ones."""
         loop = asyncio.get_running_loop()
-        next_reclaim = 0.0
+        next_reclaim = next_observation = 0.0
         delay = 0.1
         logger.info("drain %s started", self.consumer)
         while not self.stopping.is_set():
@@ -231,6 +256,9 @@ class Drain:
                     while stale := await self.reclaim_stale():
                         logger.info("reclaimed %d stale entries", len(stale))
                         await self.drain_batch(stale, redelivered=True)
+                if loop.time() >= next_observation:
+                    next_observation = loop.time() + 1.0
+                    await self.observe_backlog()
                 if batch := await self.read_new():
                     await self.drain_batch(batch)
                 delay = 0.1

@@ -11,6 +11,7 @@ from typing import Any
 
 from arq import cron
 from arq.connections import RedisSettings
+from prometheus_client import start_http_server
 
 from shared import keys, redis_client
 from shared.db import create_engine
@@ -33,6 +34,11 @@ async def startup(ctx: dict[str, Any]) -> None:
     logging.getLogger("arq").propagate = False  # arq's CLI gives it a handler of its own
     redis = redis_client.connect(settings, read_slack_seconds=settings.drain_block_ms / 1000)
     engine = create_engine(settings.require_database_url(), settings.db_pool_size)
+    if settings.worker_metrics_port:
+        try:
+            start_http_server(settings.worker_metrics_port)
+        except OSError as exc:  # several workers on one host (make run WORKERS=4): only the first serves
+            logger.warning("metrics not served on port %d: %s", settings.worker_metrics_port, exc)
     drain = Drain(redis, engine, settings, consumer_name())
     ctx["drain"] = drain
     ctx["drain_task"] = asyncio.create_task(drain.run(), name="drain")

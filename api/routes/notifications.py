@@ -23,6 +23,7 @@ from api.template_cache import TemplateCache, TemplateVersion
 from shared import keys, queries
 from shared.codec import encode_notification, join_array
 from shared.ids import request_ids, stem_and_index
+from shared.metrics import ACCEPTED
 from shared.schemas import (
     BRIEF_EXAMPLE,
     BRIEF_MULTIPLE_EXAMPLE,
@@ -185,6 +186,7 @@ async def create_notification(request: Request) -> Response:
     ids, docs = _accept([item], service_id, resolved)
     entry = join_array(docs)
     await state.writer.write(entry, keys.cache_key(str(service_id), ids[0]))
+    ACCEPTED.inc()
     return Response(docs[0], status_code=201, media_type=JSON, headers={"Location": f"{router.prefix}/{ids[0]}"})
 
 
@@ -209,6 +211,7 @@ async def create_notifications(request: Request) -> Response:
     ids, docs = _accept(items, service_id, resolved)
     entry = join_array(docs)
     await state.writer.write(entry, keys.cache_key(str(service_id), ids[0]))
+    ACCEPTED.inc(len(ids))
     return Response(entry, status_code=201, media_type=JSON)
 
 

@@ -2,6 +2,7 @@
 
 `GET /status/heartbeat` answers 204 without touching Redis or Postgres (is the process serving?).
 `GET /status/ready` checks both stores and reports the backlog: 200 when Redis and Postgres answer, else 503.
+`GET /metrics` is the Prometheus exposition (see shared/metrics.py).
 """
 
 import asyncio
@@ -14,11 +15,20 @@ from sqlalchemy import text
 
 from api.deps import EngineDep, RedisDep, WriterDep
 from shared import keys
+from shared.metrics import render
 
 router = APIRouter(prefix="/status", tags=["status"])
+metrics_router = APIRouter()
 
 #: How long each readiness probe may take before its store counts as down.
 PROBE_TIMEOUT_SECONDS = 2.0
+
+
+@metrics_router.get("/metrics", response_class=Response, include_in_schema=False)
+async def metrics() -> Response:
+    """Prometheus metrics of the API."""
+    body, content_type = render()
+    return Response(body, media_type=content_type)
 
 
 @router.get("/heartbeat", status_code=204, response_class=Response)
