@@ -1,5 +1,6 @@
-"""Request log in the brief's format (`GET http://localhost:8000/status/heartbeat 204 0.014161s`) and the
-request counter by route, method and status.
+"""Request log in the brief's format, and the request counter by route, method and status.
+
+The log line: `GET http://localhost:8000/status/heartbeat 204 0.014161s`.
 
 A bare ASGI middleware (cheaper than Starlette's BaseHTTPMiddleware). ACCESS_LOG=false raises the `api.access`
 logger's level above INFO, and the middleware then passes requests through untouched.
