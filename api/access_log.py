@@ -2,19 +2,22 @@
 
 The log line: `GET http://localhost:8000/status/heartbeat 204 0.014161s`.
 
-A bare ASGI middleware (cheaper than Starlette's BaseHTTPMiddleware). ACCESS_LOG=false raises the `api.access`
-logger's level above INFO, and the middleware then passes requests through untouched.
+A bare ASGI middleware (cheaper than Starlette's BaseHTTPMiddleware). It also gives each request its id
+(`X-Request-ID`, the client's or a new one), which the write path stores with the stream entry so that the
+worker's logs name it. ACCESS_LOG=false raises the `api.access` logger's level above INFO: no line is written.
 """
 
 import logging
+import re
 import time
-from typing import Any
+import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.metrics import HTTP_REQUESTS
 
 logger = logging.getLogger("api.access")
+_SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def _url(scope: Scope) -> str:
@@ -36,44 +39,50 @@ def _route(scope: Scope) -> str:
     return str(getattr(route, "path", "unmatched"))
 
 
+def request_id(scope: Scope) -> str:
+    """The id of a request: the client's `X-Request-ID` when sane (1-64 of [A-Za-z0-9._-]), else a new one."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            candidate: str = value.decode("latin-1")
+            if _SANE_ID.fullmatch(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
 class AccessLogMiddleware:
-    """Logs method, URL, status and duration of every HTTP request at INFO."""
+    """Gives every HTTP request an id (echoed in `X-Request-ID`), counts it, and logs it at INFO."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-
-    async def _count_only(self, scope: Scope, receive: Receive, send: Send) -> None:
-        code = 500
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal code
-            if message["type"] == "http.response.start":
-                code = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            HTTP_REQUESTS.labels(_route(scope), scope["method"], str(code)).inc()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Time the request, count it, and log it once the response has been sent."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if not logger.isEnabledFor(logging.INFO):
-            await self._count_only(scope, receive, send)
-            return
         start = time.perf_counter()
-        status: dict[str, Any] = {"code": 500}
+        rid = request_id(scope)
+        scope["notify.request_id"] = rid
+        code = 500
 
         async def send_with_status(message: Message) -> None:
+            nonlocal code
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                code = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            HTTP_REQUESTS.labels(_route(scope), scope["method"], str(status["code"])).inc()
-            logger.info("%s %s %d %.6fs", scope["method"], _url(scope), status["code"], time.perf_counter() - start)
+            HTTP_REQUESTS.labels(_route(scope), scope["method"], str(code)).inc()
+            if logger.isEnabledFor(logging.INFO):
+                logger.info(
+                    "%s %s %d %.6fs",
+                    scope["method"],
+                    _url(scope),
+                    code,
+                    time.perf_counter() - start,
+                    extra={"request_id": rid},
+                )

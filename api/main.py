@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = active = settings or get_settings()
-        configure_logging(active.log_level)
+        configure_logging(active.log_level, active.log_format)
         logging.getLogger("api.access").setLevel(logging.INFO if active.access_log else logging.WARNING)
         app.state.redis = redis = redis_client.connect(active)
         app.state.writer = writer = RedisWriter(redis, active.max_backlog_entries)

@@ -29,6 +29,7 @@ BACKLOG_RECHECK_SECONDS = 1.0
 class _PendingWrite:
     entry: bytes
     cache_key: str
+    request_id: str
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -62,15 +63,17 @@ class RedisWriter:
         BACKLOG.set(length)
         self._backlog_read_at = time.monotonic()
 
-    async def write(self, entry: bytes, cache_key: str) -> None:
+    async def write(self, entry: bytes, cache_key: str, request_id: str = "") -> None:
         """Add one stream entry and cache it under `cache_key`; return once Redis acknowledged both.
+
+        `request_id` is stored with the entry, for the worker's logs.
 
         Raises:
             BacklogFullError: the stream's backlog is at MAX_BACKLOG_ENTRIES.
             redis.exceptions.RedisError: Redis refused the write or could not be reached.
         """
         await self._admit()
-        pending = _PendingWrite(entry, cache_key)
+        pending = _PendingWrite(entry, cache_key, request_id)
         self._queue.append(pending)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_all())
@@ -83,7 +86,7 @@ class RedisWriter:
             try:
                 async with self._redis.pipeline(transaction=True) as pipe:
                     for item in batch:
-                        pipe.xadd(keys.STREAM, {keys.STREAM_FIELD: item.entry})
+                        pipe.xadd(keys.STREAM, {keys.STREAM_FIELD: item.entry, keys.REQUEST_ID_FIELD: item.request_id})
                         pipe.set(item.cache_key, item.entry)
                     pipe.xlen(keys.STREAM)
                     results = await pipe.execute()

@@ -142,6 +142,37 @@ class RssSampler(threading.Thread):
             time.sleep(0.2)
 
 
+class Timeline(threading.Thread):
+    """Every half second: rows stored in Postgres and notifications waiting in the stream."""
+
+    def __init__(self, stack: Stack, per_request: int) -> None:
+        super().__init__(daemon=True)
+        self.stack = stack
+        self.per_request = per_request
+        self.samples: list[tuple[float, int, int]] = []  # (seconds since start, rows, backlog notifications)
+        self.running = True
+
+    def run(self) -> None:
+        """Sample until stopped."""
+        asyncio.run(self._sample())
+
+    async def _sample(self) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(self.stack.database_url)
+        redis = Redis.from_url(self.stack.redis_url)
+        start = time.monotonic()
+        try:
+            while self.running:
+                rows = await conn.fetchval("SELECT count(*) FROM notifications")
+                backlog = await redis.xlen("notify:stream")
+                self.samples.append((round(time.monotonic() - start, 2), int(rows), int(backlog) * self.per_request))
+                await asyncio.sleep(0.5)
+        finally:
+            await conn.close()
+            await redis.aclose()
+
+
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
@@ -209,6 +240,8 @@ def run_design(
         time.sleep(1.0 + api_workers)
         sampler = RssSampler({"api": api.pid, **({"worker": worker.pid} if worker else {})})
         sampler.start()
+        timeline = Timeline(stack, per_request)
+        timeline.start()
         started = time.monotonic()
         load = _wrk(port, path, body, stack.api_key, seconds, tmp)
         accepted = int(load["ok"]) * per_request
@@ -216,7 +249,8 @@ def run_design(
         while (stored := asyncio.run(_rows(stack))) < accepted and time.monotonic() < deadline:
             time.sleep(0.2)
         drained = time.monotonic()
-        sampler.running = False
+        sampler.running = timeline.running = False
+        timeline.join()
         lag_p50, lag_p99 = asyncio.run(_lag(stack))
     finally:
         _stop(api)
@@ -238,6 +272,7 @@ def run_design(
         "lag_p99_ms": round(lag_p99 * 1000, 1),
         "api_rss_mb": round(sampler.peak["api"] / 2**20, 1),
         "worker_rss_mb": round(sampler.peak.get("worker", 0) / 2**20, 1),
+        "timeline": timeline.samples,
     }
 
 
@@ -370,6 +405,30 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.savefig(path, dpi=100)
 
 
+def _plot_timelines(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = sorted({r["mode"] for r in rows}, reverse=True)
+    fig, axes = plt.subplots(2, len(modes), figsize=(6 * len(modes), 6), squeeze=False)
+    for column, mode in enumerate(modes):
+        for r in (r for r in rows if r["mode"] == mode):
+            t = [sample[0] for sample in r["timeline"]]
+            axes[0][column].plot(t, [sample[1] for sample in r["timeline"]], label=r["design"])
+            axes[1][column].plot(t, [sample[2] for sample in r["timeline"]], label=r["design"])
+        axes[0][column].set_title(f"{mode}: notifications stored in Postgres")
+        axes[1][column].set_title(f"{mode}: notifications waiting in Redis")
+        axes[1][column].set_xlabel("seconds since the load started")
+        for ax in (axes[0][column], axes[1][column]):
+            ax.legend()
+            ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
 def main() -> None:
     """Start the servers, measure every design, write the results."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -422,7 +481,7 @@ def main() -> None:
             for mode in args.modes.split(","):
                 for design in args.designs.split(","):
                     row = run_design(design, mode, stack, args.seconds, tmp, args.api_workers, args.drain_workers)
-                    print(row, flush=True)
+                    print({k: v for k, v in row.items() if k != "timeline"}, flush=True)
                     rows.append(row)
             half: list[dict[str, Any]] = []
             bytes_per = 0.0
@@ -444,7 +503,8 @@ def main() -> None:
     csv_path = RESULTS / "bench.csv"
     new = not csv_path.exists()
     with csv_path.open("a", newline="") as out:
-        fields = ["when", "label", "pg_delay_ms", "appendfsync", "drain_batch", *rows[0].keys()]
+        columns = [k for k in rows[0] if k != "timeline"]
+        fields = ["when", "label", "pg_delay_ms", "appendfsync", "drain_batch", *columns]
         writer = csv.DictWriter(out, fieldnames=fields)
         if new:
             writer.writeheader()
@@ -455,7 +515,9 @@ def main() -> None:
             )
     report = _markdown(rows, half, bytes_per, args)
     (RESULTS / f"bench{label}.md").write_text(report)
-    _plot(rows, RESULTS / f"bench{label}.png", f"pg delay {args.pg_delay_ms} ms, appendfsync {args.appendfsync}")
+    title = f"pg delay {args.pg_delay_ms} ms, appendfsync {args.appendfsync}"
+    _plot(rows, RESULTS / f"bench{label}.png", title)
+    _plot_timelines(rows, RESULTS / f"bench{label}-timeline.png", title)
     print(report)
 
 

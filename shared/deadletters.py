@@ -44,7 +44,10 @@ async def replay(redis: Redis, ids: list[str] | None = None) -> int:
         ]
     for entry_id, fields in entries:
         async with redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(keys.STREAM, {keys.STREAM_FIELD: fields[b"payload"]})
+            pipe.xadd(
+                keys.STREAM,
+                {keys.STREAM_FIELD: fields[b"payload"], keys.REQUEST_ID_FIELD: fields.get(b"request_id", b"")},
+            )
             pipe.xdel(keys.DEAD_LETTER_STREAM, entry_id)
             await pipe.execute()
     return len(entries)

@@ -10,6 +10,8 @@ from shared.ids import stem_and_index
 #: Stream of accepted, not yet stored requests; field `STREAM_FIELD` holds a JSON array of notifications.
 STREAM = "notify:stream"
 STREAM_FIELD = b"n"
+#: Field of a stream entry holding the id of the HTTP request that made it (for the logs).
+REQUEST_ID_FIELD = b"r"
 #: Consumer group of the drain workers.
 GROUP = "notify:drain"
 #: Cache of one request's notifications (the JSON array the API answered with), read by GET until (and shortly

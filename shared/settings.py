@@ -5,6 +5,7 @@ Every field is documented in the README's configuration table.
 """
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,7 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(9100, ge=0, le=65535)
     access_log: bool = True
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("database_url")
     @classmethod

@@ -72,6 +72,7 @@ class Entry:
     payload: bytes
     docs: list[NotificationDoc]
     cache_key: str | None
+    request_id: str = ""
 
 
 def consumer_name() -> str:
@@ -143,6 +144,7 @@ class Drain:
         finished: list[bytes] = []  # entry ids to ack without storing (deleted or dead-lettered)
         for entry_id, fields in raw:
             payload = (fields or {}).get(keys.STREAM_FIELD)
+            request_id = (fields or {}).get(keys.REQUEST_ID_FIELD, b"").decode(errors="replace")
             if payload is None:
                 finished.append(entry_id)  # deleted meanwhile (Redis < 7 returns it with no fields)
                 continue
@@ -150,14 +152,22 @@ class Drain:
                 docs = decode_entry(payload)
                 cache_key = keys.cache_key(str(docs[0]["service_id"]), str(docs[0]["id"])) if docs else None
             except (ValueError, KeyError, TypeError, IndexError) as exc:
-                await self._dead_letter(entry_id, payload, f"undecodable entry: {exc!r}")
+                await self._dead_letter(entry_id, payload, f"undecodable entry: {exc!r}", request_id)
                 finished.append(entry_id)
                 continue
-            entries.append(Entry(entry_id, payload, docs, cache_key))
+            entries.append(Entry(entry_id, payload, docs, cache_key, request_id))
         stored = await self._store(entries, redelivered) if entries else 0
         await self._ack(entries, finished)
         self.stored += stored
         ROWS_STORED.inc(stored)
+        if entries:
+            logger.info(
+                "stored %d new of %d notifications from %d requests",
+                stored,
+                sum(len(entry.docs) for entry in entries),
+                len(entries),
+                extra={"request_ids": [entry.request_id for entry in entries], "consumer": self.consumer},
+            )
         DRAIN_BATCH_SIZE.observe(sum(len(entry.docs) for entry in entries))
         DRAIN_BATCH_SECONDS.observe(time.perf_counter() - started)
         return stored
@@ -168,7 +178,7 @@ class Drain:
             return await self._insert_with_retry(entries, idempotent=redelivered)
         except PoisonError as exc:
             if len(entries) == 1:
-                await self._dead_letter(entries[0].entry_id, entries[0].payload, str(exc))
+                await self._dead_letter(entries[0].entry_id, entries[0].payload, str(exc), entries[0].request_id)
                 entries[0].cache_key = None  # nothing stored: GET keeps finding it in Redis
                 return 0
             middle = len(entries) // 2
@@ -225,12 +235,24 @@ class Drain:
             pipe.xdel(keys.STREAM, *entry_ids)
             await pipe.execute()
 
-    async def _dead_letter(self, entry_id: bytes, payload: bytes, error: str) -> None:
-        logger.error("dead-lettering entry %s: %s", entry_id.decode(), error)
+    async def _dead_letter(self, entry_id: bytes, payload: bytes, error: str, request_id: str = "") -> None:
+        logger.error(
+            "dead-lettering entry %s of request %s: %s",
+            entry_id.decode(),
+            request_id or "?",
+            error,
+            extra={"request_id": request_id, "entry": entry_id.decode()},
+        )
         DEAD_LETTERS.inc()
         await self.redis.xadd(
             keys.DEAD_LETTER_STREAM,
-            {"entry": entry_id, "payload": payload, "error": error, "consumer": self.consumer},
+            {
+                "entry": entry_id,
+                "payload": payload,
+                "error": error,
+                "consumer": self.consumer,
+                "request_id": request_id,
+            },
         )
 
     async def observe_backlog(self) -> None:

@@ -30,8 +30,9 @@ SHUTDOWN_GRACE_SECONDS = 30.0
 async def startup(ctx: dict[str, Any]) -> None:
     """Open the drain's own Redis client and the database engine, and start the drain loop."""
     settings = get_settings()
-    configure_logging(settings.log_level)
-    logging.getLogger("arq").propagate = False  # arq's CLI gives it a handler of its own
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.log_format == "text":
+        logging.getLogger("arq").propagate = False  # arq's CLI gives it a handler of its own
     redis = redis_client.connect(settings, read_slack_seconds=settings.drain_block_ms / 1000)
     engine = create_engine(settings.require_database_url(), settings.db_pool_size)
     if settings.worker_metrics_port:

@@ -154,6 +154,29 @@ def _accept(
     return ids, docs
 
 
+async def _ingest(request: Request, *, listed: bool) -> tuple[list[str], list[bytes], bytes]:
+    """The write path: authenticate → validate → templates → ids → Redis. Returns ids, documents, their array.
+
+    `listed` says the body is a list (`/multiple`) rather than one notification.
+    """
+    state = request.app.state
+    service_id = await authenticate(request)
+    body = await read_json_body(request, state.settings.max_body_bytes)
+    try:
+        if listed:
+            items = notification_list(state.settings).validate_json(body)
+        else:
+            items = [limited_notification(state.settings).model_validate_json(body)]
+    except ValidationError as exc:
+        raise _body_error(exc) from None
+    resolved = await _templates_for(items, service_id, state.templates, listed=listed)
+    ids, docs = _accept(items, service_id, resolved)
+    entry = join_array(docs)
+    await state.writer.write(entry, keys.cache_key(str(service_id), ids[0]), request.scope.get("notify.request_id", ""))
+    ACCEPTED.inc(len(ids))
+    return ids, docs, entry
+
+
 def _pick(request_json: bytes | None, notification_id: UUID) -> bytes | None:
     """Return one notification's JSON out of its request's cached array (None if it is not there)."""
     if request_json is None:
@@ -175,18 +198,7 @@ def _pick(request_json: bytes | None, notification_id: UUID) -> bytes | None:
 )
 async def create_notification(request: Request) -> Response:
     """Validate one notification, queue it in Redis and return it with its id (201)."""
-    state = request.app.state
-    service_id = await authenticate(request)
-    body = await read_json_body(request, state.settings.max_body_bytes)
-    try:
-        item = limited_notification(state.settings).model_validate_json(body)
-    except ValidationError as exc:
-        raise _body_error(exc) from None
-    resolved = await _templates_for([item], service_id, state.templates, listed=False)
-    ids, docs = _accept([item], service_id, resolved)
-    entry = join_array(docs)
-    await state.writer.write(entry, keys.cache_key(str(service_id), ids[0]))
-    ACCEPTED.inc()
+    ids, docs, _ = await _ingest(request, listed=False)
     return Response(docs[0], status_code=201, media_type=JSON, headers={"Location": f"{router.prefix}/{ids[0]}"})
 
 
@@ -200,18 +212,7 @@ async def create_notification(request: Request) -> Response:
 )
 async def create_notifications(request: Request) -> Response:
     """Validate 1..MAX_BATCH_ITEMS notifications, queue them in Redis as one entry, return them in order (201)."""
-    state = request.app.state
-    service_id = await authenticate(request)
-    body = await read_json_body(request, state.settings.max_body_bytes)
-    try:
-        items = notification_list(state.settings).validate_json(body)
-    except ValidationError as exc:
-        raise _body_error(exc) from None
-    resolved = await _templates_for(items, service_id, state.templates, listed=True)
-    ids, docs = _accept(items, service_id, resolved)
-    entry = join_array(docs)
-    await state.writer.write(entry, keys.cache_key(str(service_id), ids[0]))
-    ACCEPTED.inc(len(ids))
+    _, _, entry = await _ingest(request, listed=True)
     return Response(entry, status_code=201, media_type=JSON)
 
 

@@ -1,0 +1,53 @@
+"""Request ids: echoed to the client, carried with the stream entry, named by the worker's log; JSON log lines."""
+
+import logging
+
+import httpx
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.logs import JsonFormatter
+from tests.conftest import drain_all
+from worker.drain import Drain
+
+
+async def test_request_id_travels_from_api_to_worker_log(
+    client: httpx.AsyncClient, redis: Redis, drain: Drain, caplog: pytest.LogCaptureFixture
+) -> None:
+    response = await client.post("/notifications/v1/", json={"to": "me"}, headers={"X-Request-ID": "trace-42"})
+
+    assert response.headers["x-request-id"] == "trace-42"
+    ((_, fields),) = await redis.xrange(keys.STREAM)
+    assert fields[keys.REQUEST_ID_FIELD] == b"trace-42"
+    with caplog.at_level(logging.INFO, logger="worker.drain"):
+        await drain_all(drain)
+    batches = [record for record in caplog.records if record.getMessage().startswith("stored 1 new")]
+    assert [record.request_ids for record in batches] == [["trace-42"]]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("sent", [None, "", "x" * 65, "bad id with spaces", "ünïcode"])
+async def test_missing_or_odd_request_ids_are_replaced(client: httpx.AsyncClient, sent: str | None) -> None:
+    headers = {"X-Request-ID": sent.encode()} if sent is not None else {}
+
+    response = await client.get("/status/heartbeat", headers=headers)
+
+    made = response.headers["x-request-id"]
+    assert made != sent
+    assert len(made) == 32
+    assert int(made, 16) >= 0
+
+
+def test_json_log_lines_carry_the_context() -> None:
+    record = logging.makeLogRecord(
+        {"name": "api.access", "levelname": "INFO", "msg": "GET %s 204", "args": ("/x",), "request_id": "abc"}
+    )
+
+    line = orjson.loads(JsonFormatter().format(record))
+
+    assert line["message"] == "GET /x 204"
+    assert line["request_id"] == "abc"
+    assert line["level"] == "INFO"
+    assert line["logger"] == "api.access"
+    assert "time" in line
