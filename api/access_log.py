@@ -8,9 +8,10 @@ worker's logs name it. ACCESS_LOG=false raises the `api.access` logger's level a
 """
 
 import logging
+import os
 import re
 import time
-import uuid
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,6 +40,18 @@ def _route(scope: Scope) -> str:
     return str(getattr(route, "path", "unmatched"))
 
 
+_counters: dict[tuple[str, str, int], Any] = {}
+
+
+def _count(route: str, method: str, code: int) -> None:
+    """Count a request; the labelled children are looked up once (labels() costs more than the increment)."""
+    key = (route, method, code)
+    counter = _counters.get(key)
+    if counter is None:
+        counter = _counters[key] = HTTP_REQUESTS.labels(route, method, str(code))
+    counter.inc()
+
+
 def request_id(scope: Scope) -> str:
     """The id of a request: the client's `X-Request-ID` when sane (1-64 of [A-Za-z0-9._-]), else a new one."""
     for name, value in scope.get("headers", ()):
@@ -47,7 +60,7 @@ def request_id(scope: Scope) -> str:
             if _SANE_ID.fullmatch(candidate):
                 return candidate
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 class AccessLogMiddleware:
@@ -76,7 +89,7 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            HTTP_REQUESTS.labels(_route(scope), scope["method"], str(code)).inc()
+            _count(_route(scope), scope["method"], code)
             if logger.isEnabledFor(logging.INFO):
                 logger.info(
                     "%s %s %d %.6fs",

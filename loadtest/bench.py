@@ -143,7 +143,7 @@ class RssSampler(threading.Thread):
 
 
 class Timeline(threading.Thread):
-    """Every half second: rows stored in Postgres and notifications waiting in the stream."""
+    """Every second: rows stored in Postgres and notifications waiting in the stream."""
 
     def __init__(self, stack: Stack, per_request: int) -> None:
         super().__init__(daemon=True)
@@ -167,7 +167,7 @@ class Timeline(threading.Thread):
                 rows = await conn.fetchval("SELECT count(*) FROM notifications")
                 backlog = await redis.xlen("notify:stream")
                 self.samples.append((round(time.monotonic() - start, 2), int(rows), int(backlog) * self.per_request))
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(1.0)
         finally:
             await conn.close()
             await redis.aclose()
@@ -500,6 +500,11 @@ def main() -> None:
     label = f"-{args.label}" if args.label else ""
     when = datetime.now(UTC).isoformat(timespec="seconds")
     RESULTS.mkdir(parents=True, exist_ok=True)
+    report = _markdown(rows, half, bytes_per, args)
+    (RESULTS / f"bench{label}.md").write_text(report)
+    title = f"pg delay {args.pg_delay_ms} ms, appendfsync {args.appendfsync}"
+    _plot(rows, RESULTS / f"bench{label}.png", title)
+    _plot_timelines(rows, RESULTS / f"bench{label}-timeline.png", title)
     csv_path = RESULTS / "bench.csv"
     new = not csv_path.exists()
     with csv_path.open("a", newline="") as out:
@@ -510,14 +515,10 @@ def main() -> None:
             writer.writeheader()
         for row in rows:
             settings = {"pg_delay_ms": args.pg_delay_ms, "appendfsync": args.appendfsync}
+            figures = {k: v for k, v in row.items() if k != "timeline"}
             writer.writerow(
-                {"when": when, "label": args.label, **settings, "drain_batch": args.drain_batch or 500, **row}
+                {"when": when, "label": args.label, **settings, "drain_batch": args.drain_batch or 500, **figures}
             )
-    report = _markdown(rows, half, bytes_per, args)
-    (RESULTS / f"bench{label}.md").write_text(report)
-    title = f"pg delay {args.pg_delay_ms} ms, appendfsync {args.appendfsync}"
-    _plot(rows, RESULTS / f"bench{label}.png", title)
-    _plot_timelines(rows, RESULTS / f"bench{label}-timeline.png", title)
     print(report)
 
 
