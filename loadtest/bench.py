@@ -19,13 +19,11 @@ import argparse
 import asyncio
 import csv
 import os
-import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import psutil
 from redis.asyncio import Redis
 from sqlalchemy import text
 
+from loadtest.bench_report import markdown, plot_bars, plot_timelines
 from loadtest.loadgen import run_fixed_rate
+from loadtest.measure import RssSampler, Timeline, wrk
 from shared import tenancy
 from shared.db import create_engine, upgrade_database
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
@@ -120,59 +119,6 @@ async def _lag(stack: Stack) -> tuple[float, float]:
     return float(row[0] or 0), float(row[1] or 0)
 
 
-class RssSampler(threading.Thread):
-    """Largest resident set size of some processes (and their children) while it runs."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        super().__init__(daemon=True)
-        self.pids = pids
-        self.peak = dict.fromkeys(pids, 0)
-        self.running = True
-
-    def run(self) -> None:
-        """Sample every 200 ms."""
-        while self.running:
-            for name, pid in self.pids.items():
-                try:
-                    process = psutil.Process(pid)
-                    rss = process.memory_info().rss + sum(c.memory_info().rss for c in process.children(recursive=True))
-                    self.peak[name] = max(self.peak[name], rss)
-                except psutil.Error:
-                    pass
-            time.sleep(0.2)
-
-
-class Timeline(threading.Thread):
-    """Every second: rows stored in Postgres and notifications waiting in the stream."""
-
-    def __init__(self, stack: Stack, per_request: int) -> None:
-        super().__init__(daemon=True)
-        self.stack = stack
-        self.per_request = per_request
-        self.samples: list[tuple[float, int, int]] = []  # (seconds since start, rows, backlog notifications)
-        self.running = True
-
-    def run(self) -> None:
-        """Sample until stopped."""
-        asyncio.run(self._sample())
-
-    async def _sample(self) -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(self.stack.database_url)
-        redis = Redis.from_url(self.stack.redis_url)
-        start = time.monotonic()
-        try:
-            while self.running:
-                rows = await conn.fetchval("SELECT count(*) FROM notifications")
-                backlog = await redis.xlen("notify:stream")
-                self.samples.append((round(time.monotonic() - start, 2), int(rows), int(backlog) * self.per_request))
-                await asyncio.sleep(1.0)
-        finally:
-            await conn.close()
-            await redis.aclose()
-
-
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
@@ -184,37 +130,6 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=40)
     except subprocess.TimeoutExpired:
         process.kill()
-
-
-def _wrk(port: int, path: str, body: bytes, key: str, seconds: int, tmp: Path) -> dict[str, float]:
-    script = tmp / "wrk.lua"
-    script.write_text(
-        'wrk.method = "POST"\n'
-        f"wrk.body = [==[{body.decode()}]==]\n"
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
-    )
-    out = subprocess.run(
-        ["wrk", "-t1", "-c50", f"-d{seconds}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}{path}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    units = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
-
-    def latency(pct: str) -> float:
-        found = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
-        return float(found.group(1)) * units[found.group(2)] if found else float("nan")
-
-    return {
-        "requests": requests,
-        "ok": requests - (int(bad.group(1)) if bad else 0),
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50": latency("50"),
-        "p99": latency("99"),
-    }
 
 
 def run_design(
@@ -240,10 +155,11 @@ def run_design(
         time.sleep(1.0 + api_workers)
         sampler = RssSampler({"api": api.pid, **({"worker": worker.pid} if worker else {})})
         sampler.start()
-        timeline = Timeline(stack, per_request)
+        # naive entries hold one notification each, ours a whole request
+        timeline = Timeline(stack.database_url, stack.redis_url, 1 if design == "naive" else per_request)
         timeline.start()
         started = time.monotonic()
-        load = _wrk(port, path, body, stack.api_key, seconds, tmp)
+        load = wrk(port, path, body, stack.api_key, seconds, tmp)
         accepted = int(load["ok"]) * per_request
         deadline = time.monotonic() + 120
         while (stored := asyncio.run(_rows(stack))) < accepted and time.monotonic() < deadline:
@@ -340,95 +256,6 @@ def memory_figures(stack: Stack, tmp: Path) -> float:
         _stop(api)
 
 
-def _markdown(
-    rows: list[dict[str, Any]], half: list[dict[str, Any]], bytes_per: float, args: argparse.Namespace
-) -> str:
-    lines = [
-        f"# Benchmark {datetime.now(UTC).isoformat(timespec='seconds')}",
-        "",
-        f"`python -m loadtest.bench --seconds {args.seconds} --pg-delay-ms {args.pg_delay_ms} "
-        f"--appendfsync {args.appendfsync} --api-workers {args.api_workers} --drain-workers {args.drain_workers}"
-        f"{f' --drain-batch {args.drain_batch}' if args.drain_batch else ''}` — wrk -t1 -c50 on the same 2 cores.",
-        "",
-        "| design | mode | accepted notif/s | req/s | p50 ms | p99 ms | stored notif/s | lag p50 ms | lag p99 ms"
-        " | API RSS MB | worker RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['design']} | {r['mode']} | {r['accepted_per_s']} | {r['requests_per_s']} | {r['p50_ms']} | "
-            f"{r['p99_ms']} | {r['stored_per_s']} | {r['lag_p50_ms']} | {r['lag_p99_ms']} | {r['api_rss_mb']} | "
-            f"{r['worker_rss_mb']} |"
-        )
-    by = {(r["design"], r["mode"]): r for r in rows}
-    lines += ["", "| ratio (accepted notifications/s) | single | multiple(100) |", "|---|---|---|"]
-    for base in ("naive", "direct"):
-        cells = []
-        for mode in ("single", "multiple"):
-            ours, theirs = by.get(("service", mode)), by.get((base, mode))
-            cells.append(f"{ours['accepted_per_s'] / theirs['accepted_per_s']:.2f}x" if ours and theirs else "-")
-        lines.append(f"| service / {base} | {cells[0]} | {cells[1]} |")
-    if half:
-        lines += [
-            "",
-            "Service at half its maximum rate (fixed-rate load, 64 connections):",
-            "",
-            "| mode | rate req/s | sent | ok | HTTP p50 ms | HTTP p99 ms | lag p50 ms | lag p99 ms |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {h['mode']} | {h['rate_rps']} | {h['sent']} | {h['ok']} | {h['http_p50_ms']} | {h['http_p99_ms']} | "
-            f"{h['lag_p50_ms']} | {h['lag_p99_ms']} |"
-            for h in half
-        ]
-    if bytes_per:
-        lines += ["", f"Redis memory per pending notification (stream entry share + cache key): {bytes_per:.0f} bytes."]
-    return "\n".join(lines) + "\n"
-
-
-def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, mode in zip(axes, ("single", "multiple"), strict=True):
-        data = [r for r in rows if r["mode"] == mode]
-        names = [r["design"] for r in data]
-        ax.bar([n + "\naccepted" for n in names], [r["accepted_per_s"] for r in data], color="#4477aa")
-        ax.bar([n + "\nstored" for n in names], [r["stored_per_s"] for r in data], color="#66ccee")
-        ax.set_title(f"{mode}: notifications/s")
-        ax.tick_params(axis="x", labelsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
-def _plot_timelines(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    modes = sorted({r["mode"] for r in rows}, reverse=True)
-    fig, axes = plt.subplots(2, len(modes), figsize=(6 * len(modes), 6), squeeze=False)
-    for column, mode in enumerate(modes):
-        for r in (r for r in rows if r["mode"] == mode):
-            t = [sample[0] for sample in r["timeline"]]
-            axes[0][column].plot(t, [sample[1] for sample in r["timeline"]], label=r["design"])
-            axes[1][column].plot(t, [sample[2] for sample in r["timeline"]], label=r["design"])
-        axes[0][column].set_title(f"{mode}: notifications stored in Postgres")
-        axes[1][column].set_title(f"{mode}: notifications waiting in Redis")
-        axes[1][column].set_xlabel("seconds since the load started")
-        for ax in (axes[0][column], axes[1][column]):
-            ax.legend()
-            ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-
-
 def main() -> None:
     """Start the servers, measure every design, write the results."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -500,11 +327,11 @@ def main() -> None:
     label = f"-{args.label}" if args.label else ""
     when = datetime.now(UTC).isoformat(timespec="seconds")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    report = _markdown(rows, half, bytes_per, args)
+    report = markdown(rows, half, bytes_per, args)
     (RESULTS / f"bench{label}.md").write_text(report)
     title = f"pg delay {args.pg_delay_ms} ms, appendfsync {args.appendfsync}"
-    _plot(rows, RESULTS / f"bench{label}.png", title)
-    _plot_timelines(rows, RESULTS / f"bench{label}-timeline.png", title)
+    plot_bars(rows, RESULTS / f"bench{label}.png", title)
+    plot_timelines(rows, RESULTS / f"bench{label}-timeline.png", title)
     csv_path = RESULTS / "bench.csv"
     new = not csv_path.exists()
     with csv_path.open("a", newline="") as out:

@@ -1,0 +1,96 @@
+"""The benchmark's report: a markdown table with the ratios, and plots (throughput bars, timelines)."""
+
+import argparse
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+
+def markdown(rows: list[dict[str, Any]], half: list[dict[str, Any]], bytes_per: float, args: argparse.Namespace) -> str:
+    """Return the run's report: the table of figures, the ratios, the half-load lag and the memory figure."""
+    lines = [
+        f"# Benchmark {datetime.now(UTC).isoformat(timespec='seconds')}",
+        "",
+        f"`python -m loadtest.bench --seconds {args.seconds} --pg-delay-ms {args.pg_delay_ms} "
+        f"--appendfsync {args.appendfsync} --api-workers {args.api_workers} --drain-workers {args.drain_workers}"
+        f"{f' --drain-batch {args.drain_batch}' if args.drain_batch else ''}` — wrk -t1 -c50 on the same 2 cores.",
+        "",
+        "| design | mode | accepted notif/s | req/s | p50 ms | p99 ms | stored notif/s | lag p50 ms | lag p99 ms"
+        " | API RSS MB | worker RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['design']} | {r['mode']} | {r['accepted_per_s']} | {r['requests_per_s']} | {r['p50_ms']} | "
+            f"{r['p99_ms']} | {r['stored_per_s']} | {r['lag_p50_ms']} | {r['lag_p99_ms']} | {r['api_rss_mb']} | "
+            f"{r['worker_rss_mb']} |"
+        )
+    by = {(r["design"], r["mode"]): r for r in rows}
+    lines += ["", "| ratio (accepted notifications/s) | single | multiple(100) |", "|---|---|---|"]
+    for base in ("naive", "direct"):
+        cells = []
+        for mode in ("single", "multiple"):
+            ours, theirs = by.get(("service", mode)), by.get((base, mode))
+            cells.append(f"{ours['accepted_per_s'] / theirs['accepted_per_s']:.2f}x" if ours and theirs else "-")
+        lines.append(f"| service / {base} | {cells[0]} | {cells[1]} |")
+    if half:
+        lines += [
+            "",
+            "Service at half its maximum rate (fixed-rate load, 64 connections):",
+            "",
+            "| mode | rate req/s | sent | ok | HTTP p50 ms | HTTP p99 ms | lag p50 ms | lag p99 ms |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {h['mode']} | {h['rate_rps']} | {h['sent']} | {h['ok']} | {h['http_p50_ms']} | {h['http_p99_ms']} | "
+            f"{h['lag_p50_ms']} | {h['lag_p99_ms']} |"
+            for h in half
+        ]
+    if bytes_per:
+        lines += ["", f"Redis memory per pending notification (stream entry share + cache key): {bytes_per:.0f} bytes."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_bars(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Save a bar chart of accepted and stored notifications/s per design and mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, mode in zip(axes, ("single", "multiple"), strict=True):
+        data = [r for r in rows if r["mode"] == mode]
+        names = [r["design"] for r in data]
+        ax.bar([n + "\naccepted" for n in names], [r["accepted_per_s"] for r in data], color="#4477aa")
+        ax.bar([n + "\nstored" for n in names], [r["stored_per_s"] for r in data], color="#66ccee")
+        ax.set_title(f"{mode}: notifications/s")
+        ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def plot_timelines(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Save the notifications stored and waiting over time, per design and mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = sorted({r["mode"] for r in rows}, reverse=True)
+    fig, axes = plt.subplots(2, len(modes), figsize=(6 * len(modes), 6), squeeze=False)
+    for column, mode in enumerate(modes):
+        for r in (r for r in rows if r["mode"] == mode):
+            t = [sample[0] for sample in r["timeline"]]
+            axes[0][column].plot(t, [sample[1] for sample in r["timeline"]], label=r["design"])
+            axes[1][column].plot(t, [sample[2] for sample in r["timeline"]], label=r["design"])
+        axes[0][column].set_title(f"{mode}: notifications stored in Postgres")
+        axes[1][column].set_title(f"{mode}: notifications waiting in Redis")
+        axes[1][column].set_xlabel("seconds since the load started")
+        for ax in (axes[0][column], axes[1][column]):
+            ax.legend()
+            ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)

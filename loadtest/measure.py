@@ -1,0 +1,97 @@
+"""Measuring instruments of the benchmark: wrk at full speed, peak RSS, and a stored/waiting timeline."""
+
+import asyncio
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psutil
+from redis.asyncio import Redis
+
+
+def wrk(port: int, path: str, body: bytes, key: str, seconds: int, tmp: Path) -> dict[str, float]:
+    """Load `path` using wrk: 1 thread, 50 connections, `seconds` long; return requests, rate and latencies."""
+    script = tmp / "wrk.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = [==[{body.decode()}]==]\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+    )
+    out = subprocess.run(
+        ["wrk", "-t1", "-c50", f"-d{seconds}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}{path}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+    def latency(pct: str) -> float:
+        found = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
+        return float(found.group(1)) * units[found.group(2)] if found else float("nan")
+
+    return {
+        "requests": requests,
+        "ok": requests - (int(bad.group(1)) if bad else 0),
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50": latency("50"),
+        "p99": latency("99"),
+    }
+
+
+class RssSampler(threading.Thread):
+    """Largest resident set size of some processes (and their children) while it runs."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        super().__init__(daemon=True)
+        self.pids = pids
+        self.peak = dict.fromkeys(pids, 0)
+        self.running = True
+
+    def run(self) -> None:
+        """Sample every 200 ms."""
+        while self.running:
+            for name, pid in self.pids.items():
+                try:
+                    process = psutil.Process(pid)
+                    rss = process.memory_info().rss + sum(c.memory_info().rss for c in process.children(recursive=True))
+                    self.peak[name] = max(self.peak[name], rss)
+                except psutil.Error:
+                    pass
+            time.sleep(0.2)
+
+
+class Timeline(threading.Thread):
+    """Every second: rows stored in Postgres and notifications waiting in the stream."""
+
+    def __init__(self, database_url: str, redis_url: str, per_request: int) -> None:
+        super().__init__(daemon=True)
+        self.database_url = database_url
+        self.redis_url = redis_url
+        self.per_request = per_request
+        self.samples: list[tuple[float, int, int]] = []  # (seconds since start, rows, backlog notifications)
+        self.running = True
+
+    def run(self) -> None:
+        """Sample until stopped."""
+        asyncio.run(self._sample())
+
+    async def _sample(self) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(self.database_url)
+        redis = Redis.from_url(self.redis_url)
+        start = time.monotonic()
+        try:
+            while self.running:
+                rows = await conn.fetchval("SELECT count(*) FROM notifications")
+                backlog = await redis.xlen("notify:stream")
+                self.samples.append((round(time.monotonic() - start, 2), int(rows), int(backlog) * self.per_request))
+                await asyncio.sleep(1.0)
+        finally:
+            await conn.close()
+            await redis.aclose()
