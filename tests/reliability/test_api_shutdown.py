@@ -1,0 +1,73 @@
+"""SIGTERM to a real uvicorn server under load: in-flight requests finish, and every 201 is in Redis."""
+
+import asyncio
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.embedded import free_port
+from tests.conftest import ROOT, Tenant
+
+
+async def test_sigterm_finishes_in_flight_requests_and_loses_no_201(
+    worker_env: dict[str, str], venv_bin: Path, tenant: Tenant, redis: Redis, tmp_path: Path
+) -> None:
+    port = free_port()
+    log = (tmp_path / "api.log").open("wb")
+    server = subprocess.Popen(  # noqa: ASYNC220 - started once, before the event loop has work
+        [str(venv_bin / "uvicorn"), "api.main:app", "--port", str(port), "--no-access-log"],
+        env={**worker_env, "ACCESS_LOG": "false"},
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/notifications/v1/multiple"
+    body = [{"to": f"user{i}"} for i in range(50)]
+    accepted: list[str] = []
+    statuses: list[int | str] = []
+
+    async def producer(client: httpx.AsyncClient) -> None:
+        while True:
+            try:
+                response = await client.post(url, json=body, headers=tenant.headers)
+            except httpx.TransportError as exc:  # refused once the server stopped listening
+                statuses.append(type(exc).__name__)
+                return
+            statuses.append(response.status_code)
+            if response.status_code == 201:
+                accepted.extend(item["id"] for item in response.json())
+
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            for _ in range(100):
+                try:
+                    if (await client.get(f"http://127.0.0.1:{port}/status/heartbeat")).status_code == 204:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+            producers = [asyncio.create_task(producer(client)) for _ in range(20)]
+            await asyncio.sleep(1.5)
+            server.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            await asyncio.gather(*producers)
+        # uvicorn re-raises the signal after its graceful shutdown, so the exit status is "terminated"
+        assert server.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert time.monotonic() - started < 30
+    finally:
+        if server.poll() is None:
+            server.kill()
+        log.close()
+
+    assert "Application shutdown complete" in (tmp_path / "api.log").read_text()  # the lifespan closed cleanly
+    assert len(accepted) >= 50 * 20  # the load did run
+    assert all(status in (201, "ConnectError", "RemoteProtocolError", "ReadError") for status in statuses), statuses
+    queued = {
+        doc["id"] for _, fields in await redis.xrange(keys.STREAM) for doc in orjson.loads(fields[keys.STREAM_FIELD])
+    }
+    assert set(accepted) <= queued  # every notification answered 201 is in the stream
