@@ -2,9 +2,9 @@
 
 Tenancy here means services, their API keys, and versioned templates.
 
-The drain hands Postgres the stream entries' JSON as they are (a text array of JSON arrays) and lets
-`json_to_recordset` unpack them, so no per-row Python objects are built on the way into the database.
-Every insert of the drain is `ON CONFLICT DO NOTHING`: a redelivered entry never makes a second row.
+The drain's fast path is a binary COPY of decoded rows (`copy_notifications`). Its idempotent path, for
+redelivered entries, hands Postgres the entries' JSON as they are (a text array of JSON arrays), lets
+`json_to_recordset` unpack them, and inserts `ON CONFLICT DO NOTHING`: a redelivered entry never makes a second row.
 """
 
 from datetime import datetime

@@ -1,9 +1,10 @@
 """The notification routes: the write path (auth → validate → id → Redis → 201) and the read-through GET.
 
-POST parses the raw body once, checks any template against the personalization, gives each notification a
-time-ordered UUIDv7, serializes it once, and hands the bytes to the group-commit writer: one stream entry per
-request plus one cache key per notification. The 201 goes out after Redis acknowledged. GET looks in the Redis
-cache first (notifications not yet drained, or drained a moment ago) and then in Postgres. Every route works
+POST parses the raw body once, checks any template against the personalization, gives the request's
+notifications time-ordered UUIDv7 ids with one shared stem (`shared.ids`), serializes each once, and hands the
+bytes to the group-commit writer: one stream entry and one cache key per request. The 201 goes out after Redis
+acknowledged. GET looks in the request's cached array first (notifications not yet drained, or drained a moment
+ago) and then in Postgres. Every route works
 within the service of the caller's API key; another service's notification is a 404.
 """
 
