@@ -5,8 +5,9 @@ dict-then-validate body handling, which costs twice as much per request.
 """
 
 from fastapi import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import PayloadTooLargeError, UnsupportedMediaTypeError
+from api.errors import PayloadTooLargeError, UnsupportedMediaTypeError, error_response
 
 
 def _is_json(content_type: str) -> bool:
@@ -38,3 +39,24 @@ async def read_json_body(request: Request, max_bytes: int) -> bytes:
             raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class BodyLimitMiddleware:
+    """Refuses, before any route or authentication runs, a request whose Content-Length is over MAX_BODY_BYTES.
+
+    The notification routes also count the bytes of bodies sent without a length (`read_json_body`).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer 413 to an oversized declared body, else pass the request on."""
+        if scope["type"] == "http":
+            limit: int = scope["app"].state.settings.max_body_bytes
+            for name, value in scope.get("headers", ()):
+                if name == b"content-length" and value.isdigit() and int(value) > limit:
+                    response = error_response(f"request body is larger than {limit} bytes", 413)
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)

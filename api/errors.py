@@ -18,12 +18,15 @@ import logging
 
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import ReadOnlyError as RedisReadOnlyError
+from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +88,26 @@ class PayloadTooLargeError(ApiError):
     status_code = 413
 
 
+def _printable(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _json_safe(value: object) -> object:
+    """Make an error detail serializable: integers beyond 64 bits (which JSON input may hold) become strings."""
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return str(value)
+    return value
+
+
 def error_response(detail: object, status_code: int, headers: dict[str, str] | None = None) -> Response:
     """Return the JSON error body every error of the service uses."""
+    # error contexts may hold bytes, exceptions or other objects; orjson writes NaN and Infinity as null
     return Response(
-        orjson.dumps({"detail": detail}),
+        orjson.dumps({"detail": _json_safe(detail)}, default=_printable),
         status_code=status_code,
         media_type="application/json",
         headers=headers,
@@ -107,9 +126,49 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _invalid(request: Request, exc: Exception) -> Response:
+    # FastAPI's own handler fails (a 500) on inputs it cannot serialize, such as NaN or 1e400 in the body
+    assert isinstance(exc, RequestValidationError)
+    return error_response(list(exc.errors()), 422)
+
+
+#: SQLSTATE classes that mean "Postgres cannot serve now": connection exceptions, insufficient resources (too
+#: many connections), operator intervention (shutdown, recovery).
+UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+#: Redis error replies that mean "cannot serve now" (loading, failed AOF write, read-only replica, out of memory).
+UNAVAILABLE_REDIS_REPLIES = ("LOADING", "MISCONF", "READONLY", "OOM", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DBAPIError)
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    if exc.connection_invalidated or sqlstate[:2] in UNAVAILABLE_SQLSTATE_CLASSES or _is_connection_error(exc.orig):
+        return await _unavailable(request, exc)
+    raise exc
+
+
+def _is_connection_error(error: BaseException | None) -> bool:
+    name = type(error).__name__
+    return isinstance(error, OSError) or name in (
+        "ConnectionDoesNotExistError",
+        "InterfaceError",
+        "CannotConnectNowError",
+    )
+
+
+async def _redis_reply(request: Request, exc: Exception) -> Response:
+    if str(exc).split(" ", 1)[0] in UNAVAILABLE_REDIS_REPLIES:
+        return await _unavailable(request, exc)
+    raise exc
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers above on the app."""
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(RedisResponseError, _redis_reply)
+    app.add_exception_handler(SQLAlchemyTimeoutError, _unavailable)  # connection pool exhausted
     unavailable = (
         RedisConnectionError,  # includes BusyLoadingError: Redis is reading its AOF after a restart
         RedisTimeoutError,

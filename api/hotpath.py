@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 from fastapi import FastAPI, Request, Response
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.routes import notifications
@@ -57,6 +58,8 @@ class HotPathMiddleware:
         request = Request(scope, receive)
         try:
             response = await handler(request)
+        except ClientDisconnect:
+            return  # the client left before sending its whole body: nobody to answer, nothing was accepted
         except Exception as exc:
             response = await self._error_response(request, exc)
         await response(scope, receive, send)

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from api.access_log import AccessLogMiddleware
 from api.auth import KeyCache
+from api.body import BodyLimitMiddleware
 from api.errors import install_error_handlers
 from api.hotpath import HotPathMiddleware
 from api.routes import notifications, services, status, templates
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(HotPathMiddleware, fastapi_app=app)  # inner: added first
+    app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(AccessLogMiddleware)
     install_error_handlers(app)
     app.include_router(notifications.router)

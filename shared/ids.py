@@ -1,24 +1,35 @@
-"""Notification ids: UUIDv7, one random stem per request, the position in the request in the last 32 bits.
+"""Notification ids: UUIDv7, one random stem per request, the position in the request in the last 24 bits.
 
-RFC 9562 lets UUIDv7 spend part of `rand_b` on a counter: all notifications of one request share their first
-12 bytes (48-bit millisecond timestamp, version, 12 + 30 random bits) and carry their index in the request in
-the last 4 bytes. Ids stay time-ordered (the primary-key index stays append-only) and unique (42 random bits per
-request per millisecond), and the stem names the request, so the Redis cache keeps one key per request rather
-than one per notification: GET finds the request's cached JSON array by the stem and picks the item by index.
+RFC 9562 lets UUIDv7 spend part of its random bits on a counter: all notifications of one request share their
+first 13 bytes — the 48-bit millisecond timestamp, the version and variant, and 50 random bits drawn from the
+operating system for each request — and carry their index in the request in the last 3 bytes (up to 16,777,216
+per request; MAX_BATCH_ITEMS is at most 100,000). Ids stay time-ordered (the primary-key index stays
+append-only). Two requests collide only if they fall in the same millisecond and draw the same 50 bits: at 20
+requests per millisecond, sustained, about once in 180 years. The stem names the request, so the Redis cache
+keeps one key per request rather than one per notification: GET finds the request's cached JSON array by the stem
+and picks the item by index.
 """
 
+import os
+import time
 from uuid import UUID
 
-import uuid_utils
+STEM_BYTES = 13
 
-STEM_BYTES = 12
+
+def _stem() -> bytes:
+    millis = time.time_ns() // 1_000_000
+    random = bytearray(os.urandom(7))
+    random[0] = 0x70 | (random[0] & 0x0F)  # version 7
+    random[2] = 0x80 | (random[2] & 0x3F)  # variant 10
+    return millis.to_bytes(6, "big") + bytes(random)
 
 
 def request_ids(count: int) -> list[str]:
     """Return `count` ids for the notifications of one request, in order (canonical lower-case strings)."""
-    h = uuid_utils.uuid7().bytes[:STEM_BYTES].hex()
-    head = f"{h[0:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:24]}"  # the last group ends with the index
-    return [f"{head}{index:08x}" for index in range(count)]
+    h = _stem().hex()  # 26 hex digits
+    head = f"{h[0:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:26]}"  # the last group ends with the index
+    return [f"{head}{index:06x}" for index in range(count)]
 
 
 def stem_and_index(notification_id: UUID | str) -> tuple[str, int]:

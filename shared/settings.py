@@ -32,11 +32,12 @@ class Settings(BaseSettings):
     max_personalization_keys: int = Field(50, ge=0)
     max_personalization_key_length: int = Field(128, ge=1)
     max_personalization_value_length: int = Field(4096, ge=1)
+    max_rendered_length: int = Field(20_000, ge=1)
 
     # Redis behaviour.
     redis_timeout_seconds: float = Field(5.0, gt=0)
     cache_ttl_seconds: int = Field(60, ge=1)
-    max_backlog_entries: int = Field(500_000, ge=1)
+    max_backlog_entries: int = Field(50_000, ge=1)
 
     # Drain (worker) behaviour.
     drain_batch_entries: int = Field(500, ge=1)

@@ -17,6 +17,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -255,6 +256,16 @@ class Drain:
             },
         )
 
+    async def _pause(self, exc: BaseException, delay: float) -> None:
+        logger.warning("redis unavailable (%r); retrying in %.1fs", exc, delay)
+        await asyncio.sleep(delay)
+
+    async def _retry_later(self, step: Callable[[], Awaitable[None]], exc: BaseException, delay: float) -> None:
+        try:
+            await step()
+        except (RedisError, OSError):
+            await self._pause(exc, delay)
+
     async def observe_backlog(self) -> None:
         """Update the backlog gauges: stream length and the age of its oldest entry."""
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -270,10 +281,10 @@ class Drain:
         next_reclaim = next_observation = 0.0
         delay = 0.1
         logger.info("drain %s started", self.consumer)
+        # No XGROUP CREATE up front: the first read answers NOGROUP if the group is missing, and that creates it.
         while not self.stopping.is_set():
             try:
                 if loop.time() >= next_reclaim:
-                    await self.ensure_group()
                     next_reclaim = loop.time() + self.settings.reclaim_interval_seconds
                     while stale := await self.reclaim_stale():
                         logger.info("reclaimed %d stale entries", len(stale))
@@ -285,13 +296,18 @@ class Drain:
                     await self.drain_batch(batch)
                 delay = 0.1
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                await self.ensure_group()  # Redis lost the group (flushed or restarted): recreate it
+                if "NOGROUP" in str(exc):  # Redis lost the group (flushed, or restarted without AOF)
+                    await self._retry_later(self.ensure_group, exc, delay)
+                else:  # LOADING, MISCONF, READONLY, OOM…: Redis cannot serve now, the entries wait
+                    await self._pause(exc, delay)
+                delay = min(delay * 2, self.settings.db_retry_max_seconds)
             except (RedisError, OSError) as exc:
                 if self.stopping.is_set():
                     break
-                logger.warning("redis unavailable (%r); retrying in %.1fs", exc, delay)
+                await self._pause(exc, delay)
+                delay = min(delay * 2, self.settings.db_retry_max_seconds)
+            except Exception:  # a bug must not end the drain: whatever it was, the entries stay pending
+                logger.exception("drain iteration failed; retrying in %.1fs", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.db_retry_max_seconds)
         logger.info("drain %s stopped after storing %d notifications", self.consumer, self.stored)

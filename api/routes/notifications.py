@@ -128,9 +128,18 @@ async def _templates_for(
 
 
 def _accept(
-    items: list[NotificationIn], service_id: UUID, templates: list[TemplateVersion | None]
+    items: list[NotificationIn],
+    service_id: UUID,
+    templates: list[TemplateVersion | None],
+    max_rendered: int,
+    *,
+    listed: bool,
 ) -> tuple[list[str], list[bytes]]:
-    """Give each notification its id and timestamps, render its template, and serialize it once."""
+    """Give each notification its id and timestamps, render its template, and serialize it once.
+
+    Raises:
+        RequestValidationError: a rendered subject and body together are longer than `max_rendered` (422).
+    """
     now = datetime.now(UTC).isoformat()  # formatted once for the whole request
     service = str(service_id)
     ids = request_ids(len(items))
@@ -140,6 +149,18 @@ def _accept(
         if template is None:
             docs.append(encode_notification(notification_id, service, item.to, values, now))
         else:
+            subject, body = render(template.subject, values), render(template.body, values)
+            if len(subject or "") + len(body or "") > max_rendered:
+                where = ("body", len(docs)) if listed else ("body",)
+                raise RequestValidationError(
+                    [
+                        {
+                            "type": "rendered_too_long",
+                            "loc": (*where, "personalization"),
+                            "msg": f"the rendered template is longer than {max_rendered} characters",
+                        }
+                    ]
+                )
             docs.append(
                 encode_notification(
                     notification_id,
@@ -148,8 +169,8 @@ def _accept(
                     values,
                     now,
                     template={"id": str(template.template_id), "version": template.version},
-                    subject=render(template.subject, values),
-                    body=render(template.body, values),
+                    subject=subject,
+                    body=body,
                 )
             )
     return ids, docs
@@ -171,7 +192,7 @@ async def _ingest(request: Request, *, listed: bool) -> tuple[list[str], list[by
     except ValidationError as exc:
         raise _body_error(exc) from None
     resolved = await _templates_for(items, service_id, state.templates, listed=listed)
-    ids, docs = _accept(items, service_id, resolved)
+    ids, docs = _accept(items, service_id, resolved, state.settings.max_rendered_length, listed=listed)
     entry = join_array(docs)
     await state.writer.write(entry, keys.cache_key(str(service_id), ids[0]), request.scope.get("notify.request_id", ""))
     ACCEPTED.inc(len(ids))

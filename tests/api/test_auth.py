@@ -154,3 +154,13 @@ async def test_admin_404s(anonymous: httpx.AsyncClient, tenant: Tenant) -> None:
 
     assert missing_service.status_code == 404
     assert missing_key.status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/templates/v1/", "/services/v1/", f"{BASE}/"])
+async def test_oversized_bodies_are_refused_before_anything_else(anonymous: httpx.AsyncClient, path: str) -> None:
+    body = b"{" + b" " * (4 * 1024 * 1024 + 10) + b"}"
+
+    response = await anonymous.post(path, content=body, headers={"content-type": "application/json"})
+
+    assert response.status_code == 413  # not a 401, and nothing was parsed
+    assert "larger than" in response.json()["detail"]

@@ -74,8 +74,8 @@ async def test_multiple_returns_objects_in_request_order(client: httpx.AsyncClie
     assert len({item["id"] for item in body}) == 2
     assert await redis.xlen(keys.STREAM) == 1  # one entry for the whole request
     assert len(await redis.keys(keys.CACHE_PREFIX + "*")) == 1  # and one cache key
-    assert [item["id"][:-8] for item in body] == [body[0]["id"][:-8]] * 2  # one stem, then the index
-    assert [item["id"][-8:] for item in body] == ["00000000", "00000001"]
+    assert [item["id"][:-6] for item in body] == [body[0]["id"][:-6]] * 2  # one stem, then the index
+    assert [item["id"][-6:] for item in body] == ["000000", "000001"]
     for item in body:
         assert (await client.get(f"{BASE}/{item['id']}")).json() == item
 
@@ -222,3 +222,30 @@ async def test_limits_follow_the_settings(settings: Settings, tenant: Tenant) ->
     assert long_to.json()["detail"][0]["ctx"] == {"max_length": 5}
     assert fits.status_code == 201
     assert too_many.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        (f"{BASE}/", b'{"to": NaN}'),
+        (f"{BASE}/multiple", b'[{"to": 1e400}]'),
+        (f"{BASE}/", b'{"to": "x", "template_version": -Infinity}'),
+        ("/templates/v1/", b'{"name": NaN, "body": "x"}'),
+    ],
+)
+async def test_non_finite_numbers_are_a_422_not_a_500(client: httpx.AsyncClient, path: str, raw: bytes) -> None:
+    response = await client.post(path, content=raw, headers={"content-type": "application/json"})
+
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["detail"][0]["loc"][0] == "body"
+
+
+@pytest.mark.parametrize(
+    "raw", [b"-9223372036854775809", b'{"to": 123456789012345678901234567890}', b'[{"to": 1e999}]']
+)
+async def test_huge_numbers_are_reported_not_crashed_on(client: httpx.AsyncClient, raw: bytes) -> None:
+    response = await client.post(f"{BASE}/multiple", content=raw, headers={"content-type": "application/json"})
+
+    assert response.status_code == 422
+    assert response.json()["detail"]

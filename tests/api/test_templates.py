@@ -144,3 +144,19 @@ async def test_versions_beyond_postgres_integer_are_422(client: httpx.AsyncClien
     fetched = await client.get(f"{T}/{template['id']}", params={"version": 2**31})
 
     assert sent.status_code == fetched.status_code == 422
+
+
+async def test_rendering_cannot_blow_up_past_the_limit(client: httpx.AsyncClient, redis: Redis) -> None:
+    template = (await client.post(f"{T}/", json={"name": "echo", "body": "((v))" * 100})).json()
+
+    small = await client.post(f"{N}/", json={"to": "me", "template_id": template["id"], "personalization": {"v": "ab"}})
+    huge = await client.post(
+        f"{N}/multiple",
+        json=[{"to": "me", "template_id": template["id"], "personalization": {"v": "x" * 4000}}],
+    )
+
+    assert small.status_code == 201
+    assert huge.status_code == 422
+    assert huge.json()["detail"][0]["loc"] == ["body", 0, "personalization"]
+    assert huge.json()["detail"][0]["type"] == "rendered_too_long"
+    assert await redis.xlen("notify:stream") == 1

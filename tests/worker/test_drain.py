@@ -1,7 +1,10 @@
 """The drain in-process: POST → drain → rows in Postgres → GET from Postgres; idempotence; poison entries."""
 
+import asyncio
+
 import httpx
 import orjson
+import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -104,3 +107,29 @@ async def _entries(drain: Drain, batch: list) -> list:
         cache_key = keys.cache_key(docs[0]["service_id"], docs[0]["id"])
         entries.append(Entry(entry_id, fields[keys.STREAM_FIELD], docs, cache_key))
     return entries
+
+
+async def test_drain_loop_survives_redis_refusals_and_goes_on(
+    client: httpx.AsyncClient, redis: Redis, engine: AsyncEngine, drain: Drain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.exceptions import ResponseError
+
+    await redis.flushdb()  # no group: the loop must create it after the NOGROUP answer
+    await client.post(f"{BASE}/", json={"to": "waiting out the refusals"})
+    real_read = drain.read_new
+    failures = iter(
+        [ResponseError("MISCONF Errors writing to the AOF file"), ResponseError("OOM command not allowed"), None]
+    )
+
+    async def flaky_read() -> list:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        if await count_rows(engine) == 1:
+            drain.stopping.set()
+        return await real_read()
+
+    monkeypatch.setattr(drain, "read_new", flaky_read)
+    await asyncio.wait_for(drain.run(), 30)
+
+    assert await count_rows(engine) == 1
