@@ -2,8 +2,9 @@
 
 Timeouts turn an outage into an error within REDIS_TIMEOUT_SECONDS (a 503 at the API, a retry in the worker)
 instead of a hang. A command that fails on a dead pooled connection (say, after Redis restarted) is retried once
-on a new connection, which is safe here: every write of the service is idempotent (notification ids are fixed
-before the write, and the drain stores each id once).
+on a new connection. That is safe here: if a group-commit transaction ran but its reply was lost, the retry adds
+the same requests' stream entries a second time, and the drain, which stores each notification id once, inserts
+nothing twice.
 """
 
 from redis.asyncio import Redis
