@@ -15,6 +15,7 @@ Redis or Postgres being unreachable answers 503 with `Retry-After`, never a 500.
 """
 
 import logging
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -27,6 +28,8 @@ from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
+
+from shared.schemas import PATTERN_MESSAGES
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +129,24 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
+def _validation_report(error: dict[str, Any]) -> dict[str, Any]:
+    """Return one validation error as clients see it, on every route.
+
+    Unparsable bodies (maybe megabytes, maybe not UTF-8) are not echoed back, and the service's regex constraints
+    are explained in words.
+    """
+    report = dict(error)
+    if report["type"] == "json_invalid":
+        report.pop("input", None)
+    elif report["type"] == "string_pattern_mismatch":
+        report["msg"] = PATTERN_MESSAGES.get(str(report.get("ctx", {}).get("pattern")), report["msg"])
+    return report
+
+
 async def _invalid(request: Request, exc: Exception) -> Response:
     # FastAPI's own handler fails (a 500) on inputs it cannot serialize, such as NaN or 1e400 in the body
     assert isinstance(exc, RequestValidationError)
-    return error_response(list(exc.errors()), 422)
+    return error_response([_validation_report(error) for error in exc.errors()], 422)
 
 
 #: SQLSTATE classes that mean "Postgres cannot serve now": connection exceptions, insufficient resources (too

@@ -160,3 +160,14 @@ async def test_rendering_cannot_blow_up_past_the_limit(client: httpx.AsyncClient
     assert huge.json()["detail"][0]["loc"] == ["body", 0, "personalization"]
     assert huge.json()["detail"][0]["type"] == "rendered_too_long"
     assert await redis.xlen("notify:stream") == 1
+
+
+async def test_template_routes_report_errors_like_the_notification_routes(client: httpx.AsyncClient) -> None:
+    unparsable = await client.post(
+        f"{T}/", content=b'{"name": "x", "body": ' + b"9" * 1000, headers={"content-type": "application/json"}
+    )
+    nul = await client.post(f"{T}/", json={"name": "a\u0000b", "body": "x"})
+
+    assert unparsable.status_code == nul.status_code == 422
+    assert "input" not in unparsable.json()["detail"][0]  # the body is not echoed back
+    assert nul.json()["detail"][0]["msg"] == "must not contain NUL (\\u0000) characters"
