@@ -26,6 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import keys, queries
+from shared.backlog import read_backlog
 from shared.codec import NotificationDoc, decode_entry
 from shared.metrics import (
     BACKLOG,
@@ -268,12 +269,9 @@ class Drain:
 
     async def observe_backlog(self) -> None:
         """Update the backlog gauges: stream length and the age of its oldest entry."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(keys.STREAM)
-            pipe.xrange(keys.STREAM, count=1)
-            length, oldest = await pipe.execute()
-        BACKLOG.set(length)
-        OLDEST_PENDING_AGE.set(time.time() - int(oldest[0][0].split(b"-")[0]) / 1000 if oldest else 0)
+        backlog = await read_backlog(self.redis)
+        BACKLOG.set(backlog.entries)
+        OLDEST_PENDING_AGE.set(backlog.oldest_age_seconds)
 
     async def run(self) -> None:
         """Drain until `stopping` is set: reclaim stale entries now and then, otherwise read new ones."""

@@ -6,7 +6,6 @@
 """
 
 import asyncio
-import time
 from typing import Any, Literal
 
 import orjson
@@ -14,7 +13,7 @@ from fastapi import APIRouter, Response
 from sqlalchemy import text
 
 from api.deps import EngineDep, RedisDep, WriterDep
-from shared import keys
+from shared.backlog import read_backlog
 from shared.metrics import render
 
 router = APIRouter(prefix="/status", tags=["status"])
@@ -37,11 +36,6 @@ async def heartbeat() -> Response:
     return Response(status_code=204)
 
 
-def _entry_age_seconds(entry_id: bytes) -> float:
-    """Age of a stream entry from its id (`<milliseconds>-<sequence>`)."""
-    return max(0.0, time.time() - int(entry_id.split(b"-", 1)[0]) / 1000)
-
-
 @router.get(
     "/ready",
     responses={
@@ -60,15 +54,11 @@ async def ready(
     report: dict[str, Any] = {"redis": "ok", "postgres": "ok"}
 
     async def probe_redis() -> None:
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(keys.STREAM)
-            pipe.xrange(keys.STREAM, count=1)
-            pipe.xlen(keys.DEAD_LETTER_STREAM)
-            backlog, oldest, dead = await pipe.execute()
-        report["backlog_entries"] = backlog
-        report["oldest_pending_age_seconds"] = round(_entry_age_seconds(oldest[0][0]), 3) if oldest else 0.0
-        report["dead_letters"] = dead
-        report["accepting"] = backlog < writer.max_backlog
+        backlog = await read_backlog(redis)
+        report["backlog_entries"] = backlog.entries
+        report["oldest_pending_age_seconds"] = round(backlog.oldest_age_seconds, 3)
+        report["dead_letters"] = backlog.dead_letters
+        report["accepting"] = backlog.entries < writer.max_backlog
 
     async def probe_postgres() -> None:
         async with engine.connect() as conn:
