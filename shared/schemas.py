@@ -46,21 +46,34 @@ PATTERN_MESSAGES = {
 StoredText = Annotated[str, StringConstraints(pattern=NO_NUL)]
 
 
+def _default(setting: str) -> int:
+    """The default of a limit setting, so the documented model cannot drift from the settings."""
+    value: int = Settings.model_fields[setting].default
+    return value
+
+
 class NotificationIn(BaseModel):
     """One notification as a producer sends it (documented with the default limits)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [BRIEF_EXAMPLE]})
 
-    to: Annotated[str, StringConstraints(min_length=1, max_length=320, pattern=RECIPIENT)] = Field(
-        description="Recipient: any non-blank string (address, phone, name)."
+    to: Annotated[str, StringConstraints(min_length=1, max_length=_default("max_to_length"), pattern=RECIPIENT)] = (
+        Field(description="Recipient: any non-blank string (address, phone, name).")
     )
     personalization: (
         Annotated[
             dict[
-                Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=NO_NUL)],
-                Annotated[str, StringConstraints(max_length=4096, pattern=NO_NUL)],
+                Annotated[
+                    str,
+                    StringConstraints(
+                        min_length=1, max_length=_default("max_personalization_key_length"), pattern=NO_NUL
+                    ),
+                ],
+                Annotated[
+                    str, StringConstraints(max_length=_default("max_personalization_value_length"), pattern=NO_NUL)
+                ],
             ],
-            Field(max_length=50),
+            Field(max_length=_default("max_personalization_keys")),
         ]
         | None
     ) = Field(default=None, description="Template values: string keys to string values.")
