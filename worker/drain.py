@@ -162,15 +162,16 @@ class Drain:
         await self._ack(entries, finished)
         self.stored += stored
         ROWS_STORED.inc(stored)
+        notifications = sum(len(entry.docs) for entry in entries)
+        DRAIN_BATCH_SIZE.observe(notifications)
         if entries:
             logger.info(
                 "stored %d new of %d notifications from %d requests",
                 stored,
-                sum(len(entry.docs) for entry in entries),
+                notifications,
                 len(entries),
                 extra={"request_ids": [entry.request_id for entry in entries], "consumer": self.consumer},
             )
-        DRAIN_BATCH_SIZE.observe(sum(len(entry.docs) for entry in entries))
         DRAIN_BATCH_SECONDS.observe(time.perf_counter() - started)
         return stored
 
