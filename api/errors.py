@@ -15,6 +15,7 @@ Redis or Postgres being unreachable answers 503 with `Retry-After`, never a 500.
 """
 
 import logging
+import re
 from typing import Any
 
 import orjson
@@ -171,6 +172,17 @@ def _is_connection_error(error: BaseException | None) -> bool:
         "InterfaceError",
         "CannotConnectNowError",
     )
+
+
+#: Redis before 7 wraps the error reply of a command that a script called in its own message:
+#: `Error running script (call to f_...): @user_script:3: @user_script: 3: -OOM command not allowed ...`.
+_SCRIPT_ERROR = re.compile(r"Error running script .*?: -(?P<reply>[A-Z]+ .*)", re.DOTALL)
+
+
+def unwrap_script_error(exc: RedisResponseError) -> RedisResponseError:
+    """Return the error reply of the command a script called (as Redis 7 does), or `exc` itself."""
+    found = _SCRIPT_ERROR.match(str(exc))
+    return RedisResponseError(found["reply"]) if found else exc
 
 
 async def _redis_reply(request: Request, exc: Exception) -> Response:

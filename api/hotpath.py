@@ -4,10 +4,16 @@ Producers call POST and GET far more than anything else, and on two cores FastAP
 machinery cost more per request than validation, Redis and serialization together. This middleware recognises
 `POST /notifications/v1/`, `POST /notifications/v1/multiple` and `GET /notifications/v1/{uuid}` by path and calls
 the very handlers the FastAPI routes declare (they take only the request), turning exceptions into responses with
-the app's own exception handlers. Anything else — including a GET whose id is not a UUID, so that FastAPI
-reports the 422 — goes on to FastAPI. The routes stay declared in FastAPI for the OpenAPI docs.
+the app's own exception handlers, and sends the answer itself. Anything else — including a GET whose id is not
+a UUID, so that FastAPI reports the 422 — goes on to FastAPI. The routes stay declared in FastAPI for the OpenAPI
+docs.
+
+It sits outside Starlette's own middleware stack (`api.main.NotifyAPI`): FastAPI's server-error, telemetry and
+body-limit layers each cost a coroutine and a wrapped `send` per request, as much as validating the body. So the
+hot path answers an unexpected exception itself, as they would have: logged, and a 500.
 """
 
+import logging
 from collections.abc import Awaitable, Callable
 from uuid import UUID
 
@@ -15,7 +21,10 @@ from fastapi import FastAPI, Request, Response
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.errors import error_response
 from api.routes import notifications
+
+logger = logging.getLogger(__name__)
 
 PREFIX = notifications.router.prefix + "/"
 Handler = Callable[[Request], Awaitable[Response]]
@@ -62,7 +71,8 @@ class HotPathMiddleware:
             return  # the client left before sending its whole body: nobody to answer, nothing was accepted
         except Exception as exc:
             response = await self._error_response(request, exc)
-        await response(scope, receive, send)
+        await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body})
 
     async def _error_response(self, request: Request, exc: Exception) -> Response:
         for cls in type(exc).__mro__:
@@ -70,4 +80,5 @@ class HotPathMiddleware:
             if handler is not None:
                 response: Response = await handler(request, exc)  # type: ignore[misc]
                 return response
-        raise exc
+        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response("internal server error", 500)

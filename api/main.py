@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from api.access_log import AccessLogMiddleware
 from api.auth import KeyCache
@@ -25,6 +26,18 @@ from shared.settings import Settings, get_settings
 
 DESCRIPTION = """Write-behind notification ingestion: every accepted notification is in Redis when the 201 is sent,
 and arq workers drain it into Postgres in large batches. GET finds a notification in either place."""
+
+
+class NotifyAPI(FastAPI):
+    """FastAPI with the request log, the body limit and the hot path outside Starlette's middleware stack.
+
+    Every request passes the access log (request id, counter, log line) and the body limit first; the hot path
+    then serves the notification routes itself, and everything else goes through FastAPI's usual stack.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        """Wrap FastAPI's stack (built on first request) in ours."""
+        return AccessLogMiddleware(BodyLimitMiddleware(HotPathMiddleware(super().build_middleware_stack(), self)))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,15 +60,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await redis.aclose()
             await engine.dispose()
 
-    app = FastAPI(
+    app = NotifyAPI(
         title="Notification ingestion",
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry layer, unused here (metrics are Prometheus's): off, it costs nothing per request
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
-    app.add_middleware(HotPathMiddleware, fastapi_app=app)  # inner: added first
-    app.add_middleware(BodyLimitMiddleware)
-    app.add_middleware(AccessLogMiddleware)
     install_error_handlers(app)
     app.include_router(notifications.router)
     app.include_router(templates.router)

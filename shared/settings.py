@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     # Drain (worker) behaviour.
     drain_batch_entries: int = Field(500, ge=1)
     drain_block_ms: int = Field(1000, ge=1)
+    drain_linger_ms: int = Field(50, ge=0, le=10_000)
     reclaim_idle_ms: int = Field(30_000, ge=100)
     reclaim_interval_seconds: int = Field(10, ge=1)
     db_retry_max_seconds: float = Field(30.0, gt=0)

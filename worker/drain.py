@@ -12,6 +12,7 @@ dead-letter stream, so it never blocks the rest.
 """
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -274,6 +275,16 @@ class Drain:
         BACKLOG.set(backlog.entries)
         OLDEST_PENDING_AGE.set(backlog.oldest_age_seconds)
 
+    async def _linger(self) -> None:
+        """After a part-full batch, let new entries gather for DRAIN_LINGER_MS (unless stopping).
+
+        Each batch costs a transaction and a few Redis round trips whatever its size: without the pause, a
+        worker keeping up with a moderate rate stores many tiny batches and spends a core on it.
+        """
+        if self.settings.drain_linger_ms:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.settings.drain_linger_ms / 1000)
+
     async def run(self) -> None:
         """Drain until `stopping` is set: reclaim stale entries now and then, otherwise read new ones."""
         loop = asyncio.get_running_loop()
@@ -293,6 +304,8 @@ class Drain:
                     await self.observe_backlog()
                 if batch := await self.read_new():
                     await self.drain_batch(batch)
+                    if len(batch) < self.settings.drain_batch_entries:
+                        await self._linger()
                 delay = 0.1
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):  # Redis lost the group (flushed, or restarted without AOF)

@@ -133,3 +133,24 @@ async def test_drain_loop_survives_redis_refusals_and_goes_on(
     await asyncio.wait_for(drain.run(), 30)
 
     assert await count_rows(engine) == 1
+
+
+async def test_after_a_part_full_batch_the_drain_lingers_but_stops_at_once(
+    client: httpx.AsyncClient, redis: Redis, engine: AsyncEngine, drain: Drain
+) -> None:
+    lingering = Drain(redis, engine, drain.settings.model_copy(update={"drain_linger_ms": 10_000}), "lingering")
+    await client.post(f"{BASE}/", json={"to": "first"})
+    running = asyncio.create_task(lingering.run())
+    for _ in range(200):
+        if await count_rows(engine) == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert await count_rows(engine) == 1
+
+    await client.post(f"{BASE}/", json={"to": "second"})
+    await asyncio.sleep(0.5)
+    assert await count_rows(engine) == 1  # the batch of one was not full: the second waits out the linger
+
+    lingering.stopping.set()
+    await asyncio.wait_for(running, 2)  # the linger ends at once on stop, not after 10 s
+    assert await drain_all(drain) == 1

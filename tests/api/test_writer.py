@@ -1,0 +1,55 @@
+"""The group-commit writer and the hot path's own error answer, against the real Redis."""
+
+import asyncio
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from api.routes import notifications
+from api.writer import RedisWriter
+from shared import keys
+from shared.schemas import BRIEF_EXAMPLE
+
+
+async def test_a_cancelled_request_neither_cancels_the_shared_flush_nor_loses_its_write(redis: Redis) -> None:
+    writer = RedisWriter(redis, max_backlog=1_000)
+    writes = [asyncio.create_task(writer.write(b"[{}]", f"notify:r:test:{n}")) for n in range(20)]
+    await asyncio.sleep(0)  # every request is queued and the flush has started
+    writes[5].cancel()
+
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    await writer.close()
+
+    assert isinstance(results[5], asyncio.CancelledError)
+    assert [r for n, r in enumerate(results) if n != 5] == [None] * 19
+    assert await redis.xlen(keys.STREAM) == 20  # the cancelled request's write went out with the others
+    assert await redis.exists(*(f"notify:r:test:{n}" for n in range(20))) == 20
+
+
+async def test_an_unexpected_error_on_the_hot_path_is_a_json_500(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(notifications, "_ingest", broken)
+    response = await client.post("/notifications/v1/", json=BRIEF_EXAMPLE)
+
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal server error"}
+    assert "x-request-id" in response.headers
+    assert "a bug" in caplog.text  # the traceback is logged
+
+
+async def test_redis_out_of_memory_during_the_flush_script_is_a_503(client: httpx.AsyncClient, redis: Redis) -> None:
+    await redis.config_set("maxmemory", "1")
+    try:
+        response = await client.post("/notifications/v1/", json=BRIEF_EXAMPLE)
+    finally:
+        await redis.config_set("maxmemory", "0")
+
+    assert response.status_code == 503
+    assert "retry-after" in response.headers
+    assert await redis.xlen(keys.STREAM) == 0
+    assert (await client.post("/notifications/v1/", json=BRIEF_EXAMPLE)).status_code == 201
