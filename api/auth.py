@@ -13,6 +13,7 @@ from uuid import UUID
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import State
 
 from api.errors import AdminDisabledError, UnauthorizedError
 from shared import tenancy
@@ -52,29 +53,29 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(api_key_sch
 AdminCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(admin_scheme)]
 
 
-def bearer_token(request: Request) -> str | None:
-    """Return the token of an `Authorization: Bearer <token>` header, or None."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+def bearer_token(authorization: str | None) -> str | None:
+    """Return the token of an `Authorization: Bearer <token>` header value, or None."""
+    scheme, _, token = (authorization or "").partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
 
 
-async def authenticate(request: Request) -> UUID:
-    """Return the id of the service whose API key authorizes this request.
+async def service_for(state: State, authorization: str | None) -> UUID:
+    """Return the id of the service whose API key the `Authorization` header value carries.
 
-    Called directly by the hot-path handlers (a FastAPI dependency costs more than the check itself);
-    `current_service` is the same check as a dependency, which also documents the scheme in OpenAPI.
+    Called directly by the hot path (a FastAPI dependency costs more than the check itself); `current_service`
+    is the same check as a dependency, which also documents the scheme in OpenAPI.
 
     Raises:
         UnauthorizedError: no key, an unknown key or a revoked key (401).
     """
-    key = bearer_token(request)
+    key = bearer_token(authorization)
     if key is None:
         raise UnauthorizedError("missing API key: send `Authorization: Bearer <api key>`")
-    cache: KeyCache = request.app.state.key_cache
+    cache: KeyCache = state.key_cache
     known, service_id = cache.get(key)
     if not known:
-        service_id = await tenancy.service_for_key(request.app.state.engine, request.app.state.redis, key)
+        service_id = await tenancy.service_for_key(state.engine, state.redis, key)
         cache.put(key, service_id)
     if service_id is None:
         raise UnauthorizedError("invalid or revoked API key")
@@ -82,8 +83,8 @@ async def authenticate(request: Request) -> UUID:
 
 
 async def current_service(request: Request, credentials: Credentials) -> UUID:
-    """Dependency form of `authenticate`."""
-    return await authenticate(request)
+    """Dependency form of `service_for`."""
+    return await service_for(request.app.state, request.headers.get("authorization"))
 
 
 async def require_admin(request: Request, credentials: AdminCredentials) -> None:

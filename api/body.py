@@ -4,7 +4,7 @@ Routes parse these bytes once with pydantic's Rust JSON parser (`model_validate_
 dict-then-validate body handling, which costs twice as much per request.
 """
 
-from fastapi import Request
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import PayloadTooLargeError, UnsupportedMediaTypeError, error_response
@@ -15,30 +15,32 @@ def _is_json(content_type: str) -> bool:
     return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 
-async def read_json_body(request: Request, max_bytes: int) -> bytes:
-    """Return the body of a JSON request.
+async def read_json_body(content_type: str | None, receive: Receive, max_bytes: int) -> bytes:
+    """Return the body of a JSON request, read straight from the ASGI `receive`.
 
-    A missing Content-Type is taken as JSON; any other type than JSON is refused.
+    A missing Content-Type is taken as JSON; any other type than JSON is refused. A declared Content-Length over
+    `max_bytes` was refused before (`BodyLimitMiddleware`); this counts the bytes as they come.
 
     Raises:
         UnsupportedMediaTypeError: the Content-Type is not JSON (415).
         PayloadTooLargeError: the body is larger than `max_bytes` (413).
+        ClientDisconnect: the client left before sending the whole body.
     """
-    content_type = request.headers.get("content-type")
     if content_type is not None and not _is_json(content_type):
         raise UnsupportedMediaTypeError(f"Content-Type must be application/json, not {content_type!r}")
-    too_large = PayloadTooLargeError(f"request body is larger than {max_bytes} bytes")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise too_large
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > max_bytes:
-            raise too_large
+            raise PayloadTooLargeError(f"request body is larger than {max_bytes} bytes")
+        if not message.get("more_body", False):
+            return b"".join((*chunks, chunk)) if chunks else chunk
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class BodyLimitMiddleware:

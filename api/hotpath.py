@@ -2,11 +2,11 @@
 
 Producers call POST and GET far more than anything else, and on two cores FastAPI's router and request
 machinery cost more per request than validation, Redis and serialization together. This middleware recognises
-`POST /notifications/v1/`, `POST /notifications/v1/multiple` and `GET /notifications/v1/{uuid}` by path and calls
-the very handlers the FastAPI routes declare (they take only the request), turning exceptions into responses with
-the app's own exception handlers, and sends the answer itself. Anything else — including a GET whose id is not
-a UUID, so that FastAPI reports the 422 — goes on to FastAPI. The routes stay declared in FastAPI for the OpenAPI
-docs.
+`POST /notifications/v1/`, `POST /notifications/v1/multiple` and `GET /notifications/v1/{uuid}` by path, has
+`api.routes.notifications.serve` answer from the raw request (no Request, Headers or Response objects), turns
+exceptions into responses with the app's own exception handlers, and sends the answer itself. Anything else —
+including a GET whose id is not a UUID, so that FastAPI reports the 422 — goes on to FastAPI. The routes stay
+declared in FastAPI for the OpenAPI docs.
 
 It sits outside Starlette's own middleware stack (`api.main.NotifyAPI`): FastAPI's server-error, telemetry and
 body-limit layers each cost a coroutine and a wrapped `send` per request, as much as validating the body. So the
@@ -14,7 +14,6 @@ hot path answers an unexpected exception itself, as they would have: logged, and
 """
 
 import logging
-from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 from fastapi import FastAPI, Request, Response
@@ -25,27 +24,24 @@ from api.errors import error_response
 from api.routes import notifications
 
 logger = logging.getLogger(__name__)
-
-PREFIX = notifications.router.prefix + "/"
-Handler = Callable[[Request], Awaitable[Response]]
+PREFIX = notifications.SINGLE
 
 
-def _route(method: str, path: str) -> tuple[str, Handler] | None:
-    """Return the route template and handler of a hot-path request, or None."""
+def _route(method: str, path: str) -> tuple[str, UUID | None] | None:
+    """Return the route template of a hot-path request and the id a GET asks for, or None."""
     if not path.startswith(PREFIX):
         return None
     rest = path[len(PREFIX) :]
     if method == "POST":
         if rest == "":
-            return PREFIX, notifications.create_notification
+            return notifications.SINGLE, None
         if rest == "multiple":
-            return PREFIX + "multiple", notifications.create_notifications
+            return notifications.MULTIPLE, None
     elif method == "GET" and len(rest) == 36:
         try:
-            notification_id = UUID(rest)
+            return notifications.ONE, UUID(rest)
         except ValueError:
             return None
-        return PREFIX + "{notification_id}", lambda request: notifications.get_notification(request, notification_id)
     return None
 
 
@@ -62,17 +58,26 @@ class HotPathMiddleware:
         if matched is None:
             await self.app(scope, receive, send)
             return
-        scope["notify.route"], handler = matched
-        scope["app"] = self.fastapi_app  # handlers reach the app's state through request.app
-        request = Request(scope, receive)
+        scope["notify.route"], notification_id = matched
+        scope["app"] = self.fastapi_app  # error handlers reach the app's state through request.app
         try:
-            response = await handler(request)
+            status, body, headers = await notifications.serve(
+                self.fastapi_app.state,
+                scope["notify.route"],
+                scope["headers"],
+                receive,
+                scope.get("notify.request_id", ""),
+                notification_id,
+            )
         except ClientDisconnect:
             return  # the client left before sending its whole body: nobody to answer, nothing was accepted
         except Exception as exc:
-            response = await self._error_response(request, exc)
-        await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
-        await send({"type": "http.response.body", "body": response.body})
+            response = await self._error_response(Request(scope, receive), exc)
+            status, body, headers = response.status_code, bytes(response.body), response.raw_headers
+        else:
+            headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     async def _error_response(self, request: Request, exc: Exception) -> Response:
         for cls in type(exc).__mro__:

@@ -21,6 +21,7 @@ from api.template_cache import TemplateCache
 from api.writer import RedisWriter
 from shared import redis_client
 from shared.db import create_engine
+from shared.heap import freeze_startup_objects
 from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
 
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine = create_engine(active.require_database_url(), active.db_pool_size)
         app.state.key_cache = KeyCache(active.auth_cache_seconds)
         app.state.templates = TemplateCache(engine, active.template_cache_seconds)
+        freeze_startup_objects()
         try:
             yield
         finally:

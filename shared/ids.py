@@ -25,11 +25,11 @@ def _stem() -> bytes:
     return millis.to_bytes(6, "big") + bytes(random)
 
 
-def request_ids(count: int) -> list[str]:
-    """Return `count` ids for the notifications of one request, in order (canonical lower-case strings)."""
+def request_ids(count: int) -> tuple[str, list[str]]:
+    """Return a new request's stem (hex) and `count` ids for its notifications, in order (canonical strings)."""
     h = _stem().hex()  # 26 hex digits
     head = f"{h[0:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:26]}"  # the last group ends with the index
-    return [f"{head}{index:06x}" for index in range(count)]
+    return h, [f"{head}{index:06x}" for index in range(count)]
 
 
 def stem_and_index(notification_id: UUID | str) -> tuple[str, int]:

@@ -20,10 +20,15 @@ GROUP = "notify:drain"
 CACHE_PREFIX = "notify:r:"
 
 
+def request_key(service_id: str, stem: str) -> str:
+    """Return the cache key of a service's request, by the stem its notification ids share."""
+    return f"{CACHE_PREFIX}{service_id}:{stem}"
+
+
 def cache_key(service_id: str, notification_id: str) -> str:
     """Return the cache key of the request a notification of a service came in."""
     stem, _ = stem_and_index(notification_id)
-    return f"{CACHE_PREFIX}{service_id}:{stem}"
+    return request_key(service_id, stem)
 
 
 #: Entries the drain could not decode or store, each with `entry` (original id), `payload` and `error`.

@@ -15,6 +15,7 @@ from prometheus_client import start_http_server
 
 from shared import keys, redis_client
 from shared.db import create_engine
+from shared.heap import freeze_startup_objects
 from shared.logs import configure_logging
 from shared.settings import get_settings
 from worker.drain import Drain, consumer_name
@@ -43,6 +44,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     drain = Drain(redis, engine, settings, consumer_name())
     ctx["drain"] = drain
     ctx["drain_task"] = asyncio.create_task(drain.run(), name="drain")
+    freeze_startup_objects()
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

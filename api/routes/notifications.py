@@ -4,8 +4,11 @@ POST parses the raw body once, checks any template against the personalization, 
 notifications time-ordered UUIDv7 ids with one shared stem (`shared.ids`), serializes each once, and hands the
 bytes to the group-commit writer: one stream entry and one cache key per request. The 201 goes out after Redis
 acknowledged. GET looks in the request's cached array first (notifications not yet drained, or drained a moment
-ago) and then in Postgres. Every route works
-within the service of the caller's API key; another service's notification is a 404.
+ago) and then in Postgres. Every route works within the service of the caller's API key; another service's
+notification is a 404.
+
+`serve` answers all three from the raw ASGI request; the hot path (`api.hotpath`) calls it before FastAPI sees
+the request, and the FastAPI routes below, which exist for the OpenAPI docs, call it too.
 """
 
 from datetime import UTC, datetime
@@ -16,8 +19,10 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.datastructures import State
+from starlette.types import Receive
 
-from api.auth import authenticate
+from api.auth import service_for
 from api.body import read_json_body
 from api.errors import NotFoundError
 from api.template_cache import TemplateCache, TemplateVersion
@@ -37,7 +42,7 @@ from shared.schemas import (
 from shared.templating import render
 
 # The handlers take only the request: FastAPI's dependency injection costs more per request than the whole
-# write path, so they read `request.app.state` and call `authenticate` themselves. OpenAPI still shows the
+# write path, so `serve` reads the app's state and checks the API key itself. OpenAPI still shows the
 # API-key requirement through `openapi_extra`.
 router = APIRouter(prefix="/notifications/v1", tags=["notifications"])
 _SECURED: dict[str, Any] = {"security": [{"ApiKey": []}]}
@@ -117,20 +122,21 @@ async def _templates_for(
 
 def _accept(
     items: list[NotificationIn],
-    service_id: UUID,
+    service: str,
     templates: list[TemplateVersion | None],
     max_rendered: int,
     *,
     listed: bool,
-) -> tuple[list[str], list[bytes]]:
+) -> tuple[str, list[str], list[bytes]]:
     """Give each notification its id and timestamps, render its template, and serialize it once.
+
+    Returns the request's id stem, the ids and the documents.
 
     Raises:
         RequestValidationError: a rendered subject and body together are longer than `max_rendered` (422).
     """
     now = datetime.now(UTC).isoformat()  # formatted once for the whole request
-    service = str(service_id)
-    ids = request_ids(len(items))
+    stem, ids = request_ids(len(items))
     docs = []
     for notification_id, item, template in zip(ids, items, templates, strict=True):
         values = item.personalization or {}
@@ -161,28 +167,37 @@ def _accept(
                     body=body,
                 )
             )
-    return ids, docs
+    return stem, ids, docs
 
 
-async def _ingest(request: Request, *, listed: bool) -> tuple[list[str], list[bytes], bytes]:
-    """The write path: authenticate → validate → templates → ids → Redis. Returns ids, documents, their array.
+#: The route templates of the three notification routes (also the `route` label of the request metrics).
+SINGLE = f"{router.prefix}/"
+MULTIPLE = f"{router.prefix}/multiple"
+ONE = f"{router.prefix}/{{notification_id}}"
+Headers = list[tuple[bytes, bytes]]
+_JSON_HEADER = (b"content-type", JSON.encode())
+
+
+async def _ingest(
+    state: State, service_id: UUID, body: bytes, request_id: str, *, listed: bool
+) -> tuple[list[str], list[bytes], bytes]:
+    """The write path after authentication: validate → templates → ids → Redis. Returns ids, documents, their array.
 
     `listed` says the body is a list (`/multiple`) rather than one notification.
     """
-    state = request.app.state
-    service_id = await authenticate(request)
-    body = await read_json_body(request, state.settings.max_body_bytes)
+    settings = state.settings
     try:
         if listed:
-            items = notification_list(state.settings).validate_json(body)
+            items = notification_list(settings).validate_json(body)
         else:
-            items = [limited_notification(state.settings).model_validate_json(body)]
+            items = [limited_notification(settings).model_validate_json(body)]
     except ValidationError as exc:
         raise _body_error(exc) from None
     resolved = await _templates_for(items, service_id, state.templates, listed=listed)
-    ids, docs = _accept(items, service_id, resolved, state.settings.max_rendered_length, listed=listed)
+    service = str(service_id)
+    stem, ids, docs = _accept(items, service, resolved, settings.max_rendered_length, listed=listed)
     entry = join_array(docs)
-    await state.writer.write(entry, keys.cache_key(str(service_id), ids[0]), request.scope.get("notify.request_id", ""))
+    await state.writer.write(entry, keys.request_key(service, stem), request_id)
     ACCEPTED.inc(len(ids))
     return ids, docs, entry
 
@@ -198,6 +213,57 @@ def _pick(request_json: bytes | None, notification_id: UUID) -> bytes | None:
     return None
 
 
+async def _lookup(state: State, service_id: UUID, notification_id: UUID) -> bytes:
+    """Return a notification from the Redis cache or, once drained and expired there, from Postgres."""
+    found = _pick(await state.redis.get(keys.cache_key(str(service_id), str(notification_id))), notification_id)
+    if found is None:
+        async with state.engine.connect() as conn:
+            found = await queries.fetch_notification(conn, notification_id, service_id)
+    if found is None:
+        raise NotFoundError(f"notification {notification_id} not found")
+    return found
+
+
+async def serve(
+    state: State, route: str, headers: Headers, receive: Receive, request_id: str, notification_id: UUID | None = None
+) -> tuple[int, bytes, Headers]:
+    """Answer one of the three notification routes from the raw ASGI request: (status, body, headers).
+
+    The hot path (`api.hotpath`) calls this for every notification request, with the headers as the server
+    gave them; errors are raised (`api.errors` maps them), as from any route.
+    """
+    authorization = content_type = None
+    for name, value in headers:
+        if name == b"authorization":
+            authorization = value.decode("latin-1")
+        elif name == b"content-type":
+            content_type = value.decode("latin-1")
+    service_id = await service_for(state, authorization)
+    if route == ONE:
+        assert notification_id is not None
+        return 200, await _lookup(state, service_id, notification_id), [_JSON_HEADER]
+    body = await read_json_body(content_type, receive, state.settings.max_body_bytes)
+    ids, docs, entry = await _ingest(state, service_id, body, request_id, listed=route == MULTIPLE)
+    if route == MULTIPLE:
+        return 201, entry, [_JSON_HEADER]
+    return 201, docs[0], [_JSON_HEADER, (b"location", f"{router.prefix}/{ids[0]}".encode())]
+
+
+async def _respond(request: Request, route: str, notification_id: UUID | None = None) -> Response:
+    """Serve a notification route for FastAPI (the hot path normally answers before FastAPI sees it)."""
+    status, body, headers = await serve(
+        request.app.state,
+        route,
+        request.scope["headers"],
+        request.receive,
+        request.scope.get("notify.request_id", ""),
+        notification_id,
+    )
+    response = Response(body, status_code=status)
+    response.raw_headers = [*headers, (b"content-length", str(len(body)).encode())]
+    return response
+
+
 @router.post(
     "/",
     status_code=201,
@@ -208,8 +274,7 @@ def _pick(request_json: bytes | None, notification_id: UUID) -> bytes | None:
 )
 async def create_notification(request: Request) -> Response:
     """Validate one notification, queue it in Redis and return it with its id (201)."""
-    ids, docs, _ = await _ingest(request, listed=False)
-    return Response(docs[0], status_code=201, media_type=JSON, headers={"Location": f"{router.prefix}/{ids[0]}"})
+    return await _respond(request, SINGLE)
 
 
 @router.post(
@@ -222,8 +287,7 @@ async def create_notification(request: Request) -> Response:
 )
 async def create_notifications(request: Request) -> Response:
     """Validate 1..MAX_BATCH_ITEMS notifications, queue them in Redis as one entry, return them in order (201)."""
-    _, _, entry = await _ingest(request, listed=True)
-    return Response(entry, status_code=201, media_type=JSON)
+    return await _respond(request, MULTIPLE)
 
 
 @router.get(
@@ -235,12 +299,4 @@ async def create_notifications(request: Request) -> Response:
 )
 async def get_notification(request: Request, notification_id: UUID) -> Response:
     """Return a notification from the Redis cache or, once drained and expired there, from Postgres."""
-    state = request.app.state
-    service_id = await authenticate(request)
-    cached = _pick(await state.redis.get(keys.cache_key(str(service_id), str(notification_id))), notification_id)
-    if cached is None:
-        async with state.engine.connect() as conn:
-            cached = await queries.fetch_notification(conn, notification_id, service_id)
-    if cached is None:
-        raise NotFoundError(f"notification {notification_id} not found")
-    return Response(cached, media_type=JSON)
+    return await _respond(request, ONE, notification_id)
