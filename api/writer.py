@@ -50,7 +50,7 @@ class _PendingWrite:
 
 
 class RedisWriter:
-    """Merges the Redis writes of concurrent requests into one pipeline per round trip."""
+    """Merges the Redis writes of concurrent requests into one script call per round trip."""
 
     def __init__(self, redis: Redis, max_backlog: int, max_requests_per_flush: int = 256) -> None:
         self._redis = redis

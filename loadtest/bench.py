@@ -36,7 +36,7 @@ from sqlalchemy import text
 
 from loadtest.bench_report import markdown, plot_bars, plot_timelines
 from loadtest.loadgen import run_fixed_rate
-from loadtest.measure import RssSampler, Timeline, wrk
+from loadtest.measure import CpuMeter, RssSampler, Timeline, wrk
 from shared import tenancy
 from shared.db import create_engine, upgrade_database
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
@@ -64,6 +64,7 @@ class Stack:
     api_key: str
     service_id: str
     env: dict[str, str]
+    server_pids: dict[str, int]
 
 
 def _wait_port(port: int, timeout: float = 30.0) -> None:
@@ -158,8 +159,11 @@ def run_design(
         # naive entries hold one notification each, ours a whole request
         timeline = Timeline(stack.database_url, stack.redis_url, 1 if design == "naive" else per_request)
         timeline.start()
+        cpu = CpuMeter({"api": api.pid, **{f"worker{n}": w.pid for n, w in enumerate(workers)}, **stack.server_pids})
+        cpu.start()
         started = time.monotonic()
         load = wrk(port, path, body, stack.api_key, seconds, tmp)
+        used = cpu.stop()
         accepted = int(load["ok"]) * per_request
         deadline = time.monotonic() + 120
         while (stored := asyncio.run(_rows(stack))) < accepted and time.monotonic() < deadline:
@@ -188,6 +192,11 @@ def run_design(
         "lag_p99_ms": round(lag_p99 * 1000, 1),
         "api_rss_mb": round(sampler.peak["api"] / 2**20, 1),
         "worker_rss_mb": round(sampler.peak.get("worker", 0) / 2**20, 1),
+        "cpu_api": used["api"],
+        "cpu_workers": sum(v for k, v in used.items() if k.startswith("worker")),
+        "cpu_redis": used["redis"],
+        "cpu_postgres": used["postgres"],
+        "cpu_load": used["load"],
         "timeline": timeline.samples,
     }
 
@@ -256,6 +265,23 @@ def memory_figures(stack: Stack, tmp: Path) -> float:
         _stop(api)
 
 
+def append_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append rows to a CSV file; columns new to the file are added (older rows leave them empty)."""
+    old: list[dict[str, Any]] = []
+    fields: list[str] = []
+    if path.exists():
+        with path.open(newline="") as existing:
+            reader = csv.DictReader(existing)
+            fields = list(reader.fieldnames or [])
+            old = list(reader)
+    fields += [key for row in rows for key in row if key not in fields]
+    fields = list(dict.fromkeys(fields))
+    with path.open("w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows([*old, *rows])
+
+
 def main() -> None:
     """Start the servers, measure every design, write the results."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -303,7 +329,8 @@ def main() -> None:
                 "WORKER_METRICS_PORT": "0",
                 **({"DRAIN_BATCH_ENTRIES": str(args.drain_batch)} if args.drain_batch else {}),
             }
-            stack = Stack(pg.url, redis_server.url, api_key, service_id, env)
+            pids = {"redis": redis_server.process.pid if redis_server.process else 0, "postgres": pg.pid}
+            stack = Stack(pg.url, redis_server.url, api_key, service_id, env, pids)
             rows = []
             for mode in args.modes.split(","):
                 for design in args.designs.split(","):
@@ -332,20 +359,12 @@ def main() -> None:
     title = f"pg delay {args.pg_delay_ms} ms, appendfsync {args.appendfsync}"
     plot_bars(rows, RESULTS / f"bench{label}.png", title)
     plot_timelines(rows, RESULTS / f"bench{label}-timeline.png", title)
-    csv_path = RESULTS / "bench.csv"
-    new = not csv_path.exists()
-    with csv_path.open("a", newline="") as out:
-        columns = [k for k in rows[0] if k != "timeline"]
-        fields = ["when", "label", "pg_delay_ms", "appendfsync", "drain_batch", *columns]
-        writer = csv.DictWriter(out, fieldnames=fields)
-        if new:
-            writer.writeheader()
-        for row in rows:
-            settings = {"pg_delay_ms": args.pg_delay_ms, "appendfsync": args.appendfsync}
-            figures = {k: v for k, v in row.items() if k != "timeline"}
-            writer.writerow(
-                {"when": when, "label": args.label, **settings, "drain_batch": args.drain_batch or 500, **figures}
-            )
+    settings = {"when": when, "label": args.label, "pg_delay_ms": args.pg_delay_ms, "appendfsync": args.appendfsync}
+    new_rows = [
+        {**settings, "drain_batch": args.drain_batch or 500, **{k: v for k, v in row.items() if k != "timeline"}}
+        for row in rows
+    ]
+    append_csv(RESULTS / "bench.csv", new_rows)
     print(report)
 
 

@@ -16,14 +16,15 @@ def markdown(rows: list[dict[str, Any]], half: list[dict[str, Any]], bytes_per: 
         f"{f' --drain-batch {args.drain_batch}' if args.drain_batch else ''}` — wrk -t1 -c50 on the same 2 cores.",
         "",
         "| design | mode | accepted notif/s | req/s | p50 ms | p99 ms | stored notif/s | lag p50 ms | lag p99 ms"
-        " | API RSS MB | worker RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        " | API RSS MB | worker RSS MB | CPU % API / workers / Redis / PG / wrk |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['design']} | {r['mode']} | {r['accepted_per_s']} | {r['requests_per_s']} | {r['p50_ms']} | "
             f"{r['p99_ms']} | {r['stored_per_s']} | {r['lag_p50_ms']} | {r['lag_p99_ms']} | {r['api_rss_mb']} | "
-            f"{r['worker_rss_mb']} |"
+            f"{r['worker_rss_mb']} | {r['cpu_api']} / {r['cpu_workers']} / {r['cpu_redis']} / {r['cpu_postgres']} / "
+            f"{r['cpu_load']} |"
         )
     by = {(r["design"], r["mode"]): r for r in rows}
     lines += ["", "| ratio (accepted notifications/s) | single | multiple(100) |", "|---|---|---|"]

@@ -2,6 +2,7 @@
 
 import asyncio
 import re
+import resource
 import subprocess
 import threading
 import time
@@ -41,6 +42,51 @@ def wrk(port: int, path: str, body: bytes, key: str, seconds: int, tmp: Path) ->
         "p50": latency("50"),
         "p99": latency("99"),
     }
+
+
+class CpuMeter:
+    """CPU used between `start` and `stop`, in percent of one core.
+
+    Named processes are read with their children; `load` is this process's finished children (wrk).
+    """
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._before: dict[str, float] = {}
+        self._started = 0.0
+        self._children = 0.0
+
+    def _read(self) -> dict[str, float]:
+        seconds = {}
+        for name, pid in self.pids.items():
+            try:
+                process = psutil.Process(pid)
+                seconds[name] = sum(
+                    times.user + times.system
+                    for times in [process.cpu_times()] + [c.cpu_times() for c in process.children(recursive=True)]
+                )
+            except psutil.Error:
+                seconds[name] = 0.0
+        return seconds
+
+    @staticmethod
+    def _children_seconds() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    def start(self) -> None:
+        """Take the first reading."""
+        self._before = self._read()
+        self._children = self._children_seconds()
+        self._started = time.monotonic()
+
+    def stop(self) -> dict[str, float]:
+        """Return each process's CPU since `start` (and `load` for the finished children), % of one core."""
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        after = self._read()
+        used = {name: after[name] - self._before.get(name, 0.0) for name in after}
+        used["load"] = self._children_seconds() - self._children
+        return {name: round(100 * seconds / elapsed) for name, seconds in used.items()}
 
 
 class RssSampler(threading.Thread):

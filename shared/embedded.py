@@ -108,6 +108,11 @@ class EmbeddedPostgres:
         _wait_for_port(self.port, timeout, "PostgreSQL", self.log)
         return self
 
+    @property
+    def pid(self) -> int:
+        """The postmaster's process id (while running)."""
+        return int((self.datadir / "postmaster.pid").read_text().split()[0])
+
     def stop(self, quiet: bool = False, mode: str = "fast") -> None:
         """Stop the server (`mode` fast, or immediate for a crash-like stop)."""
         _commands = _pg_commands()

@@ -275,15 +275,17 @@ class Drain:
         BACKLOG.set(backlog.entries)
         OLDEST_PENDING_AGE.set(backlog.oldest_age_seconds)
 
-    async def _linger(self) -> None:
-        """After a part-full batch, let new entries gather for DRAIN_LINGER_MS (unless stopping).
+    async def _linger(self, seconds: float) -> None:
+        """After a part-full batch, let new entries gather for `seconds` (unless stopping).
 
-        Each batch costs a transaction and a few Redis round trips whatever its size: without the pause, a
-        worker keeping up with a moderate rate stores many tiny batches and spends a core on it.
+        A worker that keeps up reads at most once per DRAIN_LINGER_MS: each batch costs a transaction and a few
+        Redis round trips whatever its size, and without the pause a worker keeping up with a moderate rate
+        stores many tiny batches and spends a core on it. A worker whose batches take longer than that to store
+        never waits.
         """
-        if self.settings.drain_linger_ms:
+        if seconds > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.settings.drain_linger_ms / 1000)
+                await asyncio.wait_for(self.stopping.wait(), seconds)
 
     async def run(self) -> None:
         """Drain until `stopping` is set: reclaim stale entries now and then, otherwise read new ones."""
@@ -302,10 +304,11 @@ class Drain:
                 if loop.time() >= next_observation:
                     next_observation = loop.time() + 1.0
                     await self.observe_backlog()
+                read_at = loop.time()
                 if batch := await self.read_new():
                     await self.drain_batch(batch)
                     if len(batch) < self.settings.drain_batch_entries:
-                        await self._linger()
+                        await self._linger(read_at + self.settings.drain_linger_ms / 1000 - loop.time())
                 delay = 0.1
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):  # Redis lost the group (flushed, or restarted without AOF)

@@ -1,0 +1,42 @@
+"""The benchmark's own instruments: the results CSV grows new columns, and CPU is metered per process."""
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from loadtest.bench import append_csv
+from loadtest.measure import CpuMeter
+
+
+def test_results_csv_takes_rows_with_new_columns(tmp_path: Path) -> None:
+    path = tmp_path / "bench.csv"
+    append_csv(path, [{"design": "service", "rps": 10}])
+    append_csv(path, [{"design": "naive", "rps": 5, "cpu_api": 99}])
+
+    with path.open(newline="") as stored:
+        reader = csv.DictReader(stored)
+        rows = list(reader)
+    assert reader.fieldnames == ["design", "rps", "cpu_api"]
+    assert rows == [
+        {"design": "service", "rps": "10", "cpu_api": ""},
+        {"design": "naive", "rps": "5", "cpu_api": "99"},
+    ]
+
+
+def test_cpu_meter_counts_a_busy_process_and_finished_children() -> None:
+    meter = CpuMeter({"self": os.getpid()})
+    meter.start()
+    until = time.process_time() + 0.2
+    while time.process_time() < until:  # 0.2 s of CPU in this process
+        pass
+    subprocess.run(
+        [sys.executable, "-c", "import time\nt = time.process_time() + 0.2\nwhile time.process_time() < t: pass"],
+        check=True,
+    )
+    used = meter.stop()
+
+    assert used["self"] >= 1
+    assert used["load"] >= 1
