@@ -3,8 +3,10 @@
 Each accepted request hands its stream entry and its cache key to `RedisWriter.write` and waits. One flusher
 task takes everything queued so far, sends it as one script call (`FLUSH`: XADD + SET per request, the same
 bytes for both, applied atomically as MULTI/EXEC would) and wakes the requests when Redis acknowledged it;
-requests that arrive meanwhile form the next batch. A request gets its 201 only after Redis acknowledged its
-write (with AOF `appendfsync always`, after the fsync that covers it).
+requests that arrive meanwhile form the next batch, which a second flusher sends without waiting for the first
+answer (two flushes in flight: while Redis fsyncs one batch, the API would otherwise sit idle with the next one
+ready; measured +5-10 % single POSTs/s). A request gets its 201 only after Redis acknowledged its write (with
+AOF `appendfsync always`, after the fsync that covers it).
 
 One script call rather than a MULTI/EXEC pipeline: redis-py packs, sends and parses every command of a pipeline
 one by one (2 per request, each reply read under its own timeout), which cost the API process a sixth of its
@@ -52,12 +54,16 @@ class _PendingWrite:
 class RedisWriter:
     """Merges the Redis writes of concurrent requests into one script call per round trip."""
 
-    def __init__(self, redis: Redis, max_backlog: int, max_requests_per_flush: int = 256) -> None:
+    def __init__(
+        self, redis: Redis, max_backlog: int, max_requests_per_flush: int = 256, max_flushes_in_flight: int = 2
+    ) -> None:
         self._redis = redis
         self._flush = redis.register_script(FLUSH)
         self._max = max_requests_per_flush
+        self._max_in_flight = max_flushes_in_flight
         self._queue: list[_PendingWrite] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushers: set[asyncio.Task[None]] = set()
+        self._flusher_starting = False
         self.max_backlog = max_backlog
         self.backlog = 0
         self._backlog_read_at = 0.0
@@ -92,12 +98,16 @@ class RedisWriter:
         await self._admit()
         pending = _PendingWrite(entry, cache_key, request_id)
         self._queue.append(pending)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_all())
+        if not self._flusher_starting and len(self._flushers) < self._max_in_flight:
+            self._flusher_starting = True  # it takes everything queued until it runs
+            flusher = asyncio.create_task(self._flush_all())
+            self._flushers.add(flusher)
+            flusher.add_done_callback(self._flushers.discard)
         # Cancelling this wait cancels only this request's future, never the flush that other requests share
         await pending.done
 
     async def _flush_all(self) -> None:
+        self._flusher_starting = False
         while self._queue:
             batch, self._queue = self._queue[: self._max], self._queue[self._max :]
             keys_: list[str] = [keys.STREAM]
@@ -122,5 +132,4 @@ class RedisWriter:
 
     async def close(self) -> None:
         """Wait for the writes already queued to finish."""
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)
+        await asyncio.gather(*self._flushers, return_exceptions=True)

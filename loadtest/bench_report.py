@@ -13,7 +13,9 @@ def markdown(rows: list[dict[str, Any]], half: list[dict[str, Any]], bytes_per: 
         "",
         f"`python -m loadtest.bench --seconds {args.seconds} --pg-delay-ms {args.pg_delay_ms} "
         f"--appendfsync {args.appendfsync} --api-workers {args.api_workers} --drain-workers {args.drain_workers}"
-        f"{f' --drain-batch {args.drain_batch}' if args.drain_batch else ''}` — wrk -t1 -c50 on the same 2 cores.",
+        f"{f' --drain-batch {args.drain_batch}' if args.drain_batch else ''}"
+        f"{f' --drain-linger {args.drain_linger}' if args.drain_linger is not None else ''}`"
+        " — wrk -t1 -c50 on the same 2 cores.",
         "",
         "| design | mode | accepted notif/s | req/s | p50 ms | p99 ms | stored notif/s | lag p50 ms | lag p99 ms"
         " | API RSS MB | worker RSS MB | CPU % API / workers / Redis / PG / wrk |",
@@ -37,13 +39,15 @@ def markdown(rows: list[dict[str, Any]], half: list[dict[str, Any]], bytes_per: 
     if half:
         lines += [
             "",
-            "Service at half its maximum rate (fixed-rate load, 64 connections):",
+            "Service at half its maximum rate (fixed-rate load, 64 connections); sustained = the rate it both accepts"
+            " and stores, burst = the rate it accepts while the backlog grows:",
             "",
-            "| mode | rate req/s | sent | ok | HTTP p50 ms | HTTP p99 ms | lag p50 ms | lag p99 ms |",
-            "|---|---|---|---|---|---|---|---|",
+            "| mode | half of | rate req/s | sent | ok | HTTP p50 ms | HTTP p99 ms | lag p50 ms | lag p99 ms |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {h['mode']} | {h['rate_rps']} | {h['sent']} | {h['ok']} | {h['http_p50_ms']} | {h['http_p99_ms']} | "
+            f"| {h['mode']} | {h['of']} | {h['rate_rps']} | {h['sent']} | {h['ok']} | {h['http_p50_ms']} | "
+            f"{h['http_p99_ms']} | "
             f"{h['lag_p50_ms']} | {h['lag_p99_ms']} |"
             for h in half
         ]

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadtest.bench import append_csv
+from loadtest.bench import append_csv, maximum_rates
 from loadtest.measure import CpuMeter
 
 
@@ -40,3 +40,11 @@ def test_cpu_meter_counts_a_busy_process_and_finished_children() -> None:
 
     assert used["self"] >= 1
     assert used["load"] >= 1
+
+
+def test_half_load_is_taken_of_the_sustained_rate_and_of_a_higher_burst() -> None:
+    keeps_up = {"accepted_per_s": 3000, "requests_per_s": 3000, "stored_per_s": 2990}
+    falls_behind = {"accepted_per_s": 50_000, "requests_per_s": 500, "stored_per_s": 30_000}
+
+    assert maximum_rates(keeps_up) == [("sustained", 2990)]
+    assert maximum_rates(falls_behind) == [("sustained", 300), ("accepted (burst)", 500)]

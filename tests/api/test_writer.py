@@ -53,3 +53,14 @@ async def test_redis_out_of_memory_during_the_flush_script_is_a_503(client: http
     assert "retry-after" in response.headers
     assert await redis.xlen(keys.STREAM) == 0
     assert (await client.post("/notifications/v1/", json=BRIEF_EXAMPLE)).status_code == 201
+
+
+async def test_more_writes_than_one_flush_carries_all_land(redis: Redis) -> None:
+    writer = RedisWriter(redis, max_backlog=10_000, max_requests_per_flush=50)
+    await asyncio.gather(*(writer.write(b"[{}]", f"notify:r:test:{n}", f"request-{n}") for n in range(600)))
+    await writer.close()
+
+    assert await redis.xlen(keys.STREAM) == 600
+    assert await redis.exists(*(f"notify:r:test:{n}" for n in range(600))) == 600
+    request_ids = {fields[keys.REQUEST_ID_FIELD] for _, fields in await redis.xrange(keys.STREAM)}
+    assert request_ids == {f"request-{n}".encode() for n in range(600)}
