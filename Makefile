@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 
-.PHONY: install run test check format migrate loadtest bench bench-drain clean
+.PHONY: install run test check format migrate loadtest bench bench-drain bench-app clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ bench: install  ## the service vs the naive and direct baselines, then again wit
 
 bench-drain: install  ## one worker draining a 200k backlog vs a raw COPY of the same rows
 	$(BIN)/python -m loadtest.bench_drain --notifications 200000
+
+bench-app: install  ## CPU per request of the app alone, in-process (steadier than make bench for comparing versions)
+	$(BIN)/python -m loadtest.bench_app $(ARGS)
 
 migrate: install
 	$(BIN)/alembic upgrade head

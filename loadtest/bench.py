@@ -18,7 +18,6 @@ Writes loadtest/results/bench.csv (appended), bench[-<label>].md and bench[-<lab
 
 import argparse
 import asyncio
-import csv
 import os
 import shutil
 import socket
@@ -35,7 +34,7 @@ import orjson
 from redis.asyncio import Redis
 from sqlalchemy import text
 
-from loadtest.bench_report import markdown, plot_bars, plot_timelines
+from loadtest.bench_report import append_csv, markdown, plot_bars, plot_timelines
 from loadtest.loadgen import run_fixed_rate
 from loadtest.measure import CpuMeter, RssSampler, Timeline, wrk
 from shared import tenancy
@@ -280,23 +279,6 @@ def memory_figures(stack: Stack, tmp: Path) -> float:
         return asyncio.run(redis_bytes_per_pending(stack, port))
     finally:
         _stop(api)
-
-
-def append_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Append rows to a CSV file; columns new to the file are added (older rows leave them empty)."""
-    old: list[dict[str, Any]] = []
-    fields: list[str] = []
-    if path.exists():
-        with path.open(newline="") as existing:
-            reader = csv.DictReader(existing)
-            fields = list(reader.fieldnames or [])
-            old = list(reader)
-    fields += [key for row in rows for key in row if key not in fields]
-    fields = list(dict.fromkeys(fields))
-    with path.open("w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=fields, restval="")
-        writer.writeheader()
-        writer.writerows([*old, *rows])
 
 
 def main() -> None:

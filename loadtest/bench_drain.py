@@ -12,9 +12,6 @@ servers in a temporary folder.
 
 import argparse
 import asyncio
-import csv
-import os
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,10 +22,11 @@ import uuid_utils
 from redis.asyncio import Redis
 from sqlalchemy import text
 
+from loadtest.bench_report import append_csv
+from loadtest.servers import bench_servers
 from shared import keys
 from shared.codec import encode_notification, join_array
-from shared.db import create_engine, upgrade_database
-from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from shared.db import create_engine
 from shared.settings import Settings
 from worker.drain import Drain
 
@@ -115,39 +113,18 @@ def main() -> None:
     parser.add_argument("--label", default="")
     args = parser.parse_args()
 
-    servers: list[EmbeddedPostgres | EmbeddedRedis] = []
-    database_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            if not database_url:
-                pg = EmbeddedPostgres(Path(tmp) / "pg", free_port()).start()
-                servers.append(pg)
-                database_url = pg.url
-            if not redis_url:
-                rd = EmbeddedRedis(Path(tmp) / "redis", free_port()).start()
-                servers.append(rd)
-                redis_url = rd.url
-            upgrade_database(database_url)
-            settings = Settings(
-                database_url=database_url,
-                redis_url=redis_url,
-                drain_batch_entries=args.batch_entries,
-                drain_block_ms=10,
-                _env_file=None,
-            )
-            figures = asyncio.run(run(settings, args.notifications, args.per_entry))
-        finally:
-            for server in reversed(servers):
-                server.stop()
+    with bench_servers() as (database_url, redis_url):
+        settings = Settings(
+            database_url=database_url,
+            redis_url=redis_url,
+            drain_batch_entries=args.batch_entries,
+            drain_block_ms=10,
+            _env_file=None,
+        )
+        figures = asyncio.run(run(settings, args.notifications, args.per_entry))
     figures_row = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "label": args.label, **figures}
     print(figures_row)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    new = not RESULTS.exists()
-    with RESULTS.open("a", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=list(figures_row))
-        if new:
-            writer.writeheader()
-        writer.writerow(figures_row)
+    append_csv(RESULTS, [figures_row])
 
 
 if __name__ == "__main__":

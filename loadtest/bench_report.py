@@ -1,6 +1,7 @@
-"""The benchmark's report: a markdown table with the ratios, and plots (throughput bars, timelines)."""
+"""The benchmark's report: a markdown table with the ratios, plots (throughput bars, timelines), CSV rows."""
 
 import argparse
+import csv
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -99,3 +100,20 @@ def plot_timelines(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+
+
+def append_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append rows to a CSV file; columns new to the file are added (older rows leave them empty)."""
+    old: list[dict[str, Any]] = []
+    fields: list[str] = []
+    if path.exists():
+        with path.open(newline="") as existing:
+            reader = csv.DictReader(existing)
+            fields = list(reader.fieldnames or [])
+            old = list(reader)
+    fields += [key for row in rows for key in row if key not in fields]
+    fields = list(dict.fromkeys(fields))
+    with path.open("w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows([*old, *rows])

@@ -7,8 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-from loadtest.bench import append_csv, maximum_rates
+from loadtest.bench import maximum_rates
+from loadtest.bench_app import measure
+from loadtest.bench_report import append_csv
 from loadtest.measure import CpuMeter
+from tests.conftest import Servers
 
 
 def test_results_csv_takes_rows_with_new_columns(tmp_path: Path) -> None:
@@ -48,3 +51,13 @@ def test_half_load_is_taken_of_the_sustained_rate_and_of_a_higher_burst() -> Non
 
     assert maximum_rates(keeps_up) == [("sustained", 2990)]
     assert maximum_rates(falls_behind) == [("sustained", 300), ("accepted (burst)", 500)]
+
+
+async def test_app_benchmark_sends_real_requests_through_the_app(servers: Servers) -> None:
+    single = await measure(servers.database_url, servers.redis_url, "single", 100)
+    multiple = await measure(servers.database_url, servers.redis_url, "multiple", 50)
+
+    assert single["requests"] == 100  # every one answered 201, or measure() raises
+    assert multiple["requests"] == 50
+    assert single["cpu_us_per_request"] > 0
+    assert multiple["cpu_us_per_notification"] < multiple["cpu_us_per_request"]

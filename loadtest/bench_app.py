@@ -1,0 +1,120 @@
+"""What the app itself costs per request: CPU microseconds through its ASGI interface, with no HTTP server.
+
+`make bench` measures the whole machine (wrk, uvicorn, Redis, Postgres and the drain sharing two cores), where
+run-to-run noise is ±10 % or more. This measures only the application's own work — routing, authentication,
+validation, ids, serialization, the group commit to a real Redis — by calling the ASGI app in-process with 50
+concurrent callers, and reports the process's CPU time per request, which is steadier. Use it to compare two
+versions of the hot path; use `make bench` for the figures that matter to a producer.
+
+    .venv/bin/python -m loadtest.bench_app [--requests 20000] [--label ...]
+
+Uses DATABASE_URL / REDIS_URL when set (data is thrown away), else embedded servers. Appends to
+loadtest/results/app.csv.
+"""
+
+import argparse
+import asyncio
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from starlette.types import Message
+
+from api.main import create_app
+from loadtest.bench import MODES
+from loadtest.bench_report import append_csv
+from loadtest.servers import bench_servers
+from shared import tenancy
+from shared.db import create_engine
+from shared.settings import Settings
+
+RESULTS = Path(__file__).resolve().parent / "results" / "app.csv"
+CALLERS = 50
+
+
+async def measure(database_url: str, redis_url: str, mode: str, requests: int) -> dict[str, Any]:
+    """Send `requests` requests of `mode` through the app in-process; return CPU and wall time per request."""
+    engine = create_engine(database_url, pool_size=1)
+    redis = Redis.from_url(redis_url)
+    await redis.flushdb()
+    service = await tenancy.create_service(engine, f"bench-app-{time.time_ns()}")
+    key = (await tenancy.create_api_key(engine, redis, service.id, "bench")).secret
+    await engine.dispose()
+    settings = Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        access_log=False,
+        log_level="WARNING",
+        max_backlog_entries=10**9,
+        _env_file=None,
+    )
+    app = create_app(settings)
+    path, body, per_request = MODES[mode]
+    headers = [
+        (b"host", b"localhost"),
+        (b"authorization", f"Bearer {key}".encode()),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+
+    async def call() -> None:
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+            "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"", "headers": headers,
+            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000), "state": {},
+        }  # fmt: skip
+        messages: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+        statuses = []
+
+        async def receive() -> Message:
+            return messages.pop() if messages else {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await app(scope, receive, send)
+        if statuses != [201]:
+            raise RuntimeError(f"expected a 201, got {statuses}")
+
+    async def caller(count: int) -> None:
+        for _ in range(count):
+            await call()
+
+    async with app.router.lifespan_context(app):
+        await asyncio.gather(*(caller(20) for _ in range(CALLERS)))  # warm up
+        cpu, wall = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(caller(requests // CALLERS) for _ in range(CALLERS)))
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    await redis.flushdb()
+    await redis.aclose()
+    done = requests // CALLERS * CALLERS
+    return {
+        "mode": mode,
+        "requests": done,
+        "cpu_us_per_request": round(1e6 * cpu / done, 1),
+        "cpu_us_per_notification": round(1e6 * cpu / done / per_request, 2),
+        "requests_per_s": round(done / wall),
+    }
+
+
+def main() -> None:
+    """Measure single and multiple(100), print and record."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=20_000, help="single POSTs (multiple: a tenth of it)")
+    parser.add_argument("--label", default="")
+    args = parser.parse_args()
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    rows = []
+    with bench_servers() as (database_url, redis_url):
+        for mode, requests in (("single", args.requests), ("multiple", args.requests // 10)):
+            figures = asyncio.run(measure(database_url, redis_url, mode, requests))
+            rows.append({"when": when, "label": args.label, **figures})
+            print(rows[-1], flush=True)
+    append_csv(RESULTS, rows)
+
+
+if __name__ == "__main__":
+    main()
