@@ -176,6 +176,19 @@ async def test_get_malformed_id_is_422(client: httpx.AsyncClient) -> None:
     assert response.json()["detail"][0]["loc"] == ["path", "notification_id"]
 
 
+async def test_get_accepts_an_id_without_dashes(client: httpx.AsyncClient) -> None:
+    # not the hot path's canonical form: FastAPI's route parses it and answers through the same code
+    created = await client.post(f"{BASE}/", json=BRIEF_EXAMPLE)
+    compact = created.json()["id"].replace("-", "")
+
+    response = await client.get(f"{BASE}/{compact}")
+
+    assert response.status_code == 200
+    assert response.content == created.content
+    assert response.headers["content-type"] == "application/json"
+    assert (await client.get(f"{BASE}/{'0' * 32}")).status_code == 404
+
+
 async def test_heartbeat(client: httpx.AsyncClient) -> None:
     response = await client.get("/status/heartbeat")
 
