@@ -83,7 +83,10 @@ class HotPathMiddleware:
         for cls in type(exc).__mro__:
             handler = self.fastapi_app.exception_handlers.get(cls)
             if handler is not None:
-                response: Response = await handler(request, exc)  # type: ignore[misc]
+                try:
+                    response: Response = await handler(request, exc)  # type: ignore[misc]
+                except Exception:  # handlers re-raise what they do not map (a Redis WRONGTYPE, say)
+                    break
                 return response
-        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        logger.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
         return error_response("internal server error", 500)

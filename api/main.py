@@ -33,7 +33,9 @@ class NotifyAPI(FastAPI):
     """FastAPI with the request log, the body limit and the hot path outside Starlette's middleware stack.
 
     Every request passes the access log (request id, counter, log line) and the body limit first; the hot path
-    then serves the notification routes itself, and everything else goes through FastAPI's usual stack.
+    then serves the notification routes itself, and everything else goes through FastAPI's usual stack. So a
+    middleware added with `app.add_middleware` (CORS, GZip, tracing) does not see the three notification routes:
+    add it here, outside the hot path, if it must.
     """
 
     def build_middleware_stack(self) -> ASGIApp:

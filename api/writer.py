@@ -63,6 +63,7 @@ class RedisWriter:
         self._max_in_flight = max_flushes_in_flight
         self._queue: list[_PendingWrite] = []
         self._flushers: set[asyncio.Task[None]] = set()
+        self._in_flight = 0  # flushers started and not yet returned (a task's done callbacks run later)
         self._flusher_starting = False
         self.max_backlog = max_backlog
         self.backlog = 0
@@ -98,16 +99,26 @@ class RedisWriter:
         await self._admit()
         pending = _PendingWrite(entry, cache_key, request_id)
         self._queue.append(pending)
-        if not self._flusher_starting and len(self._flushers) < self._max_in_flight:
-            self._flusher_starting = True  # it takes everything queued until it runs
-            flusher = asyncio.create_task(self._flush_all())
-            self._flushers.add(flusher)
-            flusher.add_done_callback(self._flushers.discard)
+        if not self._flusher_starting and self._in_flight < self._max_in_flight:
+            self._start_flusher()
         # Cancelling this wait cancels only this request's future, never the flush that other requests share
         await pending.done
 
+    def _start_flusher(self) -> None:
+        self._flusher_starting = True  # it takes everything queued until it runs
+        self._in_flight += 1
+        flusher = asyncio.create_task(self._flush_all())
+        self._flushers.add(flusher)
+        flusher.add_done_callback(self._flushers.discard)
+
     async def _flush_all(self) -> None:
         self._flusher_starting = False
+        try:
+            await self._flush_queue()
+        finally:
+            self._in_flight -= 1  # in the same step that found the queue empty: no write can slip in between
+
+    async def _flush_queue(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[: self._max], self._queue[self._max :]
             keys_: list[str] = [keys.STREAM]
@@ -119,7 +130,10 @@ class RedisWriter:
                 try:
                     length = await self._flush(keys=keys_, args=args)
                 except ResponseError as exc:
-                    raise unwrap_script_error(exc) from exc
+                    unwrapped = unwrap_script_error(exc)
+                    if unwrapped is exc:
+                        raise
+                    raise unwrapped from exc
                 self._set_backlog(length)
             except Exception as exc:  # every waiter learns the outcome, whatever it was
                 for item in batch:
@@ -132,4 +146,7 @@ class RedisWriter:
 
     async def close(self) -> None:
         """Wait for the writes already queued to finish."""
-        await asyncio.gather(*self._flushers, return_exceptions=True)
+        while self._queue or self._flushers:
+            if self._queue and not self._flushers:
+                self._start_flusher()
+            await asyncio.gather(*self._flushers, return_exceptions=True)

@@ -233,10 +233,10 @@ async def serve(
     gave them; errors are raised (`api.errors` maps them), as from any route.
     """
     authorization = content_type = None
-    for name, value in headers:
-        if name == b"authorization":
+    for name, value in headers:  # the first of a repeated header counts, as in Starlette's Headers
+        if name == b"authorization" and authorization is None:
             authorization = value.decode("latin-1")
-        elif name == b"content-type":
+        elif name == b"content-type" and content_type is None:
             content_type = value.decode("latin-1")
     service_id = await service_for(state, authorization)
     if route == ONE:
