@@ -5,6 +5,7 @@ key without Postgres. Creating a key writes both; revoking removes the Redis fie
 commits, so a revoked key can never stay valid in Redis.
 """
 
+import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,10 +14,13 @@ from uuid import UUID
 
 import uuid_utils
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import apikeys, keys, queries
+
+logger = logging.getLogger(__name__)
 
 
 class ServiceNotFoundError(LookupError):
@@ -75,8 +79,14 @@ async def create_api_key(engine: AsyncEngine, redis: Redis, service_id: UUID, na
         record = await queries.insert_api_key(
             conn, new_id(), service_id, name, apikeys.shown_prefix(secret), secret_hash, utc_now()
         )
-    # after the commit: were this to fail, the first use of the key finds it in Postgres and registers it
-    await _register(redis, secret_hash, service_id)
+    # After the commit. The key exists now and its secret is shown only in this answer, so a Redis failure must
+    # not lose it: the first use of the key finds it in Postgres and registers it then.
+    try:
+        await _register(redis, secret_hash, service_id)
+    except (RedisError, OSError) as exc:
+        logger.warning(
+            "API key %s created but not registered in Redis (%r); its first use registers it", record.id, exc
+        )
     return CreatedKey(record, secret)
 
 

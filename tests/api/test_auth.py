@@ -6,7 +6,8 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import keys
+from shared import keys, tenancy
+from shared.embedded import free_port
 from tests.conftest import Tenant, drain_all, make_tenant
 from worker.drain import Drain
 
@@ -72,6 +73,21 @@ async def test_valid_key_works_when_redis_lost_the_registry(
 
     assert response.status_code == 201
     assert await redis.hlen(keys.API_KEYS_HASH) == 1  # registered again from Postgres
+
+
+async def test_a_key_made_while_redis_is_unreachable_is_still_handed_out_and_works(
+    engine: AsyncEngine, redis: Redis
+) -> None:
+    service = await tenancy.create_service(engine, "made during a redis outage")
+    unreachable = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    try:
+        created = await tenancy.create_api_key(engine, unreachable, service.id, "outage")
+    finally:
+        await unreachable.aclose()
+
+    assert await redis.hlen(keys.API_KEYS_HASH) == 0  # not registered...
+    assert await tenancy.service_for_key(engine, redis, created.secret) == service.id  # ...until its first use
+    assert await redis.hlen(keys.API_KEYS_HASH) == 1
 
 
 async def test_other_services_notifications_are_404_before_and_after_the_drain(
