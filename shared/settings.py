@@ -41,6 +41,7 @@ class Settings(BaseSettings):
 
     # Drain (worker) behaviour.
     drain_batch_entries: int = Field(500, ge=1)
+    drain_batch_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     drain_block_ms: int = Field(1000, ge=1)
     drain_linger_ms: int = Field(50, ge=0, le=10_000)
     reclaim_idle_ms: int = Field(30_000, ge=100)

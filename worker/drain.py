@@ -18,7 +18,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -76,6 +76,23 @@ class Entry:
     docs: list[NotificationDoc]
     cache_key: str | None
     request_id: str = ""
+
+
+def _parts_by_bytes(
+    raw: list[tuple[bytes, dict[bytes, bytes] | None]], limit: int
+) -> Iterator[list[tuple[bytes, dict[bytes, bytes] | None]]]:
+    """Split entries, in order, into runs whose payloads add up to at most `limit` bytes (at least one entry)."""
+    part: list[tuple[bytes, dict[bytes, bytes] | None]] = []
+    size = 0
+    for entry in raw:
+        length = len((entry[1] or {}).get(keys.STREAM_FIELD, b""))
+        if part and size + length > limit:
+            yield part
+            part, size = [], 0
+        part.append(entry)
+        size += length
+    if part:
+        yield part
 
 
 def consumer_name() -> str:
@@ -139,9 +156,18 @@ class Drain:
     async def drain_batch(self, raw: list[tuple[bytes, dict[bytes, bytes] | None]], redelivered: bool = False) -> int:
         """Store a batch of stream entries, then ack them; return how many notifications were new rows.
 
-        `redelivered` says the entries may have been stored before (reclaimed from another consumer), so the
-        idempotent insert is used straight away.
+        The batch is stored in transactions of at most DRAIN_BATCH_BYTES of payload (at least one entry each),
+        each acknowledged when it committed: only one such part is held decoded at a time, however large the
+        requests were. `redelivered` says the entries may have been stored before (reclaimed from another
+        consumer), so the idempotent insert is used straight away.
         """
+        stored = 0
+        for part in _parts_by_bytes(raw, self.settings.drain_batch_bytes):
+            stored += await self._drain_part(part, redelivered)
+        return stored
+
+    async def _drain_part(self, raw: list[tuple[bytes, dict[bytes, bytes] | None]], redelivered: bool) -> int:
+        """Store some stream entries in one transaction, then ack them; return how many rows were new."""
         started = time.perf_counter()
         entries: list[Entry] = []
         finished: list[bytes] = []  # entry ids to ack without storing (deleted or dead-lettered)

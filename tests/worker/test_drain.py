@@ -154,3 +154,24 @@ async def test_after_a_part_full_batch_the_drain_lingers_but_stops_at_once(
     lingering.stopping.set()
     await asyncio.wait_for(running, 2)  # the linger ends at once on stop, not after 10 s
     assert await drain_all(drain) == 1
+
+
+async def test_a_large_batch_is_stored_in_parts_of_at_most_drain_batch_bytes(
+    client: httpx.AsyncClient, redis: Redis, engine: AsyncEngine, drain: Drain
+) -> None:
+    for request in range(6):
+        items = [{"to": f"r{request}-{i}", "personalization": {"i": str(i)}} for i in range(10)]
+        assert (await client.post(f"{BASE}/multiple", json=items)).status_code == 201
+    sizes = [len(fields[keys.STREAM_FIELD]) for _, fields in await redis.xrange(keys.STREAM)]
+    limit = 2 * max(sizes)  # two requests per part
+    parted = Drain(redis, engine, drain.settings.model_copy(update={"drain_batch_bytes": limit}), "parted")
+
+    batch = await parted.read_new()
+    assert len(batch) == 6
+    assert await parted.drain_batch(batch) == 60
+
+    async with engine.connect() as conn:
+        transactions = (await conn.execute(text("SELECT count(DISTINCT xmin::text) FROM notifications"))).scalar_one()
+    assert transactions == 3
+    assert await redis.xlen(keys.STREAM) == 0
+    assert (await redis.xpending(keys.STREAM, keys.GROUP))["pending"] == 0
