@@ -1,12 +1,13 @@
 """Group commit of the write path: concurrent requests' Redis writes go out as one command, one round trip.
 
-Each accepted request hands its stream entry and its cache key to `RedisWriter.write` and waits. One flusher
-task takes everything queued so far, sends it as one script call (`FLUSH`: XADD + SET per request, the same
-bytes for both, applied atomically as MULTI/EXEC would) and wakes the requests when Redis acknowledged it;
-requests that arrive meanwhile form the next batch, which a second flusher sends without waiting for the first
-answer (two flushes in flight: while Redis fsyncs one batch, the API would otherwise sit idle with the next one
-ready; measured +5-10 % single POSTs/s). A request gets its 201 only after Redis acknowledged its write (with
-AOF `appendfsync always`, after the fsync that covers it).
+Each accepted request hands its JSON array and its cache key to `RedisWriter.write` and waits. One flusher task
+takes everything queued so far, sends it as one script call (`FLUSH`: per request a SET of its JSON under its
+cache key and an XADD of a stream entry naming that key — the JSON is kept once — applied atomically as
+MULTI/EXEC would) and wakes the requests when Redis acknowledged it; requests that arrive meanwhile form the next
+batch, which a second flusher sends without waiting for the first answer (two flushes in flight: while Redis
+fsyncs one batch, the API would otherwise sit idle with the next one ready; measured +5-10 % single POSTs/s).
+A request gets its 201 only after Redis acknowledged its write (with AOF `appendfsync always`, after the fsync
+that covers it).
 
 One script call rather than a MULTI/EXEC pipeline: redis-py packs, sends and parses every command of a pipeline
 one by one (2 per request, each reply read under its own timeout), which cost the API process a sixth of its
@@ -33,11 +34,10 @@ BACKLOG_RECHECK_SECONDS = 1.0
 
 # KEYS: the stream, then one cache key per request; ARGV: each request's entry and request id, in turn.
 FLUSH = f"""
-local entry_field, request_id_field = '{keys.STREAM_FIELD.decode()}', '{keys.REQUEST_ID_FIELD.decode()}'
+local key_field, request_id_field = '{keys.STREAM_KEY_FIELD.decode()}', '{keys.REQUEST_ID_FIELD.decode()}'
 for i = 2, #KEYS do
-  local entry = ARGV[2 * i - 3]
-  redis.call('XADD', KEYS[1], '*', entry_field, entry, request_id_field, ARGV[2 * i - 2])
-  redis.call('SET', KEYS[i], entry)
+  redis.call('SET', KEYS[i], ARGV[2 * i - 3])
+  redis.call('XADD', KEYS[1], '*', key_field, KEYS[i], request_id_field, ARGV[2 * i - 2])
 end
 return redis.call('XLEN', KEYS[1])
 """
@@ -88,7 +88,7 @@ class RedisWriter:
         self._backlog_read_at = time.monotonic()
 
     async def write(self, entry: bytes, cache_key: str, request_id: str = "") -> None:
-        """Add one stream entry and cache it under `cache_key`; return once Redis acknowledged both.
+        """Keep `entry` under `cache_key` and add a stream entry naming it; return once Redis acknowledged both.
 
         `request_id` is stored with the entry, for the worker's logs.
 

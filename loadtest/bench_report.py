@@ -53,7 +53,7 @@ def markdown(rows: list[dict[str, Any]], half: list[dict[str, Any]], bytes_per: 
             for h in half
         ]
     if bytes_per:
-        lines += ["", f"Redis memory per pending notification (stream entry share + cache key): {bytes_per:.0f} bytes."]
+        lines += ["", f"Redis memory per pending notification (cache key + stream entry share): {bytes_per:.0f} bytes."]
     return "\n".join(lines) + "\n"
 
 

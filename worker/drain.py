@@ -78,14 +78,27 @@ class Entry:
     request_id: str = ""
 
 
-def _parts_by_bytes(
-    raw: list[tuple[bytes, dict[bytes, bytes] | None]], limit: int
-) -> Iterator[list[tuple[bytes, dict[bytes, bytes] | None]]]:
+RawEntry = tuple[bytes, dict[bytes, bytes] | None]
+#: Cache keys fetched per MGET.
+FETCH_CHUNK = 1000
+
+
+@dataclass(slots=True)
+class Fetched:
+    """A stream entry with its request's JSON: fetched from the cache key the entry names, or carried inline."""
+
+    entry_id: bytes
+    payload: bytes | None
+    cache_key: str | None  # the key the entry named (None: an inline entry, or no fields at all)
+    request_id: str
+
+
+def _parts_by_bytes(fetched: list[Fetched], limit: int) -> Iterator[list[Fetched]]:
     """Split entries, in order, into runs whose payloads add up to at most `limit` bytes (at least one entry)."""
-    part: list[tuple[bytes, dict[bytes, bytes] | None]] = []
+    part: list[Fetched] = []
     size = 0
-    for entry in raw:
-        length = len((entry[1] or {}).get(keys.STREAM_FIELD, b""))
+    for entry in fetched:
+        length = len(entry.payload or b"")
         if part and size + length > limit:
             yield part
             part, size = [], 0
@@ -153,7 +166,7 @@ class Drain:
                 break
         return claimed
 
-    async def drain_batch(self, raw: list[tuple[bytes, dict[bytes, bytes] | None]], redelivered: bool = False) -> int:
+    async def drain_batch(self, raw: list[RawEntry], redelivered: bool = False) -> int:
         """Store a batch of stream entries, then ack them; return how many notifications were new rows.
 
         The batch is stored in transactions of at most DRAIN_BATCH_BYTES of payload (at least one entry each),
@@ -162,24 +175,49 @@ class Drain:
         consumer), so the idempotent insert is used straight away.
         """
         stored = 0
-        for part in _parts_by_bytes(raw, self.settings.drain_batch_bytes):
+        for part in _parts_by_bytes(await self._fetch(raw), self.settings.drain_batch_bytes):
             stored += await self._drain_part(part, redelivered)
         return stored
 
-    async def _drain_part(self, raw: list[tuple[bytes, dict[bytes, bytes] | None]], redelivered: bool) -> int:
+    async def _fetch(self, raw: list[RawEntry]) -> list[Fetched]:
+        """Pair each entry with its request's JSON: one MGET per FETCH_CHUNK cache keys the entries name."""
+        fetched: list[Fetched] = []
+        named: list[tuple[Fetched, str]] = []
+        for entry_id, fields in raw:
+            fields = fields or {}  # Redis < 7 returns an entry deleted meanwhile with no fields
+            request_id = fields.get(keys.REQUEST_ID_FIELD, b"").decode(errors="replace")
+            key = fields.get(keys.STREAM_KEY_FIELD)
+            entry = Fetched(entry_id, fields.get(keys.STREAM_FIELD), key.decode() if key else None, request_id)
+            fetched.append(entry)
+            if entry.cache_key is not None:
+                named.append((entry, entry.cache_key))
+        for start in range(0, len(named), FETCH_CHUNK):
+            chunk = named[start : start + FETCH_CHUNK]
+            payloads = await self.redis.mget([key for _, key in chunk])
+            for (entry, _), payload in zip(chunk, payloads, strict=True):
+                entry.payload = payload
+        return fetched
+
+    async def _drain_part(self, part: list[Fetched], redelivered: bool) -> int:
         """Store some stream entries in one transaction, then ack them; return how many rows were new."""
         started = time.perf_counter()
         entries: list[Entry] = []
         finished: list[bytes] = []  # entry ids to ack without storing (deleted or dead-lettered)
-        for entry_id, fields in raw:
-            payload = (fields or {}).get(keys.STREAM_FIELD)
-            request_id = (fields or {}).get(keys.REQUEST_ID_FIELD, b"").decode(errors="replace")
+        for fetched in part:
+            entry_id, payload, request_id = fetched.entry_id, fetched.payload, fetched.request_id
             if payload is None:
-                finished.append(entry_id)  # deleted meanwhile (Redis < 7 returns it with no fields)
+                if fetched.cache_key is not None and not redelivered:
+                    # never stored, and its JSON is gone (deleted by hand, or evicted: Redis must be noeviction)
+                    error = f"the request's JSON is missing from Redis (key {fetched.cache_key})"
+                    await self._dead_letter(entry_id, b"", error, request_id)
+                # else deleted meanwhile, or stored before and its cache key has expired since: nothing to store
+                finished.append(entry_id)
                 continue
             try:
                 docs = decode_entry(payload)
-                cache_key = keys.cache_key(str(docs[0]["service_id"]), str(docs[0]["id"])) if docs else None
+                cache_key = fetched.cache_key or (
+                    keys.cache_key(str(docs[0]["service_id"]), str(docs[0]["id"])) if docs else None
+                )
             except (ValueError, KeyError, TypeError, IndexError) as exc:
                 await self._dead_letter(entry_id, payload, f"undecodable entry: {exc!r}", request_id)
                 finished.append(entry_id)

@@ -89,6 +89,30 @@ async def test_poison_entry_is_dead_lettered_and_the_rest_stored(
     assert await redis.xlen(keys.STREAM) == 0
 
 
+async def test_an_entry_whose_json_is_gone_is_dead_lettered_unless_it_was_stored_before(
+    client: httpx.AsyncClient, redis: Redis, engine: AsyncEngine, drain: Drain
+) -> None:
+    kept = (await client.post(f"{BASE}/", json={"to": "kept"})).json()
+    lost = (await client.post(f"{BASE}/", json={"to": "lost"})).json()
+    lost_key = keys.cache_key(lost["service_id"], lost["id"])
+    await redis.delete(lost_key)  # as if deleted by hand, or evicted by a Redis that is not noeviction
+
+    assert await drain_all(drain) == 1
+
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT id::text FROM notifications"))).scalars().all() == [kept["id"]]
+    dead = await redis.xrange(keys.DEAD_LETTER_STREAM)
+    assert len(dead) == 1
+    assert lost_key.encode() in dead[0][1][b"error"]
+    assert await redis.xlen(keys.STREAM) == 0
+
+    # A redelivered entry whose key has expired was stored before its TTL was set: acked, not dead-lettered.
+    await redis.xadd(keys.STREAM, {keys.STREAM_KEY_FIELD: lost_key})
+    assert await drain.drain_batch(await drain.read_new(), redelivered=True) == 0
+    assert await redis.xlen(keys.DEAD_LETTER_STREAM) == 1
+    assert await redis.xlen(keys.STREAM) == 0
+
+
 async def test_group_lost_with_redis_is_recreated(client: httpx.AsyncClient, redis: Redis, drain: Drain) -> None:
     await redis.flushdb()  # as after a Redis restart without persistence: no stream, no group
     await client.post(f"{BASE}/", json={"to": "after the flush"})
@@ -103,9 +127,9 @@ async def _entries(drain: Drain, batch: list) -> list:
 
     entries = []
     for entry_id, fields in batch:
-        docs = orjson.loads(fields[keys.STREAM_FIELD])
-        cache_key = keys.cache_key(docs[0]["service_id"], docs[0]["id"])
-        entries.append(Entry(entry_id, fields[keys.STREAM_FIELD], docs, cache_key))
+        cache_key = fields[keys.STREAM_KEY_FIELD].decode()
+        payload = await drain.redis.get(cache_key)
+        entries.append(Entry(entry_id, payload, orjson.loads(payload), cache_key))
     return entries
 
 
@@ -162,7 +186,8 @@ async def test_a_large_batch_is_stored_in_parts_of_at_most_drain_batch_bytes(
     for request in range(6):
         items = [{"to": f"r{request}-{i}", "personalization": {"i": str(i)}} for i in range(10)]
         assert (await client.post(f"{BASE}/multiple", json=items)).status_code == 201
-    sizes = [len(fields[keys.STREAM_FIELD]) for _, fields in await redis.xrange(keys.STREAM)]
+    cache_keys = [fields[keys.STREAM_KEY_FIELD] for _, fields in await redis.xrange(keys.STREAM)]
+    sizes = [len(payload) for payload in await redis.mget(cache_keys)]
     limit = 2 * max(sizes)  # two requests per part
     parted = Drain(redis, engine, drain.settings.model_copy(update={"drain_batch_bytes": limit}), "parted")
 
