@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = NotifyAPI(
         title="Notification ingestion",
-        version="1.0.0",
+        version="1.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
         # FastAPI's own OpenTelemetry layer, unused here (metrics are Prometheus's): off, it costs nothing per request

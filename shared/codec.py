@@ -1,8 +1,8 @@
 """The one JSON shape of a notification, shared by the POST response, the Redis cache, the stream and GET.
 
-The API serializes each accepted notification once (`encode_notification`); those bytes are the cache value, part
-of the stream entry and part of the response. The drain decodes stream entries with `decode_entry`; GET rebuilds
-the same bytes from Postgres with `encode_notification`.
+The API serializes each accepted notification once (`encode_notification`); those bytes are part of the request's
+cache value (which the stream entry names) and of the response. The drain decodes a request's JSON array with
+`decode_entry`; GET rebuilds the same bytes from Postgres with `encode_notification`.
 """
 
 from datetime import datetime
@@ -70,7 +70,7 @@ def join_array(documents: list[bytes]) -> bytes:
 
 
 def decode_entry(payload: bytes) -> list[NotificationDoc]:
-    """Decode one stream entry (a JSON array of notifications).
+    """Decode one request's JSON array of notifications (a cache value, or an inline stream entry).
 
     Raises:
         ValueError: the payload is not a JSON array of objects.

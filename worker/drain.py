@@ -1,14 +1,15 @@
 """The drain: stream → Postgres. Read a batch through the consumer group → insert idempotently → ack.
 
-Each worker process is one consumer of the group, so concurrent workers never get the same new entry. A batch is
-stored in one transaction, and only then acknowledged and deleted from the stream, with its cache keys given
-CACHE_TTL_SECONDS to live. New entries go in by binary COPY (the fast path); if any of their notifications is
-stored already (a redelivery), or for entries reclaimed from another consumer, the batch is stored by the
-idempotent insert (`ON CONFLICT DO NOTHING` on the notification id) instead. A worker that dies between the two
-leaves its entries pending; another worker reclaims them after RECLAIM_IDLE_MS (XAUTOCLAIM) and stores them again,
-which inserts nothing twice. Postgres being down is retried with capped backoff, holding the batch; an entry that
-cannot be decoded or stored (bad data, not an outage) is isolated by splitting the batch and moved to the
-dead-letter stream, so it never blocks the rest.
+Each worker process is one consumer of the group, so concurrent workers never get the same new entry. An entry
+names the cache key holding its request's JSON, fetched with MGET (entries carrying the JSON inline are taken
+too). A batch is stored in one transaction (several, past DRAIN_BATCH_BYTES), and only then acknowledged and
+deleted from the stream, with its cache keys given CACHE_TTL_SECONDS to live. New entries go in by binary COPY
+(the fast path); if any of their notifications is stored already (a redelivery), or for entries reclaimed from
+another consumer, the batch is stored by the idempotent insert (`ON CONFLICT DO NOTHING` on the notification id)
+instead. A worker that dies between the two leaves its entries pending; another worker reclaims them after
+RECLAIM_IDLE_MS (XAUTOCLAIM) and stores them again, which inserts nothing twice. Postgres being down is retried
+with capped backoff, holding the batch; an entry that cannot be decoded or stored (bad data, not an outage) is
+isolated by splitting the batch and moved to the dead-letter stream, so it never blocks the rest.
 """
 
 import asyncio
