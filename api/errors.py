@@ -179,14 +179,15 @@ def _is_connection_error(error: BaseException | None) -> bool:
 _SCRIPT_ERROR = re.compile(r"Error running script .*?: -(?P<reply>[A-Z]+ .*)", re.DOTALL)
 
 
-def unwrap_script_error(exc: RedisResponseError) -> RedisResponseError:
-    """Return the error reply of the command a script called (as Redis 7 does), or `exc` itself."""
-    found = _SCRIPT_ERROR.match(str(exc))
-    return RedisResponseError(found["reply"]) if found else exc
+def _reply_code(exc: Exception) -> str:
+    """The error code of a Redis reply (`OOM`, `MISCONF`…), also when Redis < 7 wrapped it in a script error."""
+    message = str(exc)
+    found = _SCRIPT_ERROR.match(message)
+    return (found["reply"] if found else message).split(" ", 1)[0]
 
 
 async def _redis_reply(request: Request, exc: Exception) -> Response:
-    if str(exc).split(" ", 1)[0] in UNAVAILABLE_REDIS_REPLIES:
+    if _reply_code(exc) in UNAVAILABLE_REDIS_REPLIES:
         return await _unavailable(request, exc)
     raise exc
 

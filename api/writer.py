@@ -5,7 +5,8 @@ takes everything queued so far, sends it as one script call (`FLUSH`: per reques
 cache key and an XADD of a stream entry naming that key — the JSON is kept once — applied atomically as
 MULTI/EXEC would) and wakes the requests when Redis acknowledged it; requests that arrive meanwhile form the next
 batch, which a second flusher sends without waiting for the first answer (two flushes in flight: while Redis
-fsyncs one batch, the API would otherwise sit idle with the next one ready; measured +5-10 % single POSTs/s).
+fsyncs one batch, the API would otherwise sit idle with the next one ready; +5-10 % single POSTs/s in two ad-hoc
+runs, see loadtest/RESULTS.md).
 A request gets its 201 only after Redis acknowledged its write (with AOF `appendfsync always`, after the fsync
 that covers it).
 
@@ -23,9 +24,8 @@ import time
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
-from api.errors import BacklogFullError, unwrap_script_error
+from api.errors import BacklogFullError
 from shared import keys
 from shared.metrics import BACKLOG
 
@@ -127,14 +127,7 @@ class RedisWriter:
                 keys_.append(item.cache_key)
                 args += (item.entry, item.request_id)
             try:
-                try:
-                    length = await self._flush(keys=keys_, args=args)
-                except ResponseError as exc:
-                    unwrapped = unwrap_script_error(exc)
-                    if unwrapped is exc:
-                        raise
-                    raise unwrapped from exc
-                self._set_backlog(length)
+                self._set_backlog(await self._flush(keys=keys_, args=args))
             except Exception as exc:  # every waiter learns the outcome, whatever it was
                 for item in batch:
                     if not item.done.done():
