@@ -74,8 +74,6 @@ class HotPathMiddleware:
         except Exception as exc:
             response = await self._error_response(Request(scope, receive), exc)
             status, body, headers = response.status_code, bytes(response.body), response.raw_headers
-        else:
-            headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

@@ -202,11 +202,10 @@ async def _ingest(
     return ids, docs, entry
 
 
-def _pick(request_json: bytes | None, notification_id: UUID) -> bytes | None:
+def _pick(request_json: bytes | None, notification_id: UUID, index: int) -> bytes | None:
     """Return one notification's JSON out of its request's cached array (None if it is not there)."""
     if request_json is None:
         return None
-    _, index = stem_and_index(notification_id)
     docs = orjson.loads(request_json)
     if index < len(docs) and docs[index]["id"] == str(notification_id):
         return orjson.dumps(docs[index])
@@ -215,7 +214,9 @@ def _pick(request_json: bytes | None, notification_id: UUID) -> bytes | None:
 
 async def _lookup(state: State, service_id: UUID, notification_id: UUID) -> bytes:
     """Return a notification from the Redis cache or, once drained and expired there, from Postgres."""
-    found = _pick(await state.redis.get(keys.cache_key(str(service_id), str(notification_id))), notification_id)
+    stem, index = stem_and_index(notification_id)
+    cached = await state.redis.get(keys.request_key(str(service_id), stem))
+    found = _pick(cached, notification_id, index)
     if found is None:
         async with state.engine.connect() as conn:
             found = await queries.fetch_notification(conn, notification_id, service_id)
@@ -227,7 +228,7 @@ async def _lookup(state: State, service_id: UUID, notification_id: UUID) -> byte
 async def serve(
     state: State, route: str, headers: Headers, receive: Receive, request_id: str, notification_id: UUID | None = None
 ) -> tuple[int, bytes, Headers]:
-    """Answer one of the three notification routes from the raw ASGI request: (status, body, headers).
+    """Answer one of the three notification routes from the raw ASGI request: (status, body, all headers).
 
     The hot path (`api.hotpath`) calls this for every notification request, with the headers as the server
     gave them; errors are raised (`api.errors` maps them), as from any route.
@@ -241,12 +242,17 @@ async def serve(
     service_id = await service_for(state, authorization)
     if route == ONE:
         assert notification_id is not None
-        return 200, await _lookup(state, service_id, notification_id), [_JSON_HEADER]
-    body = await read_json_body(content_type, receive, state.settings.max_body_bytes)
-    ids, docs, entry = await _ingest(state, service_id, body, request_id, listed=route == MULTIPLE)
-    if route == MULTIPLE:
-        return 201, entry, [_JSON_HEADER]
-    return 201, docs[0], [_JSON_HEADER, (b"location", f"{router.prefix}/{ids[0]}".encode())]
+        status, body, headers = 200, await _lookup(state, service_id, notification_id), [_JSON_HEADER]
+    else:
+        raw = await read_json_body(content_type, receive, state.settings.max_body_bytes)
+        ids, docs, entry = await _ingest(state, service_id, raw, request_id, listed=route == MULTIPLE)
+        if route == MULTIPLE:
+            status, body, headers = 201, entry, [_JSON_HEADER]
+        else:
+            status, body = 201, docs[0]
+            headers = [_JSON_HEADER, (b"location", f"{router.prefix}/{ids[0]}".encode())]
+    headers.append((b"content-length", str(len(body)).encode()))
+    return status, body, headers
 
 
 async def _respond(request: Request, route: str, notification_id: UUID | None = None) -> Response:
@@ -260,7 +266,7 @@ async def _respond(request: Request, route: str, notification_id: UUID | None = 
         notification_id,
     )
     response = Response(body, status_code=status)
-    response.raw_headers = [*headers, (b"content-length", str(len(body)).encode())]
+    response.raw_headers = headers
     return response
 
 
