@@ -18,5 +18,5 @@ def test_objects_alive_at_startup_are_frozen_once(monkeypatch: pytest.MonkeyPatc
     heap.freeze_startup_objects()  # a second app in the same process: nothing more is frozen
 
     assert frozen > 10_000  # the modules, classes and functions loaded so far
-    assert gc.get_freeze_count() == frozen
-    assert len(made_later) == 1000
+    assert gc.get_freeze_count() == frozen  # the 1,000 lists made since, alive here, were not frozen
+    del made_later
