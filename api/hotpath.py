@@ -59,7 +59,6 @@ class HotPathMiddleware:
             await self.app(scope, receive, send)
             return
         scope["notify.route"], notification_id = matched
-        scope["app"] = self.fastapi_app  # error handlers reach the app's state through request.app
         try:
             status, body, headers = await notifications.serve(
                 self.fastapi_app.state,
