@@ -8,6 +8,8 @@
     python -m shared.cli dev-key [--file PATH]           # a key of the `development` service (make run)
     python -m shared.cli dead-letters list [--count N]
     python -m shared.cli dead-letters replay [ID ...]    # all when no id is given
+    python -m shared.cli partitions list                 # day partitions of notifications: name, range, ~rows
+    python -m shared.cli partitions maintain             # make the coming days' partitions, drop expired ones
 
 Connects to DATABASE_URL and REDIS_URL.
 """
@@ -24,7 +26,7 @@ from redis.asyncio import Redis
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import deadletters, redis_client, tenancy
+from shared import deadletters, partitions, redis_client, tenancy
 from shared.db import create_engine
 from shared.settings import get_settings
 
@@ -108,13 +110,34 @@ async def _dead_replay(engine: AsyncEngine, redis: Redis, args: argparse.Namespa
     return 0
 
 
+async def _partitions_list(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
+    async with engine.connect() as conn:
+        found = await partitions.list_partitions(conn)
+    for partition in found:
+        print("  ".join(f"{key}={value}" for key, value in partitions.describe(partition).items()))
+    print(f"{len(found)} partition(s); rows are Postgres's estimates (exact after ANALYZE)")
+    return 0
+
+
+async def _partitions_maintain(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
+    retention = get_settings().retention_days
+    done = await partitions.maintain(engine, retention)
+    if done.skipped:
+        print("another process is maintaining the partitions right now; nothing done", file=sys.stderr)
+        return 1
+    print(f"made {done.created or 'none'}; dropped {done.dropped or 'none'} (RETENTION_DAYS={retention})")
+    return 0
+
+
 Command = Callable[[AsyncEngine, Redis, argparse.Namespace], Awaitable[int]]
 
 
 def parser() -> argparse.ArgumentParser:
     """Build the argument parser."""
-    root = argparse.ArgumentParser(prog="python -m shared.cli", description="Administer services and API keys.")
-    groups = root.add_subparsers(required=True, metavar="{services,keys,dev-key,dead-letters}")
+    root = argparse.ArgumentParser(
+        prog="python -m shared.cli", description="Administer services, API keys, dead letters and partitions."
+    )
+    groups = root.add_subparsers(required=True, metavar="{services,keys,dev-key,dead-letters,partitions}")
     services = groups.add_parser("services").add_subparsers(required=True)
     create = services.add_parser("create", help="create a service")
     create.add_argument("name")
@@ -142,6 +165,11 @@ def parser() -> argparse.ArgumentParser:
     dead_replay = dead.add_parser("replay", help="put dead letters back on the stream (all, or the given ids)")
     dead_replay.add_argument("ids", nargs="*")
     dead_replay.set_defaults(run=_dead_replay)
+    parts = groups.add_parser("partitions").add_subparsers(required=True)
+    parts.add_parser("list", help="list the day partitions of notifications").set_defaults(run=_partitions_list)
+    parts.add_parser(
+        "maintain", help="make the partitions of the coming days and drop those past RETENTION_DAYS"
+    ).set_defaults(run=_partitions_maintain)
     return root
 
 

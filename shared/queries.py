@@ -2,9 +2,10 @@
 
 Tenancy here means services, their API keys, and versioned templates.
 
-The drain's fast path is a binary COPY of decoded rows (`copy_notifications`). Its idempotent path, for
-redelivered entries, hands Postgres the entries' JSON as they are (a text array of JSON arrays), lets
-`json_to_recordset` unpack them, and inserts `ON CONFLICT DO NOTHING`: a redelivered entry never makes a second row.
+The drain's fast path is one binary COPY of decoded rows into `notifications` (`copy_notifications`): one row per
+notification, no foreign keys, so no per-row trigger work. Its idempotent path, for redelivered entries, hands
+Postgres the entries' JSON as they are (a text array of JSON arrays), lets `json_to_recordset` unpack them, and
+inserts `ON CONFLICT DO NOTHING`: a redelivered entry never makes a second row.
 """
 
 from datetime import datetime
@@ -20,65 +21,49 @@ from shared.templating import render
 
 # --- notifications (drain and GET) -------------------------------------------------------------------------------
 
+#: Columns of `notifications` in the order the drain's COPY writes them.
+NOTIFICATION_COLUMNS = [
+    "id", "service_id", "to", "personalization", "template_id", "template_version", "created_at", "updated_at",
+    "sent_at",
+]  # fmt: skip
+
 INSERT_NOTIFICATIONS = text(
     """
-    INSERT INTO notifications (id, service_id, "to", created_at, updated_at, sent_at)
-    SELECT x.id, x.service_id, x."to", x.created_at, x.updated_at, x.sent_at
+    INSERT INTO notifications (id, service_id, "to", personalization, template_id, template_version,
+                               created_at, updated_at, sent_at)
+    SELECT x.id, x.service_id, x."to", coalesce(x.personalization, '{}'::jsonb),
+           (x.template->>'id')::uuid, (x.template->>'version')::int, x.created_at, x.updated_at, x.sent_at
     FROM unnest(CAST(:payloads AS text[])) AS e(payload),
          json_to_recordset(e.payload::json) AS x(
-           id uuid, service_id uuid, "to" text, created_at timestamptz, updated_at timestamptz, sent_at timestamptz)
+           id uuid, service_id uuid, "to" text, personalization jsonb, template json,
+           created_at timestamptz, updated_at timestamptz, sent_at timestamptz)
+    WHERE x.id >= CAST(:kept_from AS uuid)
     ON CONFLICT (id) DO NOTHING
-    """
-)
-
-INSERT_PERSONALIZATION = text(
-    """
-    INSERT INTO notification_personalization (notification_id, key, value)
-    SELECT (x.doc->>'id')::uuid, p.key, p.value
-    FROM unnest(CAST(:payloads AS text[])) AS e(payload),
-         json_array_elements(e.payload::json) AS x(doc),
-         json_each_text(x.doc->'personalization') AS p(key, value)
-    ON CONFLICT (notification_id, key) DO NOTHING
-    """
-)
-
-INSERT_NOTIFICATION_TEMPLATES = text(
-    """
-    INSERT INTO notification_templates (notification_id, template_id, template_version)
-    SELECT x.id, (x.template->>'id')::uuid, (x.template->>'version')::int
-    FROM unnest(CAST(:payloads AS text[])) AS e(payload),
-         json_to_recordset(e.payload::json) AS x(id uuid, template json)
-    WHERE json_typeof(x.template) = 'object'
-    ON CONFLICT (notification_id) DO NOTHING
     """
 )
 
 SELECT_NOTIFICATION = text(
     """
-    SELECT n.id, n.service_id, n."to", n.created_at, n.updated_at, n.sent_at,
-           (SELECT json_object_agg(p.key, p.value)
-              FROM notification_personalization AS p
-             WHERE p.notification_id = n.id)::text AS personalization,
-           nt.template_id, nt.template_version, tv.subject, tv.body
+    SELECT n.id, n.service_id, n."to", n.created_at, n.updated_at, n.sent_at, n.personalization::text,
+           n.template_id, n.template_version, tv.subject, tv.body
     FROM notifications AS n
-    LEFT JOIN notification_templates AS nt ON nt.notification_id = n.id
-    LEFT JOIN template_versions AS tv ON tv.template_id = nt.template_id AND tv.version = nt.template_version
+    LEFT JOIN template_versions AS tv ON tv.template_id = n.template_id AND tv.version = n.template_version
     WHERE n.id = :id AND n.service_id = :service_id
     """
 )
 
+#: The nil UUID: every id is at least this (nothing has expired).
+KEEP_ALL = "00000000-0000-0000-0000-000000000000"
 
-async def insert_notifications(conn: AsyncConnection, payloads: list[str], with_templates: bool = True) -> int:
+
+async def insert_notifications(conn: AsyncConnection, payloads: list[str], kept_from: UUID | None = None) -> int:
     """Insert the notifications of some stream entries (each a JSON array); return how many rows were new.
 
-    Runs inside the caller's transaction; already stored notifications are skipped. `with_templates=False`
-    skips the template-reference insert when the caller knows no notification in the batch uses a template.
+    Runs inside the caller's transaction; already stored notifications are skipped, and so are those with ids
+    below `kept_from` (expired: older than retention).
     """
-    result = await conn.execute(INSERT_NOTIFICATIONS, {"payloads": payloads})
-    await conn.execute(INSERT_PERSONALIZATION, {"payloads": payloads})
-    if with_templates:
-        await conn.execute(INSERT_NOTIFICATION_TEMPLATES, {"payloads": payloads})
-    return int(result.rowcount)
+    params = {"payloads": payloads, "kept_from": str(kept_from or KEEP_ALL)}
+    return int((await conn.execute(INSERT_NOTIFICATIONS, params)).rowcount)
 
 
 async def fetch_notification(conn: AsyncConnection, notification_id: UUID, service_id: UUID) -> bytes | None:
@@ -86,7 +71,7 @@ async def fetch_notification(conn: AsyncConnection, notification_id: UUID, servi
     row = (await conn.execute(SELECT_NOTIFICATION, {"id": notification_id, "service_id": service_id})).one_or_none()
     if row is None:
         return None
-    personalization: dict[str, str] = orjson.loads(row.personalization) if row.personalization else {}
+    personalization: dict[str, str] = orjson.loads(row.personalization)
     template: TemplateRef | None = None
     if row.template_id is not None:
         template = {"id": str(row.template_id), "version": row.template_version}
@@ -104,11 +89,6 @@ async def fetch_notification(conn: AsyncConnection, notification_id: UUID, servi
     )
 
 
-NOTIFICATION_COLUMNS = ["id", "service_id", "to", "created_at", "updated_at", "sent_at"]
-PERSONALIZATION_COLUMNS = ["notification_id", "key", "value"]
-NOTIFICATION_TEMPLATE_COLUMNS = ["notification_id", "template_id", "template_version"]
-
-
 def _timestamp(value: str | None, parsed: dict[str, datetime]) -> datetime | None:
     if value is None:
         return None
@@ -118,41 +98,38 @@ def _timestamp(value: str | None, parsed: dict[str, datetime]) -> datetime | Non
     return found
 
 
-async def copy_notifications(raw: Any, docs: list[NotificationDoc]) -> int:
-    """Store decoded notifications with binary COPY, in one transaction of the raw asyncpg connection.
-
-    The fast path of the drain: about twice as fast as the JSON insert, but not idempotent. It raises
-    asyncpg's UniqueViolationError when any notification is stored already (a redelivered batch); the caller
-    then stores the batch with `insert_notifications` instead.
-    """
+def copy_rows(docs: list[NotificationDoc]) -> list[tuple[Any, ...]]:
+    """Turn decoded notifications into `notifications` rows for COPY (personalization re-encoded as JSON text)."""
     parsed: dict[str, datetime] = {}
     rows: list[tuple[Any, ...]] = []
-    pairs: list[tuple[str, str, str]] = []
-    refs: list[tuple[str, str, int]] = []
+    dumps = orjson.dumps
     for doc in docs:
+        template = doc.get("template")
         rows.append(
             (
                 doc["id"],
                 doc["service_id"],
                 doc["to"],
+                dumps(doc["personalization"]).decode(),
+                template["id"] if template else None,
+                template["version"] if template else None,
                 _timestamp(doc["created_at"], parsed),
                 _timestamp(doc["updated_at"], parsed),
                 _timestamp(doc["sent_at"], parsed),
             )
         )
-        pairs.extend((doc["id"], key, value) for key, value in doc["personalization"].items())
-        if doc.get("template"):
-            refs.append((doc["id"], doc["template"]["id"], doc["template"]["version"]))  # type: ignore[index]
+    return rows
+
+
+async def copy_notifications(raw: Any, docs: list[NotificationDoc]) -> int:
+    """Store decoded notifications with one binary COPY, in one transaction of the raw asyncpg connection.
+
+    The fast path of the drain: not idempotent. It raises asyncpg's UniqueViolationError when any notification
+    is stored already (a redelivered batch); the caller then stores the batch with `insert_notifications`.
+    """
+    rows = copy_rows(docs)
     async with raw.transaction():
         await raw.copy_records_to_table("notifications", records=rows, columns=NOTIFICATION_COLUMNS)
-        if pairs:
-            await raw.copy_records_to_table(
-                "notification_personalization", records=pairs, columns=PERSONALIZATION_COLUMNS
-            )
-        if refs:
-            await raw.copy_records_to_table(
-                "notification_templates", records=refs, columns=NOTIFICATION_TEMPLATE_COLUMNS
-            )
     return len(rows)
 
 

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     db_retry_max_seconds: float = Field(30.0, gt=0)
     db_pool_size: int = Field(5, ge=1)
 
+    # Storage: notifications are kept in day partitions for this many days (0: kept for ever).
+    retention_days: int = Field(7, ge=0, le=36_500)
+
     # Operations.
     worker_metrics_port: int = Field(9100, ge=0, le=65535)
     access_log: bool = True

@@ -20,14 +20,15 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import keys, queries
+from shared import keys, partitions, queries
 from shared.backlog import read_backlog
 from shared.codec import NotificationDoc, decode_entry
 from shared.metrics import (
@@ -35,6 +36,7 @@ from shared.metrics import (
     DEAD_LETTERS,
     DRAIN_BATCH_SECONDS,
     DRAIN_BATCH_SIZE,
+    EXPIRED,
     OLDEST_PENDING_AGE,
     ROWS_STORED,
     STORAGE_ERRORS,
@@ -46,6 +48,8 @@ logger = logging.getLogger(__name__)
 #: SQLSTATE classes that say the data itself cannot be stored (22 data exception, 23 integrity constraint
 #: violation); any other failure is taken as an outage and retried.
 POISON_SQLSTATE_CLASSES = ("22", "23")
+#: How often a batch is retried at once when its day partition vanished between making it and storing into it.
+MISSING_PARTITION_RETRIES = 3
 #: Cache keys given their TTL per Redis call, so one call never blocks Redis for long.
 EXPIRE_CHUNK = 5000
 
@@ -60,12 +64,21 @@ class PoisonError(Exception):
     """Postgres refused the data of a batch (not an outage): retrying the same batch cannot succeed."""
 
 
-def _is_data_error(exc: BaseException) -> bool:
-    """True for Postgres errors about the data (classes 22, 23), raw asyncpg or wrapped by SQLAlchemy."""
+def _sqlstate(exc: BaseException) -> str:
     if isinstance(exc, DBAPIError):
         exc = exc.orig or exc
     sqlstate = getattr(exc, "sqlstate", None)
-    return isinstance(sqlstate, str) and sqlstate[:2] in POISON_SQLSTATE_CLASSES
+    return sqlstate if isinstance(sqlstate, str) else ""
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """True for Postgres errors about the data (classes 22, 23), raw asyncpg or wrapped by SQLAlchemy."""
+    return _sqlstate(exc)[:2] in POISON_SQLSTATE_CLASSES
+
+
+def _is_missing_partition(exc: BaseException) -> bool:
+    """True when Postgres found no partition for a row (23514): the day's partition was dropped meanwhile."""
+    return _sqlstate(exc) == "23514" and "no partition" in str(exc)
 
 
 @dataclass(slots=True)
@@ -77,6 +90,7 @@ class Entry:
     docs: list[NotificationDoc]
     cache_key: str | None
     request_id: str = ""
+    days: set[date] = field(default_factory=set)  # the days its notifications' partitions cover
 
 
 RawEntry = tuple[bytes, dict[bytes, bytes] | None]
@@ -125,6 +139,7 @@ class Drain:
         self.stopping = asyncio.Event()
         self.stored = 0
         self._expire = redis.register_script(EXPIRE_KEYS)
+        self._partitions: set[date] = set()  # days whose partition is known to exist
 
     async def ensure_group(self) -> None:
         """Create the stream and consumer group if missing; from id 0 so no queued entry is skipped."""
@@ -219,11 +234,14 @@ class Drain:
                 cache_key = fetched.cache_key or (
                     keys.cache_key(str(docs[0]["service_id"]), str(docs[0]["id"])) if docs else None
                 )
-            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                # one request's ids share their millisecond: its first and last id name its day(s)
+                days = {partitions.day_of(docs[0]["id"]), partitions.day_of(docs[-1]["id"])} if docs else set()
+            except (ValueError, KeyError, TypeError, IndexError, OverflowError) as exc:
                 await self._dead_letter(entry_id, payload, f"undecodable entry: {exc!r}", request_id)
                 finished.append(entry_id)
                 continue
-            entries.append(Entry(entry_id, payload, docs, cache_key, request_id))
+            entries.append(Entry(entry_id, payload, docs, cache_key, request_id, days))
+        self._skip_expired(entries)
         stored = await self._store(entries, redelivered) if entries else 0
         await self._ack(entries, finished)
         self.stored += stored
@@ -241,6 +259,32 @@ class Drain:
         DRAIN_BATCH_SECONDS.observe(time.perf_counter() - started)
         return stored
 
+    def _skip_expired(self, entries: list[Entry]) -> None:
+        """Leave out notifications whose day is past RETENTION_DAYS: their partition is dropped, or about to be.
+
+        They are counted and logged, and their entries acked like stored ones: storing them would only make a
+        partition for maintenance to drop again.
+        """
+        kept_from = partitions.first_kept_day(self.settings.retention_days)
+        if kept_from is None:
+            return
+        for entry in entries:
+            if not entry.days or min(entry.days) >= kept_from:
+                continue
+            first_kept = str(partitions.first_id(kept_from))
+            kept = [doc for doc in entry.docs if doc["id"] >= first_kept]
+            skipped = len(entry.docs) - len(kept)
+            EXPIRED.inc(skipped)
+            logger.warning(
+                "not storing %d notifications of request %s: older than RETENTION_DAYS=%d",
+                skipped,
+                entry.request_id or "?",
+                self.settings.retention_days,
+                extra={"request_id": entry.request_id, "entry": entry.entry_id.decode()},
+            )
+            entry.docs = kept
+            entry.days = {day for day in entry.days if day >= kept_from}
+
     async def _store(self, entries: list[Entry], redelivered: bool) -> int:
         """Insert entries in one transaction; split the batch to isolate entries that cannot be stored."""
         try:
@@ -254,21 +298,33 @@ class Drain:
             return await self._store(entries[:middle], True) + await self._store(entries[middle:], True)
 
     async def _copy(self, entries: list[Entry]) -> int:
+        docs = [doc for entry in entries for doc in entry.docs]
+        if not docs:
+            return 0
         async with self.engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
-            return await queries.copy_notifications(raw, [doc for entry in entries for doc in entry.docs])
+            return await queries.copy_notifications(raw, docs)
 
     async def _insert(self, entries: list[Entry]) -> int:
-        payloads = [entry.payload.decode() for entry in entries]
-        with_templates = any(doc.get("template") for entry in entries for doc in entry.docs)
+        payloads = [entry.payload.decode() for entry in entries if entry.docs]
+        if not payloads:
+            return 0
+        kept_from = partitions.expired_before(self.settings.retention_days)
         async with self.engine.begin() as conn:
-            return await queries.insert_notifications(conn, payloads, with_templates)
+            return await queries.insert_notifications(conn, payloads, kept_from)
 
     async def _insert_with_retry(self, entries: list[Entry], idempotent: bool) -> int:
-        """Store entries, retrying outages with capped backoff; raise PoisonError for data Postgres refuses."""
+        """Store entries, retrying outages with capped backoff; raise PoisonError for data Postgres refuses.
+
+        The partitions of the entries' days are made first if missing (a backlog older than the partitions made
+        ahead, a clock step): a notification never fails for want of one.
+        """
         delay = 0.1
+        missing_partition_retries = MISSING_PARTITION_RETRIES
+        days = set().union(*(entry.days for entry in entries))
         while True:
             try:
+                await partitions.ensure(self.engine, days, self._partitions)
                 if not idempotent:
                     try:
                         return await self._copy(entries)
@@ -277,6 +333,10 @@ class Drain:
                         idempotent = True
                 return await self._insert(entries)
             except Exception as exc:
+                if _is_missing_partition(exc) and missing_partition_retries > 0:
+                    missing_partition_retries -= 1
+                    self._partitions.clear()  # maintenance dropped one we knew of: look again
+                    continue
                 if _is_data_error(exc):
                     raise PoisonError(str(getattr(exc, "orig", exc))) from exc
                 # an outage: keep the batch and try again, never drop it

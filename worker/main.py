@@ -2,7 +2,8 @@
 
 The drain is not one arq job per notification (arq tops out at a few thousand jobs/s): `on_startup` starts the
 long-running drain task, `on_shutdown` asks it to finish its batch and waits. arq's own scheduler runs the
-housekeeping cron job that forgets consumers of worker processes that are long gone.
+housekeeping cron jobs: one forgets consumers of worker processes that are long gone, one maintains the day
+partitions of `notifications` (makes the coming days', drops those past RETENTION_DAYS; one worker at a time).
 """
 
 import asyncio
@@ -13,7 +14,7 @@ from arq import cron
 from arq.connections import RedisSettings
 from prometheus_client import start_http_server
 
-from shared import keys, redis_client
+from shared import keys, partitions, redis_client
 from shared.db import create_engine
 from shared.heap import freeze_startup_objects
 from shared.logs import configure_logging
@@ -76,6 +77,14 @@ async def forget_idle_consumers(ctx: dict[str, Any]) -> int:
     return removed
 
 
+async def maintain_partitions(ctx: dict[str, Any]) -> None:
+    """Make the coming days' partitions and drop expired ones (skipped while another process does it)."""
+    drain: Drain = ctx["drain"]
+    done = await partitions.maintain(drain.engine, drain.settings.retention_days)
+    if done.skipped:
+        logger.info("partition maintenance skipped: another process holds it")
+
+
 def _worker_settings() -> type:
     settings = get_settings()
 
@@ -84,7 +93,11 @@ def _worker_settings() -> type:
 
         redis_settings = RedisSettings.from_dsn(settings.require_redis_url())
         functions: list[Any] = []
-        cron_jobs = [cron(forget_idle_consumers, minute=set(range(0, 60, 10)), run_at_startup=False)]
+        cron_jobs = [
+            cron(forget_idle_consumers, minute=set(range(0, 60, 10)), run_at_startup=False),
+            # hourly, and at start-up so a fresh deployment has its partitions before the first day turns over
+            cron(maintain_partitions, minute=17, second=0, run_at_startup=True, timeout=600),
+        ]
         on_startup = startup
         on_shutdown = shutdown
         handle_signals = True

@@ -9,15 +9,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
+import orjson
 from fastapi import Depends, FastAPI
 
 from loadtest.baselines.common import check_key, new_notification
 from shared.schemas import NotificationIn, NotificationOut
 
 INSERT_NOTIFICATION = (
-    'INSERT INTO notifications (id, service_id, "to", created_at, updated_at, sent_at) VALUES ($1, $2, $3, $4, $5, $6)'
+    'INSERT INTO notifications (id, service_id, "to", personalization, created_at, updated_at, sent_at) '
+    "VALUES ($1, $2, $3, $4, $5, $6, $7)"
 )
-INSERT_PAIR = "INSERT INTO notification_personalization (notification_id, key, value) VALUES ($1, $2, $3)"
 
 
 @asynccontextmanager
@@ -32,12 +33,13 @@ app = FastAPI(lifespan=lifespan)
 
 
 async def _insert(notifications: list[dict[str, Any]]) -> None:
-    rows = [(n["id"], n["service_id"], n["to"], n["created_at"], n["updated_at"], n["sent_at"]) for n in notifications]
-    pairs = [(n["id"], key, value) for n in notifications for key, value in n["personalization"].items()]
+    rows = [
+        (n["id"], n["service_id"], n["to"], orjson.dumps(n["personalization"]).decode(), n["created_at"],
+         n["updated_at"], n["sent_at"])
+        for n in notifications
+    ]  # fmt: skip
     async with app.state.pool.acquire() as conn, conn.transaction():
         await conn.executemany(INSERT_NOTIFICATION, rows)
-        if pairs:
-            await conn.executemany(INSERT_PAIR, pairs)
 
 
 @app.post("/notifications/v1/", status_code=201, response_model=NotificationOut)

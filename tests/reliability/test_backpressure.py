@@ -60,20 +60,26 @@ async def test_ready_reports_backlog_and_oldest_age(client: httpx.AsyncClient) -
 async def test_dead_letter_replayed_after_the_cause_is_fixed(
     tenant: Tenant, redis: Redis, engine: AsyncEngine, drain: Drain
 ) -> None:
-    ghost = tenancy.new_id()  # a service that does not exist (yet): the insert breaks its foreign key
-    doc = encode_notification(tenancy.new_id(), ghost, "lost soul", {}, datetime.now(UTC))
-    await redis.xadd(keys.STREAM, {keys.STREAM_FIELD: join_array([doc])})
-
-    await drain_all(drain)
-
-    letters = await deadletters.list_dead_letters(redis)
-    assert len(letters) == 1
-    assert "foreign key" in letters[0].error
-    assert orjson.loads(letters[0].payload)[0]["to"] == "lost soul"
-    assert await count_rows(engine) == 0
-
+    # a rule added to the table by hand refuses the row (the table itself has no foreign keys to break)
     async with engine.begin() as conn:
-        await conn.execute(text("INSERT INTO services VALUES (:id, 'ghost', now())"), {"id": ghost})
+        await conn.execute(
+            text("""ALTER TABLE notifications ADD CONSTRAINT no_lost_souls CHECK ("to" <> 'lost soul')""")
+        )
+    try:
+        doc = encode_notification(tenancy.new_id(), tenant.service_id, "lost soul", {}, datetime.now(UTC))
+        await redis.xadd(keys.STREAM, {keys.STREAM_FIELD: join_array([doc])})
+
+        await drain_all(drain)
+
+        letters = await deadletters.list_dead_letters(redis)
+        assert len(letters) == 1
+        assert "no_lost_souls" in letters[0].error
+        assert orjson.loads(letters[0].payload)[0]["to"] == "lost soul"
+        assert await count_rows(engine) == 0
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE notifications DROP CONSTRAINT no_lost_souls"))
+
     assert await deadletters.replay(redis) == 1
     await drain_all(drain)
 

@@ -1,18 +1,24 @@
-"""Alembic migrations on a database of their own: core schema with data → tenancy schema, and back."""
+"""Alembic migrations on a database of their own, with data: 0001 → 0002 → the partitioned table (0003), and back."""
 
 import asyncio
 import secrets
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from alembic import command
 from alembic.config import Config
+from fastapi import FastAPI
+from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from shared.db import sqlalchemy_url
-from tests.conftest import ROOT, Servers, migrate
+from api.main import create_app
+from shared import keys
+from shared.db import create_engine, sqlalchemy_url
+from shared.settings import Settings
+from tests.conftest import ROOT, Servers, make_tenant, migrate
 
 DEFAULT_SERVICE_ID = "00000000-0000-7000-8000-000000000001"
 
@@ -51,7 +57,7 @@ def test_core_notifications_get_the_default_service(scratch_db: str) -> None:
         "INSERT INTO notification_personalization VALUES ('0190b8a4-6c1e-7000-8000-00000000000a', 'band', 'Korn')",
     )
 
-    migrate(scratch_db, "head")
+    migrate(scratch_db, "0002")
 
     rows, services, pairs = _sql(
         scratch_db,
@@ -70,6 +76,126 @@ def test_core_notifications_get_the_default_service(scratch_db: str) -> None:
     assert nullable == [("NO",)]
 
 
+# The drain's statements at revision 0002 (worker/drain.py as of API 1.1.0): how that version stored a request.
+STORE_AT_0002 = [
+    """INSERT INTO notifications (id, service_id, "to", created_at, updated_at, sent_at)
+    SELECT x.id, x.service_id, x."to", x.created_at, x.updated_at, x.sent_at
+    FROM unnest(CAST(:payloads AS text[])) AS e(payload), json_to_recordset(e.payload::json) AS x(
+      id uuid, service_id uuid, "to" text, created_at timestamptz, updated_at timestamptz, sent_at timestamptz)""",
+    """INSERT INTO notification_personalization (notification_id, key, value)
+    SELECT (x.doc->>'id')::uuid, p.key, p.value
+    FROM unnest(CAST(:payloads AS text[])) AS e(payload), json_array_elements(e.payload::json) AS x(doc),
+         json_each_text(x.doc->'personalization') AS p(key, value)""",
+    """INSERT INTO notification_templates (notification_id, template_id, template_version)
+    SELECT x.id, (x.template->>'id')::uuid, (x.template->>'version')::int
+    FROM unnest(CAST(:payloads AS text[])) AS e(payload),
+         json_to_recordset(e.payload::json) AS x(id uuid, template json)
+    WHERE json_typeof(x.template) = 'object'""",
+]
+
+
+def _app(scratch_db: str, redis_url: str) -> FastAPI:
+    return create_app(Settings(database_url=scratch_db, redis_url=redis_url, _env_file=None))  # type: ignore[call-arg]
+
+
+async def _fill_through_the_api(scratch_db: str, redis_url: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """Accept notifications with the API (on a database at 0002), then store them as the 0002 drain did."""
+    engine = create_engine(scratch_db)
+    redis = Redis.from_url(redis_url)
+    await redis.flushdb()
+    tenant = await make_tenant(engine, redis, "migrating")
+    app = _app(scratch_db, redis_url)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=tenant.headers) as http:
+            template = await http.post(
+                "/templates/v1/", json={"name": "t", "subject": "((band))", "body": "Hi ((name))"}
+            )
+            single = await http.post("/notifications/v1/", json={"to": "plain@example.com"})
+            personal = {"band": "Korn", "name": "Ann"}
+            templated = await http.post(
+                "/notifications/v1/",
+                json={"to": "t@example.com", "template_id": template.json()["id"], "personalization": personal},
+            )
+            many = await http.post(
+                "/notifications/v1/multiple",
+                json=[
+                    {"to": f"m{i}@example.com", "personalization": {"band": "Incubus", "i": str(i)}} for i in range(5)
+                ],
+            )
+    accepted = [single.json(), templated.json(), *many.json()]
+    cache_keys = [fields[keys.STREAM_KEY_FIELD] for _, fields in await redis.xrange(keys.STREAM)]
+    payloads = [payload.decode() for payload in await redis.mget(cache_keys)]
+    async with engine.begin() as conn:
+        for statement in STORE_AT_0002:
+            await conn.execute(text(statement), {"payloads": payloads})
+    await redis.flushdb()  # GET must now be served by Postgres
+    await redis.aclose()
+    await engine.dispose()
+    return tenant.headers, accepted
+
+
+async def _get_each(scratch_db: str, redis_url: str, headers: dict[str, str], ids: list[str]) -> list[Any]:
+    app = _app(scratch_db, redis_url)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers) as http:
+            return [(await http.get(f"/notifications/v1/{notification_id}")).json() for notification_id in ids]
+
+
+def test_upgrade_and_downgrade_keep_every_notification_the_api_accepted(scratch_db: str, servers: Servers) -> None:
+    migrate(scratch_db, "0002")
+    headers, accepted = asyncio.run(_fill_through_the_api(scratch_db, servers.redis_url))
+    ids = [item["id"] for item in accepted]
+    assert len(accepted) == 7
+
+    migrate(scratch_db, "head")
+
+    assert asyncio.run(_get_each(scratch_db, servers.redis_url, headers, ids)) == accepted
+    (rows, tables) = _sql(
+        scratch_db,
+        "SELECT count(*), count(DISTINCT tableoid) FROM notifications",
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_name IN ('notification_personalization', 'notification_templates', 'notifications_0002')",
+    )
+    assert rows == [(7, 1)]  # all in today's partition
+    assert tables == []
+
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = scratch_db
+    config.attributes["configure_logger"] = False
+    command.downgrade(config, "0002")
+
+    (rows, pairs, refs) = _sql(
+        scratch_db,
+        "SELECT id::text FROM notifications ORDER BY id",
+        "SELECT key, value FROM notification_personalization ORDER BY notification_id, key",
+        "SELECT template_version FROM notification_templates",
+    )
+    assert [row[0] for row in rows] == sorted(ids)
+    assert [tuple(pair) for pair in pairs] == [
+        (key, value)
+        for item in sorted(accepted, key=lambda n: n["id"])
+        for key, value in sorted(item["personalization"].items())
+    ]
+    assert refs == [(1,)]
+
+
+def test_upgrade_refuses_ids_that_are_not_uuidv7(scratch_db: str) -> None:
+    migrate(scratch_db, "0002")
+    _sql(
+        scratch_db,
+        'INSERT INTO notifications (id, service_id, "to", created_at, updated_at) '
+        f"VALUES ('6f1c2a4e-1d2b-4c3d-8e4f-5a6b7c8d9e0f', '{DEFAULT_SERVICE_ID}', 'v4', now(), now())",
+    )
+
+    with pytest.raises(RuntimeError, match="is not a UUIDv7"):
+        migrate(scratch_db, "head")
+
+    (rows,) = _sql(scratch_db, 'SELECT "to" FROM notifications')
+    assert rows == [("v4",)]
+
+
 def test_downgrade_and_upgrade_again(scratch_db: str) -> None:
     migrate(scratch_db, "head")
     config = Config(str(ROOT / "alembic.ini"))
@@ -82,13 +208,12 @@ def test_downgrade_and_upgrade_again(scratch_db: str) -> None:
     migrate(scratch_db, "head")
     (tables,) = _sql(
         scratch_db,
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name",
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
+        "AND table_name NOT LIKE 'notifications_p%' ORDER BY table_name",
     )
     assert [t for (t,) in tables] == [
         "alembic_version",
         "api_keys",
-        "notification_personalization",
-        "notification_templates",
         "notifications",
         "services",
         "template_versions",

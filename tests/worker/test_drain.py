@@ -28,9 +28,11 @@ async def test_post_drain_get_from_postgres(
 
     async with engine.connect() as conn:
         rows = (await conn.execute(text('SELECT id::text, "to" FROM notifications ORDER BY id'))).all()
-        pairs = (await conn.execute(text("SELECT key, value FROM notification_personalization ORDER BY value"))).all()
+        pairs = (
+            await conn.execute(text("SELECT p.key, p.value FROM notifications, jsonb_each_text(personalization) AS p"))
+        ).all()
     assert sorted(rows) == sorted((item["id"], item["to"]) for item in accepted)
-    assert [tuple(pair) for pair in pairs] == [("band", "Incubus"), ("band", "Korn"), ("band", "Soundgarden")]
+    assert sorted(tuple(pair) for pair in pairs) == [("band", "Incubus"), ("band", "Korn"), ("band", "Soundgarden")]
     assert await redis.xlen(keys.STREAM) == 0
     assert (await redis.xpending(keys.STREAM, keys.GROUP))["pending"] == 0
 
@@ -64,7 +66,9 @@ async def test_redelivered_batch_makes_no_duplicates(
     assert await drain.drain_batch(batch) == 0  # the COPY fast path meets the duplicates and falls back
 
     assert await count_rows(engine) == 50
-    assert await count_rows(engine, "notification_personalization") == 50
+    async with engine.connect() as conn:
+        pairs = await conn.scalar(text("SELECT count(*) FROM notifications, jsonb_each(personalization)"))
+    assert pairs == 50
     assert await redis.xlen(keys.STREAM) == 0
 
 
@@ -73,7 +77,7 @@ async def test_poison_entry_is_dead_lettered_and_the_rest_stored(
 ) -> None:
     good = (await client.post(f"{BASE}/multiple", json=[{"to": "a"}, {"to": "b"}])).json()
     await redis.xadd(keys.STREAM, {keys.STREAM_FIELD: b"{not json"})
-    bad_date = orjson.dumps([{**good[0], "id": "0190b8a4-6c1e-7000-8000-000000000001", "created_at": "not a date"}])
+    bad_date = orjson.dumps([{**good[0], "id": good[0]["id"][:-6] + "0000ff", "created_at": "not a date"}])
     await redis.xadd(keys.STREAM, {keys.STREAM_FIELD: bad_date})
     later = (await client.post(f"{BASE}/", json={"to": "c"})).json()
 

@@ -1,0 +1,212 @@
+"""Time partitions of `notifications`: one per UTC day, by range on the UUIDv7 id; made ahead, dropped when expired.
+
+A UUIDv7 starts with its 48-bit millisecond timestamp, so the ids of one day form one contiguous range,
+`[day 00:00 as a UUIDv7 prefix, next day 00:00)`: the table is partitioned by range on `id` itself, its primary
+key stays `id`, and a lookup by id touches one partition (pruned by the planner). Partitions are named
+`notifications_pYYYYMMDD`.
+
+Who makes and drops them:
+
+- `maintain` (arq's cron in every worker, once an hour; `python -m shared.cli partitions maintain`) makes the
+  partitions of yesterday, today and the next DAYS_AHEAD days, and drops those whose whole day is older than
+  RETENTION_DAYS (0 keeps everything): `DETACH PARTITION … CONCURRENTLY` (reads and the drain go on), then
+  `DROP TABLE`. Only one process maintains at a time (a session advisory lock); the others skip.
+- The drain calls `ensure` before storing, so a notification never fails for want of a partition (a backlog held
+  for longer than DAYS_AHEAD, a clock step forward): any missing day is made on the spot.
+- A notification whose day is already past retention when it is finally drained is not stored (its partition
+  is, or is about to be, dropped): `expired_before` gives the first id that is kept, and the drain counts and logs
+  what it skips.
+
+A new partition is made as a plain table and attached (`ATTACH PARTITION` takes only a SHARE UPDATE EXCLUSIVE
+lock on `notifications`, so the drain and GETs are not blocked), in one transaction under a transaction advisory
+lock, so concurrent makers never race.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from shared.metrics import PARTITIONS_DROPPED
+
+logger = logging.getLogger(__name__)
+
+TABLE = "notifications"
+#: Partitions are made for this many days after today, ahead of need.
+DAYS_AHEAD = 3
+#: Advisory lock keys (arbitrary constants of this service): one to make partitions, one to maintain.
+CREATE_LOCK = 7_160_001
+MAINTAIN_LOCK = 7_160_002
+_EPOCH = date(1970, 1, 1)
+_DAY_MS = 86_400_000
+
+
+def day_of(notification_id: UUID | str) -> date:
+    """Return the UTC day a UUIDv7 was made on (from its 48-bit millisecond prefix)."""
+    raw = notification_id.bytes if isinstance(notification_id, UUID) else UUID(notification_id).bytes
+    return _EPOCH + timedelta(milliseconds=int.from_bytes(raw[:6], "big"))
+
+
+def first_id(day: date) -> UUID:
+    """Return the smallest UUID whose 48-bit millisecond prefix falls on `day` (a partition's lower bound)."""
+    millis = (day - _EPOCH).days * _DAY_MS
+    return UUID(bytes=millis.to_bytes(6, "big") + bytes(10))
+
+
+def name_of(day: date) -> str:
+    """Return the partition's table name for `day`."""
+    return f"{TABLE}_p{day:%Y%m%d}"
+
+
+def today(now: datetime | None = None) -> date:
+    """Return the current UTC day."""
+    return (now or datetime.now(UTC)).astimezone(UTC).date()
+
+
+def first_kept_day(retention_days: int, now: datetime | None = None) -> date | None:
+    """Return the oldest day still inside retention (None: RETENTION_DAYS is 0, everything is kept).
+
+    A day's partition is dropped once its whole day lies more than `retention_days` in the past, so every
+    notification is kept at least `retention_days` and at most one day longer.
+    """
+    if retention_days <= 0:
+        return None
+    return today((now or datetime.now(UTC)) - timedelta(days=retention_days))
+
+
+def expired_before(retention_days: int, now: datetime | None = None) -> UUID | None:
+    """Return the first notification id that is still kept (ids below it are expired), or None if none expire."""
+    day = first_kept_day(retention_days, now)
+    return None if day is None else first_id(day)
+
+
+async def create(conn: AsyncConnection, day: date) -> bool:
+    """Make the partition of `day` unless it exists, in the caller's transaction; return whether it was made.
+
+    Takes a transaction advisory lock, so two makers of the same day queue instead of colliding.
+    """
+    await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CREATE_LOCK})
+    name = name_of(day)
+    exists = await conn.scalar(text("SELECT to_regclass(:name) IS NOT NULL"), {"name": name})
+    if exists:
+        return False
+    low, high = first_id(day), first_id(day + timedelta(days=1))
+    await conn.execute(text(f"CREATE TABLE {name} (LIKE {TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"))
+    await conn.execute(text(f"ALTER TABLE {TABLE} ATTACH PARTITION {name} FOR VALUES FROM ('{low}') TO ('{high}')"))
+    return True
+
+
+async def ensure(engine: AsyncEngine, days: set[date], known: set[date]) -> list[date]:
+    """Make the partitions of `days` not in `known` (a cache the caller keeps); return the days made.
+
+    Days found or made are added to `known`, so a caller asks Postgres once per day it meets.
+    """
+    made = []
+    for day in sorted(days - known):
+        async with engine.begin() as conn:
+            if await create(conn, day):
+                made.append(day)
+                logger.info("made partition %s", name_of(day))
+        known.add(day)
+    return made
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """One partition of `notifications`: its table, its day, its id range and Postgres's estimate of its rows."""
+
+    name: str
+    day: date | None  # None: a table attached by hand, whose bounds are not one of our days
+    bounds: str
+    approximate_rows: int
+    detach_pending: bool
+
+
+LIST_PARTITIONS = text(
+    """
+    SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) AS bounds,
+           greatest(c.reltuples, 0)::bigint AS approximate_rows, i.inhdetachpending
+    FROM pg_inherits AS i
+    JOIN pg_class AS c ON c.oid = i.inhrelid
+    WHERE i.inhparent = CAST(:table AS regclass)
+    ORDER BY c.relname
+    """
+)
+
+
+def _day_of_name(name: str) -> date | None:
+    prefix = f"{TABLE}_p"
+    if not name.startswith(prefix):
+        return None
+    try:
+        return datetime.strptime(name[len(prefix) :], "%Y%m%d").replace(tzinfo=UTC).date()
+    except ValueError:
+        return None
+
+
+async def list_partitions(conn: AsyncConnection) -> list[Partition]:
+    """Return the partitions of `notifications`, oldest first (row counts are the planner's estimates)."""
+    rows = (await conn.execute(LIST_PARTITIONS, {"table": TABLE})).all()
+    return [Partition(row[0], _day_of_name(row[0]), row[1], int(row[2]), bool(row[3])) for row in rows]
+
+
+@dataclass(slots=True)
+class Maintenance:
+    """What one `maintain` call did (`skipped`: another process held the maintenance lock)."""
+
+    created: list[str]
+    dropped: list[str]
+    skipped: bool = False
+
+
+async def maintain(engine: AsyncEngine, retention_days: int, now: datetime | None = None) -> Maintenance:
+    """Make the partitions from yesterday to DAYS_AHEAD days ahead; detach and drop the expired ones.
+
+    Safe to run from many processes at once: one holds the maintenance lock, the others return `skipped`.
+    Dropping is `DETACH PARTITION … CONCURRENTLY` (it cannot run inside a transaction, so this connection is in
+    autocommit) and then `DROP TABLE`; a detach interrupted earlier is finished with `FINALIZE`.
+    """
+    result = Maintenance([], [])
+    start = today(now)
+    async with engine.connect() as conn:
+        auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        if not await auto.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": MAINTAIN_LOCK}):
+            result.skipped = True
+            return result
+        try:
+            keep_from = first_kept_day(retention_days, now)
+            wanted = {start + timedelta(days=offset) for offset in range(-1, DAYS_AHEAD + 1)}
+            if keep_from is not None:
+                wanted = {day for day in wanted if day >= keep_from}
+            result.created = [name_of(day) for day in await ensure(engine, wanted, set())]
+            if keep_from is not None:
+                for partition in await list_partitions(auto):
+                    if partition.day is None or partition.day >= keep_from:
+                        continue
+                    await _drop(auto, partition)
+                    result.dropped.append(partition.name)
+                    PARTITIONS_DROPPED.inc()
+                    logger.info("dropped partition %s (older than RETENTION_DAYS=%d)", partition.name, retention_days)
+        finally:
+            await auto.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MAINTAIN_LOCK})
+    return result
+
+
+async def _drop(conn: AsyncConnection, partition: Partition) -> None:
+    mode = "FINALIZE" if partition.detach_pending else "CONCURRENTLY"
+    await conn.execute(text(f"ALTER TABLE {TABLE} DETACH PARTITION {partition.name} {mode}"))
+    await conn.execute(text(f"DROP TABLE {partition.name}"))
+
+
+def describe(partition: Partition) -> dict[str, Any]:
+    """Return a partition as the CLI prints it."""
+    return {
+        "name": partition.name,
+        "range": partition.bounds,
+        "approximate_rows": partition.approximate_rows,
+        **({"detach_pending": True} if partition.detach_pending else {}),
+    }
