@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared import keys, partitions, queries
 from shared.backlog import read_backlog
 from shared.codec import NotificationDoc, decode_entry
+from shared.heap import collector_paused
 from shared.metrics import (
     BACKLOG,
     DEAD_LETTERS,
@@ -188,11 +189,14 @@ class Drain:
         The batch is stored in transactions of at most DRAIN_BATCH_BYTES of payload (at least one entry each),
         each acknowledged when it committed: only one such part is held decoded at a time, however large the
         requests were. `redelivered` says the entries may have been stored before (reclaimed from another
-        consumer), so the idempotent insert is used straight away.
+        consumer), so the idempotent insert is used straight away. Python's cyclic garbage collector is paused
+        meanwhile (shared/heap.py: decoded batches hold no cycles, and collections walking them cost ~40 % of
+        the drain's CPU).
         """
         stored = 0
-        for part in _parts_by_bytes(await self._fetch(raw), self.settings.drain_batch_bytes):
-            stored += await self._drain_part(part, redelivered)
+        with collector_paused():
+            for part in _parts_by_bytes(await self._fetch(raw), self.settings.drain_batch_bytes):
+                stored += await self._drain_part(part, redelivered)
         return stored
 
     async def _fetch(self, raw: list[RawEntry]) -> list[Fetched]:
