@@ -9,129 +9,61 @@ connections, for --seconds), stored notifications/s (rows in Postgres from the s
 backlog is drained) and persistence lag p50/p99 (POST answered → row committed, read from Postgres's commit
 timestamps). Then, for the service: the lag at half its measured maximum sustained rate (fixed-rate load; also at
 half its burst rate when it accepts faster than it stores, see `maximum_rates`), RSS of API and
-worker under load, and Redis bytes per pending notification.
+worker under load, and Redis bytes per pending notification. Last, the service's sustained rate (loadtest/
+sustained.py): the highest multiple(100) rate it both accepts and stores with a flat backlog over
+--sustained-seconds, for each --sustained-configs (API processes x drain workers; `make run` runs 1x1), with the
+CPU of each process (API, workers, Redis, Postgres, load generator) to show which one is the limit.
 
     .venv/bin/python -m loadtest.bench [--seconds 10] [--pg-delay-ms 2] [--appendfsync always]
+        [--sustained-seconds 60] [--probe-seconds 15] [--sustained-configs 1x1,1x2,2x2]
+        [--skip-sustained | --only-sustained] [--label ...]
 
-Writes loadtest/results/bench.csv (appended), bench[-<label>].md and bench[-<label>].png.
+Writes loadtest/results/bench.csv and sustained.csv (appended), bench[-<label>].md and bench[-<label>].png.
 """
 
 import argparse
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 from redis.asyncio import Redis
-from sqlalchemy import text
 
-from loadtest.bench_report import append_csv, markdown, plot_bars, plot_timelines
+from loadtest.bench_report import append_csv, markdown, plot_bars, plot_timelines, sustained_markdown
 from loadtest.loadgen import run_fixed_rate
 from loadtest.measure import CpuMeter, RssSampler, Timeline, wrk
-from shared import tenancy
-from shared.db import create_engine, upgrade_database
+from loadtest.stack import (
+    BIN,
+    DESIGNS,
+    DRAINED,
+    MODES,
+    MULTIPLE,
+    ROOT,
+    Stack,
+    count_rows,
+    make_tenant,
+    persistence_lag,
+    reset,
+    spawn,
+    stop,
+    wait_port,
+)
+from loadtest.sustained import find_sustained, parse_configs
+from shared.db import upgrade_database
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from shared.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "loadtest" / "results"
-BIN = Path(sys.executable).parent
-DESIGNS = {
-    "service": "api.main:app",
-    "naive": "loadtest.baselines.naive:app",
-    "direct": "loadtest.baselines.direct:app",
-}
-DRAINED = {"service", "naive"}
-SINGLE = orjson.dumps({"to": "example@gmail.com", "personalization": {"band": "Incubus"}})
-MULTIPLE = orjson.dumps([{"to": f"user{i}@example.com", "personalization": {"band": "Incubus"}} for i in range(100)])
-MODES = {"single": ("/notifications/v1/", SINGLE, 1), "multiple": ("/notifications/v1/multiple", MULTIPLE, 100)}
-
-
-@dataclass
-class Stack:
-    """The servers of one benchmark run."""
-
-    database_url: str
-    redis_url: str
-    api_key: str
-    service_id: str
-    env: dict[str, str]
-    server_pids: dict[str, int]
-
-
-def _wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-async def _sql(url: str, query: str, **params: Any) -> list[Any]:
-    engine = create_engine(url, pool_size=1)
-    try:
-        async with engine.begin() as conn:
-            result = await conn.execute(text(query), params)
-            return list(result) if result.returns_rows else []
-    finally:
-        await engine.dispose()
-
-
-async def _make_tenant(database_url: str, redis_url: str) -> tuple[str, str]:
-    engine = create_engine(database_url, pool_size=1)
-    redis = Redis.from_url(redis_url)
-    service = await tenancy.create_service(engine, "bench")
-    key = await tenancy.create_api_key(engine, redis, service.id, "bench")
-    await redis.aclose()
-    await engine.dispose()
-    return str(service.id), key.secret
-
-
-async def _reset(stack: Stack) -> None:
-    await _sql(stack.database_url, "TRUNCATE notifications CASCADE")
-    redis = Redis.from_url(stack.redis_url)
-    await redis.flushdb()
-    await redis.aclose()
-
-
-async def _rows(stack: Stack) -> int:
-    return int((await _sql(stack.database_url, "SELECT count(*) FROM notifications"))[0][0])
-
-
-async def _lag(stack: Stack) -> tuple[float, float]:
-    row = (
-        await _sql(
-            stack.database_url,
-            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag), percentile_cont(0.99) WITHIN GROUP (ORDER BY lag)"
-            " FROM (SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin) - created_at) AS lag"
-            " FROM notifications) AS l",
-        )
-    )[0]
-    return float(row[0] or 0), float(row[1] or 0)
-
-
-def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=40)
-    except subprocess.TimeoutExpired:
-        process.kill()
+#: The sustained rate is measured for these (API processes x drain workers): `make run`'s default first.
+SUSTAINED_CONFIGS = "1x1,1x2,2x2"
+#: Length of the saturating run that gives the sustained-rate search its first estimate.
+ESTIMATE_SECONDS = 5
 
 
 def run_design(
@@ -139,21 +71,21 @@ def run_design(
 ) -> dict[str, Any]:
     """Load one design with one kind of request; return the figures."""
     path, body, per_request = MODES[mode]
-    asyncio.run(_reset(stack))
+    asyncio.run(reset(stack))
     port = free_port()
-    api = _spawn(
+    api = spawn(
         [str(BIN / "uvicorn"), DESIGNS[design], "--port", str(port), "--no-access-log", "--log-level", "warning",
          "--workers", str(api_workers)],
         stack.env,
         tmp / f"{design}-api.log",
     )  # fmt: skip
     workers = [
-        _spawn([str(BIN / "arq"), "worker.main.WorkerSettings"], stack.env, tmp / f"{design}-worker.log")
+        spawn([str(BIN / "arq"), "worker.main.WorkerSettings"], stack.env, tmp / f"{design}-worker.log")
         for _ in range(drain_workers if design in DRAINED else 0)
     ]
     worker = workers[0] if workers else None
     try:
-        _wait_port(port)
+        wait_port(port)
         time.sleep(1.0 + api_workers)
         sampler = RssSampler({"api": api.pid, **({"worker": worker.pid} if worker else {})})
         sampler.start()
@@ -167,16 +99,16 @@ def run_design(
         used = cpu.stop()
         accepted = int(load["ok"]) * per_request
         deadline = time.monotonic() + 120
-        while (stored := asyncio.run(_rows(stack))) < accepted and time.monotonic() < deadline:
+        while (stored := asyncio.run(count_rows(stack))) < accepted and time.monotonic() < deadline:
             time.sleep(0.2)
         drained = time.monotonic()
         sampler.running = timeline.running = False
         timeline.join()
-        lag_p50, lag_p99 = asyncio.run(_lag(stack))
+        lag_p50, lag_p99 = asyncio.run(persistence_lag(stack))
     finally:
-        _stop(api)
+        stop(api)
         for process in workers:
-            _stop(process)
+            stop(process)
     return {
         "design": design,
         "mode": mode,
@@ -220,28 +152,28 @@ def maximum_rates(row: dict[str, Any]) -> list[tuple[str, float]]:
 def half_load_lag(stack: Stack, mode: str, max_rps: float, seconds: int, tmp: Path) -> dict[str, Any]:
     """The service at half its measured maximum request rate: persistence lag p50/p99."""
     path, body, per_request = MODES[mode]
-    asyncio.run(_reset(stack))
+    asyncio.run(reset(stack))
     port = free_port()
-    api = _spawn(
+    api = spawn(
         [str(BIN / "uvicorn"), DESIGNS["service"], "--port", str(port), "--no-access-log"],
         stack.env,
         tmp / "half-api.log",
     )
-    worker = _spawn([str(BIN / "arq"), "worker.main.WorkerSettings"], stack.env, tmp / "half-worker.log")
+    worker = spawn([str(BIN / "arq"), "worker.main.WorkerSettings"], stack.env, tmp / "half-worker.log")
     try:
-        _wait_port(port)
+        wait_port(port)
         time.sleep(1.0)
         rate = max_rps / 2
         result = asyncio.run(
             run_fixed_rate("127.0.0.1", port, path, body, {"Authorization": f"Bearer {stack.api_key}"}, rate, seconds)
         )
         deadline = time.monotonic() + 60
-        while asyncio.run(_rows(stack)) < result.ok * per_request and time.monotonic() < deadline:
+        while asyncio.run(count_rows(stack)) < result.ok * per_request and time.monotonic() < deadline:
             time.sleep(0.2)
-        lag_p50, lag_p99 = asyncio.run(_lag(stack))
+        lag_p50, lag_p99 = asyncio.run(persistence_lag(stack))
     finally:
-        _stop(api)
-        _stop(worker)
+        stop(api)
+        stop(worker)
     return {
         "mode": mode,
         "rate_rps": round(rate),
@@ -270,15 +202,39 @@ async def redis_bytes_per_pending(stack: Stack, port: int, count: int = 20_000) 
 
 def memory_figures(stack: Stack, tmp: Path) -> float:
     """Start the service API alone and measure Redis bytes per pending notification."""
-    asyncio.run(_reset(stack))
+    asyncio.run(reset(stack))
     port = free_port()
-    api = _spawn([str(BIN / "uvicorn"), DESIGNS["service"], "--port", str(port)], stack.env, tmp / "mem-api.log")
+    api = spawn([str(BIN / "uvicorn"), DESIGNS["service"], "--port", str(port)], stack.env, tmp / "mem-api.log")
     try:
-        _wait_port(port)
+        wait_port(port)
         time.sleep(1.0)
         return asyncio.run(redis_bytes_per_pending(stack, port))
     finally:
-        _stop(api)
+        stop(api)
+
+
+def sustained_rates(
+    stack: Stack, tmp: Path, rows: list[dict[str, Any]], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """The service's sustained multiple(100) rate per configuration (loadtest/sustained.py), each with its figures.
+
+    The search starts from the stored rate of a saturating run: this run's service/multiple row when its
+    configuration matches, else a wrk run of ESTIMATE_SECONDS.
+    """
+    found = []
+    for api_workers, drain_workers in parse_configs(args.sustained_configs):
+        config = ("service", "multiple", api_workers, drain_workers)
+        known = [r for r in rows if (r["design"], r["mode"], r["api_workers"], r["drain_workers"]) == config]
+        if not known:
+            known = [run_design("service", "multiple", stack, ESTIMATE_SECONDS, tmp, api_workers, drain_workers)]
+        stored = known[0]["stored_per_s"]
+        print(f"{api_workers}x{drain_workers} saturated: {stored} notifications/s stored", flush=True)
+        estimate = stored // MODES["multiple"][2]
+        found.append(
+            find_sustained(stack, tmp, api_workers, drain_workers, estimate, args.sustained_seconds, args.probe_seconds)
+        )
+        print(found[-1], flush=True)
+    return found
 
 
 def main() -> None:
@@ -295,7 +251,17 @@ def main() -> None:
     parser.add_argument("--drain-workers", type=int, default=1, help="arq worker processes")
     parser.add_argument("--drain-batch", type=int, default=0, help="DRAIN_BATCH_ENTRIES (0: the default)")
     parser.add_argument("--drain-linger", type=int, default=None, help="DRAIN_LINGER_MS (default: the setting's)")
+    parser.add_argument("--sustained-seconds", type=int, default=60, help="window confirming a sustained rate")
+    parser.add_argument("--probe-seconds", type=int, default=15, help="window of the sustained-rate search's probes")
+    parser.add_argument(
+        "--sustained-configs", default=SUSTAINED_CONFIGS, help="sustained rate of: <API processes>x<drain workers>,..."
+    )
+    parser.add_argument("--skip-sustained", action="store_true", help="no sustained-rate search")
+    parser.add_argument("--only-sustained", action="store_true", help="only the sustained-rate search")
     args = parser.parse_args()
+    parse_configs(args.sustained_configs)  # fail now rather than after the other runs
+    if args.only_sustained:
+        args.modes, args.skip_extras, args.skip_sustained = "", True, False
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk (make bench installs it)")
 
@@ -306,7 +272,7 @@ def main() -> None:
         proxy = None
         try:
             upgrade_database(pg.url)
-            service_id, api_key = asyncio.run(_make_tenant(pg.url, redis_server.url))
+            service_id, api_key = asyncio.run(make_tenant(pg.url, redis_server.url))
             database_url = pg.url
             if args.pg_delay_ms:
                 proxy_port = free_port()
@@ -315,7 +281,7 @@ def main() -> None:
                      "--target", f"127.0.0.1:{pg.port}", "--delay-ms", str(args.pg_delay_ms)],
                     cwd=ROOT,
                 )  # fmt: skip
-                _wait_port(proxy_port)
+                wait_port(proxy_port)
                 database_url = f"postgresql://postgres@127.0.0.1:{proxy_port}/postgres"
             env = {
                 **os.environ,
@@ -333,8 +299,8 @@ def main() -> None:
             pids = {"redis": redis_server.process.pid if redis_server.process else 0, "postgres": pg.pid}
             stack = Stack(pg.url, redis_server.url, api_key, service_id, env, pids)
             rows = []
-            for mode in args.modes.split(","):
-                for design in args.designs.split(","):
+            for mode in filter(None, args.modes.split(",")):
+                for design in filter(None, args.designs.split(",")):
                     row = run_design(design, mode, stack, args.seconds, tmp, args.api_workers, args.drain_workers)
                     print({k: v for k, v in row.items() if k != "timeline"}, flush=True)
                     rows.append(row)
@@ -347,6 +313,7 @@ def main() -> None:
                             half.append({"of": of, **half_load_lag(stack, row["mode"], max_rps, args.seconds, tmp)})
                             print(half[-1], flush=True)
                 bytes_per = memory_figures(stack, tmp)
+            sustained = [] if args.skip_sustained else sustained_rates(stack, tmp, rows, args)
         finally:
             if proxy:
                 proxy.terminate()
@@ -356,24 +323,29 @@ def main() -> None:
     label = f"-{args.label}" if args.label else ""
     when = datetime.now(UTC).isoformat(timespec="seconds")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    report = markdown(rows, half, bytes_per, args)
+    report = (markdown(rows, half, bytes_per, args) if rows else "") + (
+        sustained_markdown(sustained, args) if sustained else ""
+    )
     (RESULTS / f"bench{label}.md").write_text(report)
-    title = f"pg delay {args.pg_delay_ms} ms, appendfsync {args.appendfsync}"
-    plot_bars(rows, RESULTS / f"bench{label}.png", title)
-    plot_timelines(rows, RESULTS / f"bench{label}-timeline.png", title)
-    settings = {"when": when, "label": args.label, "pg_delay_ms": args.pg_delay_ms, "appendfsync": args.appendfsync}
-    new_rows = [
-        {
-            **settings,
-            "drain_batch": args.drain_batch or Settings.model_fields["drain_batch_entries"].default,
-            "drain_linger_ms": Settings.model_fields["drain_linger_ms"].default
-            if args.drain_linger is None
-            else args.drain_linger,
-            **{k: v for k, v in row.items() if k != "timeline"},
-        }
-        for row in rows
-    ]
-    append_csv(RESULTS / "bench.csv", new_rows)
+    settings = {
+        "when": when,
+        "label": args.label,
+        "pg_delay_ms": args.pg_delay_ms,
+        "appendfsync": args.appendfsync,
+        "drain_batch": args.drain_batch or Settings.model_fields["drain_batch_entries"].default,
+        "drain_linger_ms": Settings.model_fields["drain_linger_ms"].default
+        if args.drain_linger is None
+        else args.drain_linger,
+    }
+    if rows:
+        title = f"pg delay {args.pg_delay_ms} ms, appendfsync {args.appendfsync}"
+        plot_bars(rows, RESULTS / f"bench{label}.png", title)
+        plot_timelines(rows, RESULTS / f"bench{label}-timeline.png", title)
+        append_csv(
+            RESULTS / "bench.csv", [{**settings, **{k: v for k, v in r.items() if k != "timeline"}} for r in rows]
+        )
+    if sustained:
+        append_csv(RESULTS / "sustained.csv", [{**settings, **r} for r in sustained])
     print(report)
 
 

@@ -23,9 +23,9 @@ from redis.asyncio import Redis
 from starlette.types import Message
 
 from api.main import create_app
-from loadtest.bench import MODES
 from loadtest.bench_report import append_csv
 from loadtest.servers import bench_servers
+from loadtest.stack import MODES
 from shared import tenancy
 from shared.db import create_engine
 from shared.settings import Settings

@@ -2,9 +2,12 @@
 
 import argparse
 import csv
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from loadtest import sustained
 
 
 def markdown(rows: list[dict[str, Any]], half: list[dict[str, Any]], bytes_per: float, args: argparse.Namespace) -> str:
@@ -54,6 +57,48 @@ def markdown(rows: list[dict[str, Any]], half: list[dict[str, Any]], bytes_per: 
         ]
     if bytes_per:
         lines += ["", f"Redis memory per pending notification (cache key + stream entry share): {bytes_per:.0f} bytes."]
+    return "\n".join(lines) + "\n"
+
+
+def sustained_markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    """Return the report's sustained-rate section: per configuration, the rate, its figures and each CPU."""
+    lines = [
+        f"## Sustained rate, multiple(100) ({datetime.now(UTC).isoformat(timespec='seconds')})",
+        "",
+        f"`python -m loadtest.bench --only-sustained --sustained-seconds {args.sustained_seconds} --probe-seconds "
+        f"{args.probe_seconds} --sustained-configs {args.sustained_configs} --pg-delay-ms {args.pg_delay_ms} "
+        f"--appendfsync {args.appendfsync}"
+        f"{f' --drain-batch {args.drain_batch}' if args.drain_batch else ''}"
+        f"{f' --drain-linger {args.drain_linger}' if args.drain_linger is not None else ''}`"
+        f" (this section alone) — fixed-rate load (64 connections, in the bench process) on the same "
+        f"{os.cpu_count()} cores; CPU in % of one core, over the load."
+        " Sustained: every request answered 201, the last answer within "
+        f"{sustained.SCHEDULE_SLACK_SECONDS:g} s of the schedule's end, the stream backlog flat (its mean over the "
+        f"window's last third at most the first third's + {sustained.FLAT_TOLERANCE:.0%} of the notifications "
+        f"offered between them + {sustained.FLAT_SLACK_SECONDS:g} s of the rate), and every row in Postgres within "
+        f"{sustained.CATCH_UP_SECONDS:g} s of the load ending. Probes of {args.probe_seconds} s bisect to "
+        f"{sustained.RESOLUTION:.0%}; the rate shown is the one confirmed over {args.sustained_seconds} s.",
+        "",
+        "| API x drain | sustained notif/s | req/s | accepted notif/s | stored notif/s | backlog first → last third"
+        " (max) | caught up s | HTTP p50 / p99 ms | lag p50 / p99 ms | CPU % API / workers / Redis / PG / load"
+        " | not sustained at notif/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        config = f"{r['api_workers']} x {r['drain_workers']}"
+        if "rate_per_s" not in r:
+            lines.append(f"| {config} | none ({r['why_not']}) | | | | | | | | | {r['not_sustained_at_per_s']} |")
+            continue
+        rate = r["rate_per_s"] if r["sustained"] else f"none confirmed ({r['rate_per_s']}: {r['why_not']})"
+        lines.append(
+            f"| {config} | {rate} | {r['requests_per_s']} | {r['accepted_per_s']} | {r['stored_per_s']} | "
+            f"{r['backlog_first_third']} → {r['backlog_last_third']} ({r['backlog_max']}) | {r['catch_up_s']} | "
+            f"{r['http_p50_ms']} / {r['http_p99_ms']} | {r['lag_p50_ms']} / {r['lag_p99_ms']} | "
+            f"{r['cpu_api']} / {r['cpu_workers']} / {r['cpu_redis']} / {r['cpu_postgres']} / {r['cpu_load']} | "
+            f"{r['not_sustained_at_per_s']} |"
+        )
+    lines += ["", "Windows run, in order (notifications/s: sustained or why not):", ""]
+    lines += [f"- {r['api_workers']} x {r['drain_workers']}: {r['probes']}" for r in rows]
     return "\n".join(lines) + "\n"
 
 

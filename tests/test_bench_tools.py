@@ -1,4 +1,5 @@
-"""The benchmark's own instruments: the results CSV grows new columns, and CPU is metered per process."""
+"""The benchmark's own instruments: the results CSV grows new columns, CPU is metered per process, and the
+sustained-rate search judges a backlog and homes in on the highest sustained rate."""
 
 import csv
 import os
@@ -7,10 +8,22 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from loadtest.bench import maximum_rates
 from loadtest.bench_app import measure
 from loadtest.bench_report import append_csv
 from loadtest.measure import CpuMeter
+from loadtest.sustained import (
+    MAX_PROBES,
+    RESOLUTION,
+    STEP,
+    Window,
+    backlog_is_flat,
+    parse_configs,
+    search,
+    verdict,
+)
 from tests.conftest import Servers
 
 
@@ -61,3 +74,71 @@ async def test_app_benchmark_sends_real_requests_through_the_app(servers: Server
     assert multiple["requests"] == 50
     assert single["cpu_us_per_request"] > 0
     assert multiple["cpu_us_per_request"] > 0
+
+
+def _backlog(seconds: float, level: int, growth_per_s: float) -> list[tuple[float, int]]:
+    """Samples every 0.5 s: a drain's sawtooth (0..2*level, period 1 s) on a backlog growing by `growth_per_s`."""
+    return [(t / 2, round((t % 2) * 2 * level + growth_per_s * t / 2)) for t in range(int(seconds * 2) + 1)]
+
+
+def test_a_flat_sawtooth_backlog_is_sustained_and_one_growing_by_4_percent_of_the_rate_is_not() -> None:
+    rate = 20_000
+
+    assert backlog_is_flat(_backlog(60, 10_000, 0), 60, rate)
+    assert backlog_is_flat(_backlog(60, 10_000, 0.01 * rate), 60, rate)
+    assert not backlog_is_flat(_backlog(60, 10_000, 0.04 * rate), 60, rate)
+    assert not backlog_is_flat(_backlog(15, 10_000, 0.10 * rate), 15, rate)
+
+
+def test_a_window_is_not_sustained_with_refusals_delay_growth_or_slow_catch_up() -> None:
+    good = Window(rate_rps=200, seconds=60, sent=12_000, ok=12_000, load_seconds=60.2, catch_up_seconds=0.4)
+    good.backlog = _backlog(60, 5_000, 0)
+
+    assert verdict(good) == ""
+    assert "not answered 201" in verdict(Window(**{**good.__dict__, "ok": 11_990}))
+    assert "behind the schedule" in verdict(Window(**{**good.__dict__, "load_seconds": 64.0}))
+    assert "backlog grew" in verdict(Window(**{**good.__dict__, "backlog": _backlog(60, 5_000, 2_000)}))
+    assert "not caught up" in verdict(Window(**{**good.__dict__, "catch_up_seconds": None}))
+    assert "not caught up" in verdict(Window(**{**good.__dict__, "catch_up_seconds": 5.0}))
+
+
+def test_the_search_ends_within_the_resolution_below_the_capacity_from_a_high_or_low_estimate() -> None:
+    for capacity, estimate in [(250, 276), (250, 100), (250, 250), (400, 276), (3, 5)]:
+        probed: list[int] = []
+
+        def sustains(rate: int, capacity: int = capacity, probed: list[int] = probed) -> bool:
+            probed.append(rate)
+            return rate <= capacity
+
+        found, failed = search(sustains, estimate)
+
+        assert found is not None
+        assert capacity / (1 + RESOLUTION) - 1 <= found <= capacity, (capacity, estimate, probed)
+        assert failed is not None
+        assert failed > capacity
+        assert len(probed) <= 9, (capacity, estimate, probed)
+
+
+def test_the_search_stops_when_nothing_is_sustained() -> None:
+    probed: list[int] = []
+
+    def refuses(rate: int) -> bool:
+        probed.append(rate)
+        return False
+
+    assert search(refuses, 3) == (None, 1)
+    assert probed == [3, 2, 1]
+
+    probed.clear()
+    found, failed = search(refuses, 10_000)
+
+    assert found is None
+    assert len(probed) == MAX_PROBES
+    assert failed == probed[-1] < 10_000 / STEP ** (MAX_PROBES - 1)
+
+
+def test_sustained_configurations_parse_as_api_by_drain_workers() -> None:
+    assert parse_configs("1x1, 1x2,2x2,") == [(1, 1), (1, 2), (2, 2)]
+    for bad in ("1", "0x1", "1x", "axb"):
+        with pytest.raises(ValueError, match="drain workers"):
+            parse_configs(bad)

@@ -1,0 +1,122 @@
+"""The servers and processes of a `make bench` run: the Stack, what it runs and sends, and what it reads back.
+
+bench.py starts the embedded Postgres and Redis once per run; every measurement (bench.py's design runs,
+sustained.py's rate search) then spawns its API and drain workers against them with `spawn`, after `reset`, and
+reads the rows stored and their persistence lag from Postgres.
+"""
+
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from sqlalchemy import text
+
+from shared import tenancy
+from shared.db import create_engine
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+#: The designs compared, by their ASGI app (loadtest/baselines holds the two baselines).
+DESIGNS = {
+    "service": "api.main:app",
+    "naive": "loadtest.baselines.naive:app",
+    "direct": "loadtest.baselines.direct:app",
+}
+#: The write-behind designs, drained by our arq workers.
+DRAINED = {"service", "naive"}
+SINGLE = orjson.dumps({"to": "example@gmail.com", "personalization": {"band": "Incubus"}})
+MULTIPLE = orjson.dumps([{"to": f"user{i}@example.com", "personalization": {"band": "Incubus"}} for i in range(100)])
+#: Kinds of request: (path, body, notifications per request).
+MODES = {"single": ("/notifications/v1/", SINGLE, 1), "multiple": ("/notifications/v1/multiple", MULTIPLE, 100)}
+
+
+@dataclass
+class Stack:
+    """The servers of one benchmark run."""
+
+    database_url: str
+    redis_url: str
+    api_key: str
+    service_id: str
+    env: dict[str, str]
+    server_pids: dict[str, int]
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    """Return once something listens on `port` of 127.0.0.1; raise RuntimeError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+async def sql(url: str, query: str, **params: Any) -> list[Any]:
+    """Run one statement in its own transaction; return its rows (none for statements without)."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            result = await conn.execute(text(query), params)
+            return list(result) if result.returns_rows else []
+    finally:
+        await engine.dispose()
+
+
+async def make_tenant(database_url: str, redis_url: str) -> tuple[str, str]:
+    """Create the `bench` service and an API key of it; return (service id, key)."""
+    engine = create_engine(database_url, pool_size=1)
+    redis = Redis.from_url(redis_url)
+    service = await tenancy.create_service(engine, "bench")
+    key = await tenancy.create_api_key(engine, redis, service.id, "bench")
+    await redis.aclose()
+    await engine.dispose()
+    return str(service.id), key.secret
+
+
+async def reset(stack: Stack) -> None:
+    """Empty the notification tables and Redis (the API reloads its keys into Redis when it starts)."""
+    await sql(stack.database_url, "TRUNCATE notifications CASCADE")
+    redis = Redis.from_url(stack.redis_url)
+    await redis.flushdb()
+    await redis.aclose()
+
+
+async def count_rows(stack: Stack) -> int:
+    """Return the number of notifications stored in Postgres."""
+    return int((await sql(stack.database_url, "SELECT count(*) FROM notifications"))[0][0])
+
+
+async def persistence_lag(stack: Stack) -> tuple[float, float]:
+    """Return the persistence lag p50 and p99 in seconds: row committed (Postgres commit timestamp) - accepted."""
+    row = (
+        await sql(
+            stack.database_url,
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag), percentile_cont(0.99) WITHIN GROUP (ORDER BY lag)"
+            " FROM (SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin) - created_at) AS lag"
+            " FROM notifications) AS l",
+        )
+    )[0]
+    return float(row[0] or 0), float(row[1] or 0)
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a process in the checkout's root, its output appended to `log`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Terminate a process and wait for it (killed after 40 s)."""
+    process.terminate()
+    try:
+        process.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        process.kill()
