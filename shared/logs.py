@@ -6,6 +6,7 @@ notification can be followed from the API's log to the drain's.
 """
 
 import logging
+import re
 from datetime import UTC, datetime
 
 import orjson
@@ -14,13 +15,31 @@ import orjson
 CONTEXT_FIELDS = ("request_id", "request_ids", "consumer", "entry")
 
 
-class _UvicornStyle(logging.Formatter):
+#: Control characters (C0, DEL, C1): a client can put them in a path or a header, and a raw CR LF in a log message
+#: would start a forged line.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    r"""Return `text` with every control character written as an escape (`\r`, `\n`, `\x1b`…)."""
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
+
+
+class TextFormatter(logging.Formatter):
+    """uvicorn's look, one line per record: control characters in the message are escaped, never written raw."""
+
     def formatMessage(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname + ':':<9} {record.message}"
+        """Render the level and the escaped message."""
+        return f"{record.levelname + ':':<9} {escape_controls(record.message)}"
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time, level, logger, message, context fields, exception."""
+    """One JSON object per record: time, level, logger, message, context fields, exception.
+
+    orjson writes control characters inside strings as escapes, so a record is always exactly one line.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         """Render the record as a JSON line."""
@@ -44,7 +63,7 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     In JSON mode the loggers of uvicorn and arq, which bring handlers of their own, are routed through it too.
     """
     root = logging.getLogger()
-    formatter: logging.Formatter = JsonFormatter() if log_format == "json" else _UvicornStyle()
+    formatter: logging.Formatter = JsonFormatter() if log_format == "json" else TextFormatter()
     if not root.handlers:
         root.addHandler(logging.StreamHandler())
     for handler in root.handlers:

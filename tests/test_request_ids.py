@@ -1,5 +1,6 @@
 """Request ids: echoed to the client, carried with the stream entry, named by the worker's log; JSON log lines."""
 
+import io
 import logging
 
 import httpx
@@ -8,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.logs import JsonFormatter
+from shared.logs import JsonFormatter, TextFormatter
 from tests.conftest import drain_all
 from worker.drain import Drain
 
@@ -51,3 +52,25 @@ def test_json_log_lines_carry_the_context() -> None:
     assert line["level"] == "INFO"
     assert line["logger"] == "api.access"
     assert "time" in line
+
+
+async def test_a_path_or_host_cannot_forge_a_log_line(client: httpx.AsyncClient) -> None:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(TextFormatter())
+    access = logging.getLogger("api.access")
+    access.addHandler(handler)
+    level = access.level
+    access.setLevel(logging.INFO)
+    try:
+        await client.get("/x%0D%0AINFO:     POST http://localhost/services/v1/ 201 0.001s")
+        await client.get("/status/heartbeat", headers={"Host": "evil\r\nINFO:     forged"})
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("INFO:     GET http://localhost:8000/x\\r\\nINFO:")
+    assert " 404 " in lines[0]
+    assert "evil\\r\\nINFO:     forged" in lines[1]
