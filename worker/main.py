@@ -66,15 +66,28 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     await drain.engine.dispose()
 
 
-async def forget_idle_consumers(ctx: dict[str, Any]) -> int:
+# Remove the consumers of group ARGV[1] on stream KEYS[1] that have nothing pending and have been idle longer than
+# ARGV[2] ms. One script, so no consumer can be handed an entry between the check and the removal (deleting a
+# consumer discards its pending entries).
+FORGET_IDLE_CONSUMERS = """
+local removed = 0
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local fields = {}
+  for i = 1, #consumer, 2 do fields[consumer[i]] = consumer[i + 1] end
+  if fields['pending'] == 0 and fields['idle'] > tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], fields['name'])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+
+async def forget_idle_consumers(ctx: dict[str, Any], idle_ms: int = IDLE_CONSUMER_MS) -> int:
     """Remove consumers with nothing pending that have been silent for an hour (exited worker processes)."""
     drain: Drain = ctx["drain"]
-    removed = 0
-    for consumer in await drain.redis.xinfo_consumers(keys.STREAM, keys.GROUP):
-        if consumer["pending"] == 0 and consumer["idle"] > IDLE_CONSUMER_MS:
-            await drain.redis.xgroup_delconsumer(keys.STREAM, keys.GROUP, consumer["name"])
-            removed += 1
-    return removed
+    forget = drain.redis.register_script(FORGET_IDLE_CONSUMERS)
+    return int(await forget(keys=[keys.STREAM], args=[keys.GROUP, idle_ms]))
 
 
 async def maintain_partitions(ctx: dict[str, Any]) -> None:
