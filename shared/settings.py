@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     drain_linger_ms: int = Field(50, ge=0, le=10_000)
     reclaim_idle_ms: int = Field(30_000, ge=100)
     reclaim_interval_seconds: int = Field(10, ge=1)
+    max_deliveries: int = Field(5, ge=1)
     db_retry_max_seconds: float = Field(30.0, gt=0)
     db_pool_size: int = Field(5, ge=1)
 

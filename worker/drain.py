@@ -183,6 +183,35 @@ class Drain:
                 break
         return claimed
 
+    async def bury_overdelivered(self, claimed: list[RawEntry]) -> list[RawEntry]:
+        """Dead-letter the claimed entries delivered more than MAX_DELIVERIES times; return the others.
+
+        An entry that kills every worker that takes it (memory, a crash in a library) would otherwise be reclaimed
+        by the next worker, and the next, for ever, while the backlog grows. The consumer group counts deliveries
+        (XPENDING); past the limit the entry goes to the dead-letter stream with its JSON and the reason, and is
+        acked. Its cache key keeps no TTL, so GET still finds it in Redis.
+        """
+        if not claimed:
+            return claimed
+        ids = [entry_id for entry_id, _ in claimed]
+        pending = await self.redis.xpending_range(
+            keys.STREAM, keys.GROUP, min=min(ids), max=max(ids), count=len(ids) + 1000, consumername=self.consumer
+        )
+        deliveries = {item["message_id"]: int(item["times_delivered"]) for item in pending}
+        limit = self.settings.max_deliveries
+        over = [(entry_id, fields) for entry_id, fields in claimed if deliveries.get(entry_id, 0) > limit]
+        if not over:
+            return claimed
+        for fetched in await self._fetch(over):
+            error = f"delivered {deliveries[fetched.entry_id]} times (MAX_DELIVERIES={limit}): it may crash workers"
+            await self._dead_letter(fetched.entry_id, fetched.payload or b"", error, fetched.request_id)
+        buried = {entry_id for entry_id, _ in over}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(keys.STREAM, keys.GROUP, *buried)
+            pipe.xdel(keys.STREAM, *buried)
+            await pipe.execute()
+        return [(entry_id, fields) for entry_id, fields in claimed if entry_id not in buried]
+
     async def drain_batch(self, raw: list[RawEntry], redelivered: bool = False) -> int:
         """Store a batch of stream entries, then ack them; return how many notifications were new rows.
 
@@ -230,7 +259,16 @@ class Drain:
                     # never stored, and its JSON is gone (deleted by hand, or evicted: Redis must be noeviction)
                     error = f"the request's JSON is missing from Redis (key {fetched.cache_key})"
                     await self._dead_letter(entry_id, b"", error, request_id)
-                # else deleted meanwhile, or stored before and its cache key has expired since: nothing to store
+                elif fetched.cache_key is not None:
+                    # reclaimed: most likely stored by the consumer that died before acking, its key expired since
+                    logger.warning(
+                        "reclaimed entry %s of request %s has no JSON left in Redis (key %s): acked unstored",
+                        entry_id.decode(),
+                        request_id or "?",
+                        fetched.cache_key,
+                        extra={"request_id": request_id, "entry": entry_id.decode()},
+                    )
+                # else an entry deleted from the stream meanwhile: nothing to store
                 finished.append(entry_id)
                 continue
             try:
@@ -429,7 +467,7 @@ class Drain:
                     next_reclaim = loop.time() + self.settings.reclaim_interval_seconds
                     while stale := await self.reclaim_stale():
                         logger.info("reclaimed %d stale entries", len(stale))
-                        await self.drain_batch(stale, redelivered=True)
+                        await self.drain_batch(await self.bury_overdelivered(stale), redelivered=True)
                 if loop.time() >= next_observation:
                     next_observation = loop.time() + 1.0
                     await self.observe_backlog()

@@ -13,6 +13,7 @@ from shared import keys
 from shared.schemas import BRIEF_MULTIPLE_EXAMPLE
 from tests.conftest import count_rows, drain_all
 from worker.drain import Drain
+from worker.main import forget_idle_consumers
 
 BASE = "/notifications/v1"
 
@@ -204,3 +205,43 @@ async def test_a_large_batch_is_stored_in_parts_of_at_most_drain_batch_bytes(
     assert transactions == 3
     assert await redis.xlen(keys.STREAM) == 0
     assert (await redis.xpending(keys.STREAM, keys.GROUP))["pending"] == 0
+
+
+async def test_only_idle_consumers_with_nothing_pending_are_forgotten(
+    client: httpx.AsyncClient, redis: Redis, drain: Drain
+) -> None:
+    await client.post(f"{BASE}/", json={"to": "held"})
+    await redis.xreadgroup(keys.GROUP, "holder", {keys.STREAM: ">"}, count=1)  # pending at holder, never acked
+    await redis.xgroup_createconsumer(keys.STREAM, keys.GROUP, "gone")
+    await asyncio.sleep(0.05)
+    before = {consumer["name"] for consumer in await redis.xinfo_consumers(keys.STREAM, keys.GROUP)}
+    assert {b"holder", b"gone"} <= before
+
+    assert await forget_idle_consumers({"drain": drain}, idle_ms=10) == len(before) - 1  # all but "holder"
+
+    names = {consumer["name"] for consumer in await redis.xinfo_consumers(keys.STREAM, keys.GROUP)}
+    assert names == {b"holder"}
+    assert (await redis.xpending(keys.STREAM, keys.GROUP))["pending"] == 1
+
+
+async def test_an_entry_delivered_too_often_is_dead_lettered_not_handed_on(
+    client: httpx.AsyncClient, redis: Redis, engine: AsyncEngine, drain: Drain
+) -> None:
+    created = (await client.post(f"{BASE}/", json={"to": "deadly"})).json()
+    await redis.xreadgroup(keys.GROUP, "victim", {keys.STREAM: ">"}, count=1)  # a worker that died with it
+    rescuer = Drain(
+        redis, engine, drain.settings.model_copy(update={"reclaim_idle_ms": 0, "max_deliveries": 2}), "rescuer"
+    )
+
+    second = await rescuer.reclaim_stale()  # its second delivery: still handed on
+    assert await rescuer.bury_overdelivered(second) == second
+    third = await rescuer.reclaim_stale()  # the third: past MAX_DELIVERIES
+    assert await rescuer.bury_overdelivered(third) == []
+
+    (letter,) = await redis.xrange(keys.DEAD_LETTER_STREAM)
+    assert b"delivered 3 times (MAX_DELIVERIES=2)" in letter[1][b"error"]
+    assert orjson.loads(letter[1][b"payload"])[0]["id"] == created["id"]
+    assert await redis.xlen(keys.STREAM) == 0
+    assert (await redis.xpending(keys.STREAM, keys.GROUP))["pending"] == 0
+    assert (await client.get(f"{BASE}/{created['id']}")).json() == created  # still found in Redis
+    assert await count_rows(engine) == 0
