@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api.main import create_app
 from shared import tenancy
 from shared.db import create_engine, upgrade_database
-from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from shared.embedded import EmbeddedPostgres, EmbeddedRedis
 from shared.settings import Settings
 from worker.drain import Drain
 
@@ -42,17 +42,20 @@ migrate = upgrade_database
 
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    """Start (or reuse) the servers for the whole session and migrate the database."""
+    """Start (or reuse) the servers for the whole session and migrate the database.
+
+    Embedded servers take free ports, picked again if another process (a parallel `make test`) takes one first.
+    """
     started: list[EmbeddedPostgres | EmbeddedRedis] = []
     database_url = os.environ.get("TEST_DATABASE_URL")
     redis_url = os.environ.get("TEST_REDIS_URL")
     try:
         if not database_url:
-            pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", free_port()).start()
+            pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data").start()
             started.append(pg)
             database_url = pg.url
         if not redis_url:
-            redis = EmbeddedRedis(tmp_path_factory.mktemp("redis"), free_port()).start()
+            redis = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
             started.append(redis)
             redis_url = redis.url
         migrate(database_url)

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.main import create_app
 from shared.db import create_engine
-from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from shared.embedded import EmbeddedPostgres, EmbeddedRedis
 from shared.settings import Settings
 from tests.conftest import Tenant, make_tenant, migrate
 from tests.worker.test_workers import Workers, stop, wait_for
@@ -41,8 +41,8 @@ class Own:
 @pytest.fixture
 def own(tmp_path: Path, worker_env: dict[str, str]) -> Iterator[Own]:
     """A PostgreSQL and a Redis (AOF always) just for this test."""
-    pg = EmbeddedPostgres(tmp_path / "pg", free_port()).start()
-    redis_server = EmbeddedRedis(tmp_path / "redis", free_port(), appendfsync="always").start()
+    pg = EmbeddedPostgres(tmp_path / "pg").start()
+    redis_server = EmbeddedRedis(tmp_path / "redis", appendfsync="always").start()
     try:
         migrate(pg.url)
         settings = Settings(
@@ -57,7 +57,7 @@ def own(tmp_path: Path, worker_env: dict[str, str]) -> Iterator[Own]:
         yield Own(pg, redis_server, settings, env)
     finally:
         redis_server.stop(kill=True)
-        pg.stop(quiet=True, mode="immediate")
+        pg.stop(mode="immediate")
 
 
 @pytest_asyncio.fixture(loop_scope="session")
