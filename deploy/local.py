@@ -2,6 +2,12 @@
 
 Starts an embedded PostgreSQL and Redis (data in `.data/`) unless DATABASE_URL / REDIS_URL are set, applies
 the migrations, then runs the API (uvicorn) and WORKERS drain workers (arq) as child processes.
+
+It uses only what is its own, so that two checkouts can run side by side (`PORT=` for the second API): an
+embedded server whose default port (55432, 56379) another process holds goes to a free port instead, and says so;
+a port set in EMBEDDED_PG_PORT / EMBEDDED_REDIS_PORT / PORT that is taken stops it with one line naming the
+setting. Every child, embedded servers included, is signalled by the kernel when this launcher dies (even by
+SIGKILL: shared.lifetime), so none outlives it.
 """
 
 import argparse
@@ -11,13 +17,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-from shared.embedded import EmbeddedPostgres, EmbeddedRedis
+from shared.embedded import DataFolderInUse, EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError, PortInUse
+from shared.lifetime import die_with_parent
+from shared.local_server import port_is_free
 from shared.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / ".data"
+Server = TypeVar("Server", EmbeddedPostgres, EmbeddedRedis)
 
 
 def _bin(name: str) -> str:
@@ -40,62 +50,96 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    # own session: a terminal's Ctrl-C reaches only this launcher, which forwards it once
-    return subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True)
+    # own session: a terminal's Ctrl-C reaches only this launcher, which forwards it once;
+    # SIGINT from the kernel should this launcher die without forwarding it
+    return subprocess.Popen(
+        command, env=env, cwd=ROOT, start_new_session=True, preexec_fn=die_with_parent(signal.SIGINT)
+    )
 
 
-def main() -> int:
+def _start_embedded(make: Callable[[int | None], Server], setting: str, default: int) -> Server:
+    """Start a server on the port `setting` names, else on `default` or, if another process holds it, a free one."""
+    asked = os.environ.get(setting)
+    try:
+        try:
+            return make(int(asked) if asked else default).start()
+        except PortInUse as error:
+            if asked:
+                raise SystemExit(f"{setting}={asked}: {error}; set {setting} to a free port, or unset it") from None
+        server = make(None).start()
+        print(f"port {default} is in use by another process: {server.what} on {server.port} instead", flush=True)
+        return server
+    except DataFolderInUse as error:
+        raise SystemExit(f"{error} (is `make run` already running in this checkout?)") from None
+    except EmbeddedServerError as error:
+        raise SystemExit(str(error)) from None
+
+
+def main() -> int | str:
     """Run the stack until interrupted or until one of its processes exits."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "1")))
     parser.add_argument("--api-workers", type=int, default=int(os.environ.get("API_WORKERS", "1")))
+    parser.add_argument("--data", type=Path, default=ROOT / ".data", help="the embedded servers' data, keys (.data)")
     args = parser.parse_args()
+    data: Path = args.data.resolve()
 
     settings = get_settings()
     env = dict(os.environ)
+    if not port_is_free(args.port, args.host):
+        return f"PORT={args.port}: port {args.port} on {args.host} is in use by another process; set PORT to a free one"
     servers: list[EmbeddedPostgres | EmbeddedRedis] = []
     children: list[subprocess.Popen[bytes]] = []
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     try:
         if not settings.database_url:
-            port = int(os.environ.get("EMBEDDED_PG_PORT", "55432"))
-            pg = EmbeddedPostgres(DATA / "postgres", port).start()
+            pg = _start_embedded(lambda port: EmbeddedPostgres(data / "postgres", port), "EMBEDDED_PG_PORT", 55432)
             servers.append(pg)
             env["DATABASE_URL"] = pg.url
             print(f"embedded PostgreSQL: {pg.url} (data in {pg.datadir})", flush=True)
         if not settings.redis_url:
-            port = int(os.environ.get("EMBEDDED_REDIS_PORT", "56379"))
-            redis = EmbeddedRedis(DATA / "redis", port, appendfsync="always").start()
+            redis = _start_embedded(
+                lambda port: EmbeddedRedis(data / "redis", port, appendfsync="always"), "EMBEDDED_REDIS_PORT", 56379
+            )
             servers.append(redis)
             env["REDIS_URL"] = redis.url
             print(f"embedded Redis: {redis.url} (AOF always, data in {redis.datadir})", flush=True)
 
-        subprocess.run([_bin("alembic"), "upgrade", "head"], env=env, cwd=ROOT, check=True)
+        # where `make loadtest` finds this stack's servers (the embedded ones may not be on their default ports)
+        urls = {name: env.get(name) or getattr(settings, name.lower()) for name in ("DATABASE_URL", "REDIS_URL")}
+        data.mkdir(parents=True, exist_ok=True)
+        (data / "servers.env").write_text("".join(f"{name}={url}\n" for name, url in urls.items()))
+        dies_with_us = die_with_parent(signal.SIGTERM)
+        subprocess.run([_bin("alembic"), "upgrade", "head"], env=env, cwd=ROOT, check=True, preexec_fn=dies_with_us)
         if not settings.admin_token:
-            env["ADMIN_TOKEN"] = _saved_secret(DATA / "admin-token")
+            env["ADMIN_TOKEN"] = _saved_secret(data / "admin-token")
         dev_key = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "dev-key", "--file", str(DATA / "dev-api-key")],
+            [sys.executable, "-m", "shared.cli", "dev-key", "--file", str(data / "dev-api-key")],
             env=env,
             cwd=ROOT,
             check=True,
             capture_output=True,
             text=True,
+            preexec_fn=dies_with_us,
         ).stdout.strip()
         uvicorn = [_bin("uvicorn"), "api.main:app", "--host", args.host, "--port", str(args.port)]
         uvicorn += ["--no-access-log", "--workers", str(args.api_workers)]
         children.append(_spawn(uvicorn, env))
         for _ in range(args.workers):
             children.append(_spawn([_bin("arq"), "worker.main.WorkerSettings"], env))
-        admin = "as set in ADMIN_TOKEN" if settings.admin_token else f"{env['ADMIN_TOKEN']}  (in .data/admin-token)"
+        admin = (
+            "as set in ADMIN_TOKEN" if settings.admin_token else f"{env['ADMIN_TOKEN']}  (in {data / 'admin-token'})"
+        )
         print(
             f"API on http://{args.host}:{args.port} (docs at /docs), {args.workers} worker(s); Ctrl-C stops\n"
-            f"API key of the `development` service: {dev_key}  (in .data/dev-api-key)\n"
+            f"API key of the `development` service: {dev_key}  (in {data / 'dev-api-key'})\n"
             f"admin token: {admin}",
             flush=True,
         )
 
-        signal.signal(signal.SIGTERM, _interrupt)
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         print("a child process exited; stopping the stack", file=sys.stderr)
@@ -113,6 +157,7 @@ def main() -> int:
                 child.kill()
         for server in reversed(servers):
             server.stop()
+        (data / "servers.env").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

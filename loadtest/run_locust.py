@@ -6,8 +6,9 @@
 Scenarios: single, multiple, heartbeat, post_get, unknown, invalid (one user class of loadtest/locustfile.py
 each) and mixed (all of them, by their class weights). Besides locust's figures (requests, failures, requests/s,
 average, p95 and max response time, from its stats CSV), it reads the service's own servers — Postgres at
-DATABASE_URL, else the `make run` default postgresql://postgres@127.0.0.1:55432/postgres, and Redis at REDIS_URL,
-else redis://127.0.0.1:56379/0:
+DATABASE_URL and Redis at REDIS_URL, else those of the running `make run` (it writes them to .data/servers.env: an
+embedded server whose default port was taken is elsewhere), else postgresql://postgres@127.0.0.1:55432/postgres
+and redis://127.0.0.1:56379/0:
 
 - backlog_at_end: entries in the stream (accepted requests not yet stored) the moment locust exits;
 - stored_during_run: rows added to `notifications` from the first request the API accepted until the backlog is
@@ -42,6 +43,8 @@ RESULTS = HERE / "results" / "locust.csv"
 LOCUST_CSV_DIR = HERE / "results" / "locust"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:55432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:56379/0"
+#: The URLs of the running `make run`'s servers.
+SERVERS_ENV = HERE.parent / ".data" / "servers.env"
 DRAIN_WAIT_SECONDS = 30.0
 POLL_SECONDS = 0.01
 
@@ -190,8 +193,10 @@ def main() -> int:
         httpx.get(f"{args.host}/status/heartbeat", timeout=5).raise_for_status()
     except httpx.HTTPError as error:
         sys.exit(f"the service does not answer at {args.host} ({error}); start it with `make run`")
-    database_url = (os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL).replace("+asyncpg", "")
-    redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    running = dict(line.split("=", 1) for line in SERVERS_ENV.read_text().split()) if SERVERS_ENV.exists() else {}
+    database_url = os.environ.get("DATABASE_URL") or running.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    database_url = database_url.replace("+asyncpg", "")
+    redis_url = os.environ.get("REDIS_URL") or running.get("REDIS_URL") or DEFAULT_REDIS_URL
 
     when = datetime.now(UTC)
     prefix = LOCUST_CSV_DIR / f"{when:%Y%m%dT%H%M%SZ}_{args.scenario}"
