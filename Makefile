@@ -44,7 +44,7 @@ bench: install  ## the service vs the naive and direct baselines, its sustained 
 	$(BIN)/python -m loadtest.bench --pg-delay-ms 2 --label pg-delay-2ms --skip-extras --skip-sustained $(ARGS)
 
 bench-drain: install  ## one worker draining a 200k backlog vs a raw COPY of the same rows
-	$(BIN)/python -m loadtest.bench_drain --notifications 200000
+	$(BIN)/python -m loadtest.bench_drain --notifications 200000 $(ARGS)
 
 bench-app: install  ## CPU per request of the app alone, in-process (steadier than make bench for comparing versions)
 	$(BIN)/python -m loadtest.bench_app $(ARGS)

@@ -8,8 +8,8 @@ versions of the hot path; use `make bench` for the figures that matter to a prod
 
     .venv/bin/python -m loadtest.bench_app [--requests 20000] [--label ...]
 
-Uses DATABASE_URL / REDIS_URL when set (data is thrown away), else embedded servers. Appends to
-loadtest/results/app.csv.
+Runs on embedded servers of its own; with --use-configured-servers on those DATABASE_URL / REDIS_URL name (data
+is thrown away). Appends to loadtest/results/app.csv.
 """
 
 import argparse
@@ -24,7 +24,7 @@ from starlette.types import Message
 
 from api.main import create_app
 from loadtest.bench_report import append_csv
-from loadtest.servers import bench_servers
+from loadtest.servers import add_servers_flag, bench_servers
 from loadtest.stack import MODES
 from shared import tenancy
 from shared.db import create_engine
@@ -105,10 +105,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=20_000, help="single POSTs (multiple: a tenth of it)")
     parser.add_argument("--label", default="")
+    add_servers_flag(parser)
     args = parser.parse_args()
     when = datetime.now(UTC).isoformat(timespec="seconds")
     rows = []
-    with bench_servers() as (database_url, redis_url):
+    with bench_servers(args.use_configured_servers) as (database_url, redis_url):
         for mode, requests in (("single", args.requests), ("multiple", args.requests // 10)):
             figures = asyncio.run(measure(database_url, redis_url, mode, requests))
             rows.append({"when": when, "label": args.label, **figures})

@@ -18,8 +18,9 @@ before the clock starts, so only Postgres's ingest is timed):
 
 Everything is measured --rounds times (default 2) in turn and the best of each is kept. Prints the figures and
 appends them to loadtest/results/drain.csv (one row per run) and drain-layouts.csv (one
-row per layout). Uses DATABASE_URL / REDIS_URL when set (the tables are TRUNCATED, the Redis database FLUSHED,
-a schema `bench_layouts` made and dropped), else embedded servers in a temporary folder.
+row per layout). Runs on embedded servers of its own in a temporary folder; with --use-configured-servers on
+those DATABASE_URL / REDIS_URL name (the tables are TRUNCATED, the Redis database FLUSHED, a schema
+`bench_layouts` made and dropped).
 """
 
 import argparse
@@ -37,7 +38,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 
 from loadtest.bench_report import append_csv
-from loadtest.servers import bench_servers
+from loadtest.servers import add_servers_flag, bench_servers
 from shared import keys, queries
 from shared.codec import NotificationDoc, encode_notification, join_array
 from shared.db import create_engine
@@ -197,9 +198,10 @@ def main() -> None:
     parser.add_argument("--batch-entries", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=2, help="measure everything this many times; keep the best")
     parser.add_argument("--label", default="")
+    add_servers_flag(parser)
     args = parser.parse_args()
 
-    with bench_servers() as (database_url, redis_url):
+    with bench_servers(args.use_configured_servers) as (database_url, redis_url):
         settings = Settings(
             database_url=database_url,
             redis_url=redis_url,

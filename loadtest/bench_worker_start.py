@@ -9,8 +9,9 @@ median/min/max, and appends them to loadtest/results/worker_start.csv.
     .venv/bin/python -m loadtest.bench_worker_start [--runs 5] [--label ...]
 
 The worker inherits this process's environment (PYTHONDONTWRITEBYTECODE included, which decides whether Python
-compiles every module afresh on each start). Uses DATABASE_URL / REDIS_URL when set (the notifications are
-TRUNCATED, the Redis database FLUSHED), else embedded servers in a temporary folder.
+compiles every module afresh on each start). Runs on embedded servers of its own in a temporary folder; with
+--use-configured-servers on those DATABASE_URL / REDIS_URL name (the notifications are TRUNCATED, the Redis
+database FLUSHED).
 """
 
 import argparse
@@ -29,7 +30,7 @@ from redis.asyncio import Redis
 
 from loadtest.bench_drain import SERVICE_ID, fill
 from loadtest.bench_report import append_csv
-from loadtest.servers import bench_servers
+from loadtest.servers import add_servers_flag, bench_servers
 from shared import keys
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,9 +98,10 @@ def main() -> None:
     parser.add_argument("--per-request", type=int, default=5, help="notifications in the one queued request")
     parser.add_argument("--give-up-after", type=float, default=30.0, help="seconds to wait for a row before failing")
     parser.add_argument("--label", default="")
+    add_servers_flag(parser)
     args = parser.parse_args()
 
-    with bench_servers() as (database_url, redis_url):
+    with bench_servers(args.use_configured_servers) as (database_url, redis_url):
         seconds = asyncio.run(measure(database_url, redis_url, args.runs, args.per_request, args.give_up_after))
     row = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
