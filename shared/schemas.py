@@ -1,7 +1,8 @@
 """Pydantic shapes of what clients send (`NotificationIn`) and get back (`NotificationOut`).
 
 The API validates the raw request body against these once, at the edge, so that everything it accepts can be
-stored by the drain: Postgres `text` cannot hold NUL characters, so they are refused here with a 422. The limits
+stored by the drain: Postgres `text` cannot hold NUL characters, so they are refused here with a 422, and so are
+the other control characters (but tab, line feed and carriage return) in message text. The limits
 (MAX_TO_LENGTH and the like) are settings; `limited_notification` builds the model for them once, as plain
 constraints that pydantic checks in Rust: a Python validator per item would cost more than the rest of the parse.
 """
@@ -35,15 +36,24 @@ BRIEF_MULTIPLE_EXAMPLE: list[dict[str, Any]] = [
 
 #: Postgres `text` cannot hold NUL characters: refuse them at the edge (a 422), never at the drain.
 NO_NUL = r"^[^\x00]*$"
-#: A recipient: at least one character that is not white space, and no NUL.
-RECIPIENT = r"^[^\x00]*[^\x00\s][^\x00]*$"
+#: Control characters that have no business in a message: C0 but tab, line feed and carriage return; DEL; C1.
+#: JSON writes each as six bytes (`\u0001`): a template full of them multiplied a request's size by six in Redis,
+#: in the response and in the worker.
+_CONTROL = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+#: Text of a message (personalization, template subject and body): no such control characters (NUL included).
+MESSAGE_TEXT = rf"^[^{_CONTROL}]*$"
+#: A recipient: message text with at least one character that is not white space.
+RECIPIENT = rf"^[^{_CONTROL}]*[^{_CONTROL}\s][^{_CONTROL}]*$"
 #: Clear messages for the patterns above, which pydantic would report as the bare regex.
+_NO_CONTROL = "control characters (U+0000-U+001F but tab, line feed and carriage return; U+007F-U+009F)"
 PATTERN_MESSAGES = {
     NO_NUL: "must not contain NUL (\\u0000) characters",
-    RECIPIENT: "must contain a non-blank recipient and no NUL (\\u0000) characters",
+    MESSAGE_TEXT: f"must not contain {_NO_CONTROL}",
+    RECIPIENT: f"must contain a non-blank recipient and no {_NO_CONTROL}",
 }
 
 StoredText = Annotated[str, StringConstraints(pattern=NO_NUL)]
+MessageText = Annotated[str, StringConstraints(pattern=MESSAGE_TEXT)]
 
 
 def _default(setting: str) -> int:
@@ -66,11 +76,12 @@ class NotificationIn(BaseModel):
                 Annotated[
                     str,
                     StringConstraints(
-                        min_length=1, max_length=_default("max_personalization_key_length"), pattern=NO_NUL
+                        min_length=1, max_length=_default("max_personalization_key_length"), pattern=MESSAGE_TEXT
                     ),
                 ],
                 Annotated[
-                    str, StringConstraints(max_length=_default("max_personalization_value_length"), pattern=NO_NUL)
+                    str,
+                    StringConstraints(max_length=_default("max_personalization_value_length"), pattern=MESSAGE_TEXT),
                 ],
             ],
             Field(max_length=_default("max_personalization_keys")),
@@ -92,8 +103,8 @@ class NotificationIn(BaseModel):
 @lru_cache
 def notification_model(max_to: int, max_keys: int, max_key_length: int, max_value_length: int) -> type[NotificationIn]:
     """Return `NotificationIn` with these limits (the settings' MAX_*), all checked by pydantic's Rust core."""
-    key = Annotated[str, StringConstraints(min_length=1, max_length=max_key_length, pattern=NO_NUL)]
-    value = Annotated[str, StringConstraints(max_length=max_value_length, pattern=NO_NUL)]
+    key = Annotated[str, StringConstraints(min_length=1, max_length=max_key_length, pattern=MESSAGE_TEXT)]
+    value = Annotated[str, StringConstraints(max_length=max_value_length, pattern=MESSAGE_TEXT)]
     model: type[NotificationIn] = create_model(
         "NotificationIn",
         __base__=NotificationIn,
@@ -159,7 +170,7 @@ class NotificationOut(BaseModel):
 
 
 Name = Annotated[StoredText, Field(min_length=1, max_length=200)]
-TemplateText = Annotated[StoredText, Field(min_length=1, max_length=100_000)]
+TemplateText = Annotated[MessageText, Field(min_length=1, max_length=100_000)]
 
 
 class ServiceIn(BaseModel):

@@ -113,6 +113,11 @@ async def test_multiple_is_all_or_nothing(client: httpx.AsyncClient, redis: Redi
         ({"to": "me", "personalization": {"k": "v" * 4097}}, ["body", "personalization", "k"]),
         ({"to": "me", "personalization": {"k": "a\u0000"}}, ["body", "personalization", "k"]),
         ({"to": "a\u0000b"}, ["body", "to"]),
+        ({"to": "me", "personalization": {"k": "bell\u0007"}}, ["body", "personalization", "k"]),
+        ({"to": "me", "personalization": {"k": "del\u007f"}}, ["body", "personalization", "k"]),
+        ({"to": "me", "personalization": {"esc\u001b": "v"}}, ["body", "personalization", "esc\u001b", "[key]"]),
+        ({"to": "a\u0085b"}, ["body", "to"]),
+        ({"to": "\u000bme"}, ["body", "to"]),
         ({"to": "me", "personalization": {"band": 1}}, ["body", "personalization", "band"]),
         ({"to": "me", "personalization": ["band"]}, ["body", "personalization"]),
         ({"to": "me", "personalization": {"k": {"nested": "no"}}}, ["body", "personalization", "k"]),
@@ -130,6 +135,19 @@ async def test_invalid_notifications_get_422(
     assert response.headers["content-type"] == "application/json"
     assert response.json()["detail"][0]["loc"] == where
     assert await redis.exists(keys.STREAM) == 0
+
+
+async def test_control_characters_are_refused_but_tab_and_line_breaks_kept(client: httpx.AsyncClient) -> None:
+    refused = await client.post(
+        f"{BASE}/multiple", json=[{"to": "me"}, {"to": "me", "personalization": {"k": "\u0001"}}]
+    )
+    kept = await client.post(f"{BASE}/", json={"to": "me", "personalization": {"k": "a\tb\nc\r\nd"}})
+
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["loc"] == ["body", 1, "personalization", "k"]
+    assert refused.json()["detail"][0]["msg"].startswith("must not contain control characters")
+    assert kept.status_code == 201
+    assert kept.json()["personalization"] == {"k": "a\tb\nc\r\nd"}
 
 
 @pytest.mark.parametrize("raw", [b"{", b"", b"not json", b'{"to": "\\ud800"}', b"\xff\xfe"])

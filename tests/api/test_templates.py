@@ -172,3 +172,17 @@ async def test_template_routes_report_errors_like_the_notification_routes(client
     assert unparsable.status_code == nul.status_code == 422
     assert "input" not in unparsable.json()["detail"][0]  # the body is not echoed back
     assert nul.json()["detail"][0]["msg"] == "must not contain NUL (\\u0000) characters"
+
+
+async def test_template_text_with_control_characters_is_422(client: httpx.AsyncClient) -> None:
+    created = await client.post(f"{T}/", json={"name": "fine", "body": "Hi ((name)),\n\tsee you.\r\n"})
+    bells = await client.post(f"{T}/", json={"name": "bells", "body": "\u0007" * 10_000})
+    escape = await client.put(f"{T}/{created.json()['id']}", json={"subject": "\u001b[31mred", "body": "x"})
+    c1 = await client.post(f"{T}/", json={"name": "c1", "body": "next\u0085line"})
+
+    assert created.status_code == 201
+    assert bells.status_code == escape.status_code == c1.status_code == 422
+    assert bells.json()["detail"][0]["loc"] == ["body", "body"]
+    assert escape.json()["detail"][0]["loc"] == ["body", "subject"]
+    assert bells.json()["detail"][0]["msg"].startswith("must not contain control characters")
+    assert (await client.get(f"{T}/{created.json()['id']}")).json()["version"] == 1
