@@ -87,7 +87,7 @@ class UnsupportedMediaTypeError(ApiError):
 
 
 class PayloadTooLargeError(ApiError):
-    """The request body is larger than MAX_BODY_BYTES."""
+    """The request body is larger than MAX_BODY_BYTES, or what it would queue is larger than MAX_QUEUED_BYTES."""
 
     status_code = 413
 

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     max_personalization_key_length: int = Field(128, ge=1)
     max_personalization_value_length: int = Field(4096, ge=1)
     max_rendered_length: int = Field(20_000, ge=1)
+    max_queued_bytes: int = Field(8 * 1024 * 1024, ge=1024)
 
     # Redis behaviour.
     redis_timeout_seconds: float = Field(5.0, gt=0)

@@ -24,7 +24,7 @@ from starlette.types import Receive
 
 from api.auth import service_for
 from api.body import read_json_body
-from api.errors import NotFoundError
+from api.errors import NotFoundError, PayloadTooLargeError
 from api.template_cache import TemplateCache, TemplateVersion
 from shared import keys, queries
 from shared.codec import encode_notification, join_array
@@ -39,6 +39,7 @@ from shared.schemas import (
     limited_notification,
     notification_list,
 )
+from shared.settings import Settings
 from shared.templating import render
 
 # The handlers take only the request: FastAPI's dependency injection costs more per request than the whole
@@ -52,7 +53,7 @@ _ERROR = {"content": {JSON: {"example": {"detail": "..."}}}}
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"description": "Missing, unknown or revoked API key", **_ERROR}}
 _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     **_AUTH_ERRORS,
-    413: {"description": "Body larger than MAX_BODY_BYTES", **_ERROR},
+    413: {"description": "Body larger than MAX_BODY_BYTES, or notifications larger than MAX_QUEUED_BYTES", **_ERROR},
     415: {"description": "Body is not JSON", **_ERROR},
     503: {"description": "Redis unavailable; retry after `Retry-After` seconds", **_ERROR},
 }
@@ -124,7 +125,7 @@ def _accept(
     items: list[NotificationIn],
     service: str,
     templates: list[TemplateVersion | None],
-    max_rendered: int,
+    settings: Settings,
     *,
     listed: bool,
 ) -> tuple[str, list[str], list[bytes]]:
@@ -133,11 +134,15 @@ def _accept(
     Returns the request's id stem, the ids and the documents.
 
     Raises:
-        RequestValidationError: a rendered subject and body together are longer than `max_rendered` (422).
+        RequestValidationError: a rendered subject and body together are longer than MAX_RENDERED_LENGTH (422).
+        PayloadTooLargeError: the documents add up to more than MAX_QUEUED_BYTES (413); checked as they are
+            made, so an oversized request stops there.
     """
+    max_rendered, max_queued = settings.max_rendered_length, settings.max_queued_bytes
     now = datetime.now(UTC).isoformat()  # formatted once for the whole request
     stem, ids = request_ids(len(items))
     docs = []
+    queued = 0
     for notification_id, item, template in zip(ids, items, templates, strict=True):
         values = item.personalization or {}
         if template is None:
@@ -167,6 +172,13 @@ def _accept(
                     body=body,
                 )
             )
+        queued += len(docs[-1])
+        if queued > max_queued:
+            # Characters are bounded per item, bytes per request: escaping and templates multiply the body's size
+            raise PayloadTooLargeError(
+                f"the request's notifications, rendered and encoded, would queue more than "
+                f"MAX_QUEUED_BYTES={max_queued} bytes"
+            )
     return stem, ids, docs
 
 
@@ -195,7 +207,7 @@ async def _ingest(
         raise _body_error(exc) from None
     resolved = await _templates_for(items, service_id, state.templates, listed=listed)
     service = str(service_id)
-    stem, ids, docs = _accept(items, service, resolved, settings.max_rendered_length, listed=listed)
+    stem, ids, docs = _accept(items, service, resolved, settings, listed=listed)
     entry = join_array(docs)
     await state.writer.write(entry, keys.request_key(service, stem), request_id)
     ACCEPTED.inc(len(ids))

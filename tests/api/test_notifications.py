@@ -8,10 +8,12 @@ import httpx
 import orjson
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import keys
+from shared import keys, queries
 from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
 from shared.settings import Settings
+from shared.tenancy import new_id, utc_now
 from tests.conftest import Tenant
 
 BASE = "/notifications/v1"
@@ -281,3 +283,49 @@ async def test_huge_numbers_are_reported_not_crashed_on(client: httpx.AsyncClien
 
     assert response.status_code == 422
     assert response.json()["detail"]
+
+
+async def _template(client: httpx.AsyncClient, engine: AsyncEngine, tenant: Tenant, body: str) -> str:
+    """A template of `tenant`'s service; stored directly when the API would refuse its text (made before it did)."""
+    response = await client.post("/templates/v1/", json={"name": "t", "body": body})
+    if response.status_code == 201:
+        return str(response.json()["id"])
+    template_id = new_id()
+    async with engine.begin() as conn:
+        await queries.insert_template(conn, template_id, tenant.service_id, "t", None, body, utc_now())
+    return str(template_id)
+
+
+@pytest.mark.parametrize(
+    "template_body",
+    ["((v))" + "x" * 19_000, "\u0001" * 3_000 + "((v))"],
+    ids=["long-template", "control-characters-stored-before-they-were-refused"],
+)
+async def test_a_request_queuing_more_than_max_queued_bytes_gets_413(
+    client: httpx.AsyncClient, redis: Redis, engine: AsyncEngine, tenant: Tenant, settings: Settings, template_body: str
+) -> None:
+    # a 90 KB body that templates would turn into ~19 MB of JSON in Redis, in the response and in a worker
+    template_id = await _template(client, engine, tenant, template_body)
+    items = [{"to": f"r{i}", "template_id": template_id, "personalization": {"v": "!"}} for i in range(1000)]
+
+    response = await client.post(f"{BASE}/multiple", json=items)
+
+    assert response.status_code == 413
+    assert f"MAX_QUEUED_BYTES={settings.max_queued_bytes}" in response.json()["detail"]
+    assert await redis.exists(keys.STREAM) == 0
+    assert await redis.keys(keys.CACHE_PREFIX + "*") == []
+
+
+async def test_a_full_multiple_of_templated_notifications_fits_max_queued_bytes(
+    client: httpx.AsyncClient, engine: AsyncEngine, tenant: Tenant, settings: Settings
+) -> None:
+    template_id = await _template(client, engine, tenant, "Dear ((name)), " + "lorem ipsum " * 330)  # ~4,000 chars
+    items = [
+        {"to": f"user{i}@example.com", "template_id": template_id, "personalization": {"name": f"Name {i}"}}
+        for i in range(settings.max_batch_items)
+    ]
+
+    response = await client.post(f"{BASE}/multiple", json=items)
+
+    assert response.status_code == 201
+    assert 4_000_000 < len(response.content) < settings.max_queued_bytes / 1.5
