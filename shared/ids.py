@@ -36,3 +36,8 @@ def stem_and_index(notification_id: UUID | str) -> tuple[str, int]:
     """Return the request stem (hex) and the position in the request of a notification id."""
     raw = (notification_id if isinstance(notification_id, UUID) else UUID(notification_id)).bytes
     return raw[:STEM_BYTES].hex(), int.from_bytes(raw[STEM_BYTES:], "big")
+
+
+def notification_id_at(stem: str, index: int) -> str:
+    """Return the id (canonical string) of the notification at `index` of the request with this stem (hex)."""
+    return f"{stem[0:8]}-{stem[8:12]}-{stem[12:16]}-{stem[16:20]}-{stem[20:26]}{index:06x}"

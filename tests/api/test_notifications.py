@@ -329,3 +329,52 @@ async def test_a_full_multiple_of_templated_notifications_fits_max_queued_bytes(
 
     assert response.status_code == 201
     assert 4_000_000 < len(response.content) < settings.max_queued_bytes / 1.5
+
+
+#: Personalization values that look like the JSON around them: our own separators, quotes, escapes, unicode.
+NASTY = ['{"id":"', ',{"id":"', '"}', "\\", '\\"', '"],[', "ünïcødé ✓ 😀", "\t\r\n", "]", "{}"]
+
+
+async def test_get_of_one_of_many_is_exactly_the_posted_document(
+    client: httpx.AsyncClient, engine: AsyncEngine, tenant: Tenant
+) -> None:
+    template_id = await _template(client, engine, tenant, 'He said "((v))" \\ ((id))')
+    posted = await client.post(
+        f"{BASE}/multiple",
+        json=[
+            {
+                "to": f'"{i}\\',
+                "personalization": {"id": f',{{"id":"{NASTY[i % len(NASTY)]}', "v": NASTY[-1 - i % len(NASTY)]},
+                **({"template_id": template_id} if i % 2 else {}),
+            }
+            for i in range(25)
+        ],
+    )
+    assert posted.status_code == 201
+    docs = orjson.loads(posted.content)
+    # each document's id is followed in the array by its template's id and a personalization key "id"
+    assert posted.content.count(b'{"id":"') == 25 + 12 + 25
+
+    for index in (0, 1, 12, 23, 24):
+        fetched = await client.get(f"{BASE}/{docs[index]['id']}")
+        assert fetched.status_code == 200
+        assert fetched.content == orjson.dumps(docs[index])  # byte for byte what parsing the array gave
+
+
+async def test_get_of_one_of_many_does_not_parse_the_requests_array(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    posted = await client.post(f"{BASE}/multiple", json=[{"to": f"r{i}"} for i in range(200)])
+    parsed: list[int] = []
+    loads = orjson.loads
+
+    def counting_loads(data: bytes | str) -> object:
+        parsed.append(len(data))
+        return loads(data)
+
+    monkeypatch.setattr(orjson, "loads", counting_loads)
+    fetched = await client.get(f"{BASE}/{posted.json()[100]['id']}")
+
+    assert fetched.status_code == 200
+    assert fetched.json() == posted.json()[100]
+    assert [size for size in parsed if size >= len(posted.content)] == []  # the array was searched, not parsed
