@@ -32,12 +32,15 @@ from shared.metrics import BACKLOG
 #: How old the known backlog length may be before a refused write reads it again.
 BACKLOG_RECHECK_SECONDS = 1.0
 
-# KEYS: the stream, then one cache key per request; ARGV: each request's entry and request id, in turn.
+# KEYS: the stream, then one cache key per request; ARGV: each request's entry and request id, in turn. The stream
+# entry also records the entry's length in bytes, so that the drain fetches a batch in parts of bounded size.
 FLUSH = f"""
 local key_field, request_id_field = '{keys.STREAM_KEY_FIELD.decode()}', '{keys.REQUEST_ID_FIELD.decode()}'
+local size_field = '{keys.STREAM_SIZE_FIELD.decode()}'
 for i = 2, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[2 * i - 3])
-  redis.call('XADD', KEYS[1], '*', key_field, KEYS[i], request_id_field, ARGV[2 * i - 2])
+  local entry = ARGV[2 * i - 3]
+  redis.call('SET', KEYS[i], entry)
+  redis.call('XADD', KEYS[1], '*', key_field, KEYS[i], request_id_field, ARGV[2 * i - 2], size_field, #entry)
 end
 return redis.call('XLEN', KEYS[1])
 """

@@ -86,8 +86,9 @@ async def fill(redis: Redis, total: int, per_entry: int) -> None:
                 for n in range(start, min(start + per_entry, total))
             ]
             cache_key = keys.cache_key(SERVICE_ID, str(orjson.loads(docs[0])["id"]))
-            pipe.set(cache_key, join_array(docs))
-            pipe.xadd(keys.STREAM, {keys.STREAM_KEY_FIELD: cache_key})
+            payload = join_array(docs)
+            pipe.set(cache_key, payload)
+            pipe.xadd(keys.STREAM, {keys.STREAM_KEY_FIELD: cache_key, keys.STREAM_SIZE_FIELD: len(payload)})
             if len(pipe) >= 400:
                 await pipe.execute()
         await pipe.execute()

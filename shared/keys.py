@@ -16,6 +16,10 @@ STREAM_FIELD = b"n"
 STREAM_KEY_FIELD = b"k"
 #: Field of a stream entry holding the id of the HTTP request that made it (for the logs).
 REQUEST_ID_FIELD = b"r"
+#: Field of a stream entry holding the length in bytes of the JSON its cache key holds, so that the drain can fetch
+#: a batch in parts of at most DRAIN_BATCH_BYTES without fetching it first. Entries written by an older API lack
+#: it: the drain asks Redis (STRLEN).
+STREAM_SIZE_FIELD = b"s"
 #: Consumer group of the drain workers.
 GROUP = "notify:drain"
 #: Cache of one request's notifications (the JSON array the API answered with), read by GET until (and shortly

@@ -1,15 +1,16 @@
 """The drain: stream → Postgres. Read a batch through the consumer group → insert idempotently → ack.
 
-Each worker process is one consumer of the group, so concurrent workers never get the same new entry. An entry
-names the cache key holding its request's JSON, fetched with MGET (entries carrying the JSON inline are taken
-too). A batch is stored in one transaction (several, past DRAIN_BATCH_BYTES), and only then acknowledged and
-deleted from the stream, with its cache keys given CACHE_TTL_SECONDS to live. New entries go in by binary COPY
-(the fast path); if any of their notifications is stored already (a redelivery), or for entries reclaimed from
-another consumer, the batch is stored by the idempotent insert (`ON CONFLICT DO NOTHING` on the notification id)
+Each worker process is one consumer of the group, so concurrent workers never get the same new entry. An entry names
+the cache key holding its request's JSON and declares that JSON's size (entries carrying the JSON inline are taken
+too). A batch is fetched (MGET) and stored in parts of at most DRAIN_BATCH_BYTES of JSON, one transaction each, a
+part fetched only once the one before is stored and released; each part is acknowledged and deleted from the stream
+once its transaction committed, with its cache keys given CACHE_TTL_SECONDS to live. New entries go in by binary
+COPY (the fast path); if any of their notifications is stored already (a redelivery), or for entries reclaimed from
+another consumer, the part is stored by the idempotent insert (`ON CONFLICT DO NOTHING` on the notification id)
 instead. A worker that dies between the two leaves its entries pending; another worker reclaims them after
-RECLAIM_IDLE_MS (XAUTOCLAIM) and stores them again, which inserts nothing twice. Postgres being down is retried
-with capped backoff, holding the batch; an entry that cannot be decoded or stored (bad data, not an outage) is
-isolated by splitting the batch and moved to the dead-letter stream, so it never blocks the rest.
+RECLAIM_IDLE_MS (XAUTOCLAIM) and stores them again, which inserts nothing twice. Postgres being down is retried with
+capped backoff, holding the batch; an entry that cannot be decoded or stored (bad data, not an outage) is isolated
+by splitting the batch and moved to the dead-letter stream, so it never blocks the rest.
 """
 
 import asyncio
@@ -107,14 +108,30 @@ class Fetched:
     payload: bytes | None
     cache_key: str | None  # the key the entry named (None: an inline entry, or no fields at all)
     request_id: str
+    size: int | None = 0  # bytes of its JSON, as the entry declares it (None: not declared, ask Redis)
 
 
-def _parts_by_bytes(fetched: list[Fetched], limit: int) -> Iterator[list[Fetched]]:
-    """Split entries, in order, into runs whose payloads add up to at most `limit` bytes (at least one entry)."""
+def _described(raw: list[RawEntry]) -> list[Fetched]:
+    """What each stream entry says: the cache key it names (or its inline JSON), its request id, its JSON's size."""
+    described = []
+    for entry_id, fields in raw:
+        fields = fields or {}  # Redis < 7 returns an entry deleted meanwhile with no fields
+        request_id = fields.get(keys.REQUEST_ID_FIELD, b"").decode(errors="replace")
+        key, inline = fields.get(keys.STREAM_KEY_FIELD), fields.get(keys.STREAM_FIELD)
+        entry = Fetched(entry_id, inline, key.decode() if key else None, request_id, len(inline or b""))
+        if entry.cache_key is not None:
+            declared = fields.get(keys.STREAM_SIZE_FIELD, b"")
+            entry.size = int(declared) if declared.isdigit() else None  # written by an older API: unknown
+        described.append(entry)
+    return described
+
+
+def _parts_by_bytes(entries: list[Fetched], limit: int) -> Iterator[list[Fetched]]:
+    """Split entries, in order, into runs whose JSON adds up to at most `limit` bytes (at least one entry each)."""
     part: list[Fetched] = []
     size = 0
-    for entry in fetched:
-        length = len(entry.payload or b"")
+    for entry in entries:
+        length = entry.size or 0
         if part and size + length > limit:
             yield part
             part, size = [], 0
@@ -122,6 +139,12 @@ def _parts_by_bytes(fetched: list[Fetched], limit: int) -> Iterator[list[Fetched
         size += length
     if part:
         yield part
+
+
+def _release(part: list[Fetched]) -> None:
+    """Drop a part's JSON once it is stored, before the next part is fetched (the entries outlive the part)."""
+    for entry in part:
+        entry.payload = None
 
 
 def consumer_name() -> str:
@@ -202,9 +225,12 @@ class Drain:
         over = [(entry_id, fields) for entry_id, fields in claimed if deliveries.get(entry_id, 0) > limit]
         if not over:
             return claimed
-        for fetched in await self._fetch(over):
-            error = f"delivered {deliveries[fetched.entry_id]} times (MAX_DELIVERIES={limit}): it may crash workers"
-            await self._dead_letter(fetched.entry_id, fetched.payload or b"", error, fetched.request_id)
+        for part in _parts_by_bytes(await self._sized(over), self.settings.drain_batch_bytes):
+            await self._fetch(part)
+            for fetched in part:
+                error = f"delivered {deliveries[fetched.entry_id]} times (MAX_DELIVERIES={limit}): it may crash workers"
+                await self._dead_letter(fetched.entry_id, fetched.payload or b"", error, fetched.request_id)
+            _release(part)
         buried = {entry_id for entry_id, _ in over}
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(keys.STREAM, keys.GROUP, *buried)
@@ -215,37 +241,46 @@ class Drain:
     async def drain_batch(self, raw: list[RawEntry], redelivered: bool = False) -> int:
         """Store a batch of stream entries, then ack them; return how many notifications were new rows.
 
-        The batch is stored in transactions of at most DRAIN_BATCH_BYTES of payload (at least one entry each),
-        each acknowledged when it committed: only one such part is held decoded at a time, however large the
-        requests were. `redelivered` says the entries may have been stored before (reclaimed from another
-        consumer), so the idempotent insert is used straight away. Python's cyclic garbage collector is paused
-        meanwhile (shared/heap.py: decoded batches hold no cycles, and collections walking them cost ~40 % of
-        the drain's CPU).
+        The batch is fetched and stored in parts of at most DRAIN_BATCH_BYTES of JSON (at least one entry each), by the
+        sizes the entries declare; each part is one transaction, acknowledged when it committed, and released before the
+        next part is fetched: only one part's JSON is held, raw and decoded, at a time, however large the requests and
+        however many the batch holds. `redelivered` says the entries may have been stored before (reclaimed from another
+        consumer), so the idempotent insert is used straight away. Python's cyclic garbage collector is paused meanwhile
+        (shared/heap.py: decoded batches hold no cycles, and collections walking them cost ~40 % of the drain's CPU).
         """
         stored = 0
         with collector_paused():
-            for part in _parts_by_bytes(await self._fetch(raw), self.settings.drain_batch_bytes):
+            for part in _parts_by_bytes(await self._sized(raw), self.settings.drain_batch_bytes):
+                await self._fetch(part)
                 stored += await self._drain_part(part, redelivered)
+                _release(part)
         return stored
 
-    async def _fetch(self, raw: list[RawEntry]) -> list[Fetched]:
-        """Pair each entry with its request's JSON: one MGET per FETCH_CHUNK cache keys the entries name."""
-        fetched: list[Fetched] = []
-        named: list[tuple[Fetched, str]] = []
-        for entry_id, fields in raw:
-            fields = fields or {}  # Redis < 7 returns an entry deleted meanwhile with no fields
-            request_id = fields.get(keys.REQUEST_ID_FIELD, b"").decode(errors="replace")
-            key = fields.get(keys.STREAM_KEY_FIELD)
-            entry = Fetched(entry_id, fields.get(keys.STREAM_FIELD), key.decode() if key else None, request_id)
-            fetched.append(entry)
-            if entry.cache_key is not None:
-                named.append((entry, entry.cache_key))
+    async def _sized(self, raw: list[RawEntry]) -> list[Fetched]:
+        """Describe the entries (`_described`), asking Redis the size of JSON the entry does not declare (STRLEN).
+
+        The API declares each entry's size in the entry; entries written by an older API do not, and are measured
+        in one round trip, so that no part is fetched without knowing its size.
+        """
+        entries = _described(raw)
+        unknown = [(entry, entry.cache_key) for entry in entries if entry.size is None and entry.cache_key]
+        if unknown:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for _, key in unknown:
+                    pipe.strlen(key)
+                lengths = await pipe.execute(raise_on_error=False)
+            for (entry, _), length in zip(unknown, lengths, strict=True):
+                entry.size = length if isinstance(length, int) else 0  # not a string: MGET finds no JSON there
+        return entries
+
+    async def _fetch(self, part: list[Fetched]) -> None:
+        """Fetch the JSON of the entries that name a cache key: one MGET per FETCH_CHUNK keys."""
+        named = [(entry, entry.cache_key) for entry in part if entry.cache_key is not None]
         for start in range(0, len(named), FETCH_CHUNK):
             chunk = named[start : start + FETCH_CHUNK]
             payloads = await self.redis.mget([key for _, key in chunk])
             for (entry, _), payload in zip(chunk, payloads, strict=True):
                 entry.payload = payload
-        return fetched
 
     async def _drain_part(self, part: list[Fetched], redelivered: bool) -> int:
         """Store some stream entries in one transaction, then ack them; return how many rows were new."""

@@ -56,7 +56,9 @@ async def test_post_queues_one_stream_entry_and_a_cache_key(
     cache_key = keys.cache_key(str(tenant.service_id), created["id"])
     assert entries[0][1][keys.STREAM_KEY_FIELD] == cache_key.encode()  # the entry names the key...
     assert keys.STREAM_FIELD not in entries[0][1]  # ...and the JSON is kept once, there
-    assert orjson.loads(await redis.get(cache_key)) == [created]
+    cached = await redis.get(cache_key)
+    assert orjson.loads(cached) == [created]
+    assert entries[0][1][keys.STREAM_SIZE_FIELD] == str(len(cached)).encode()  # its size, for the drain's parts
     assert await redis.ttl(cache_key) == -1  # no expiry before it is stored
 
 

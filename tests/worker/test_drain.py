@@ -207,6 +207,51 @@ async def test_a_large_batch_is_stored_in_parts_of_at_most_drain_batch_bytes(
     assert (await redis.xpending(keys.STREAM, keys.GROUP))["pending"] == 0
 
 
+@pytest.mark.parametrize("declared", [True, False], ids=["sizes-declared", "entries-of-an-older-api"])
+async def test_a_batch_is_fetched_part_by_part_each_once_the_one_before_is_stored(
+    client: httpx.AsyncClient,
+    redis: Redis,
+    engine: AsyncEngine,
+    drain: Drain,
+    monkeypatch: pytest.MonkeyPatch,
+    declared: bool,
+) -> None:
+    for request in range(6):
+        items = [{"to": f"r{request}-{i}", "personalization": {"i": str(i)}} for i in range(10)]
+        assert (await client.post(f"{BASE}/multiple", json=items)).status_code == 201
+    written = await redis.xrange(keys.STREAM)
+    sizes = [len(payload) for payload in await redis.mget([fields[keys.STREAM_KEY_FIELD] for _, fields in written])]
+    assert [int(fields[keys.STREAM_SIZE_FIELD]) for _, fields in written] == sizes
+    if not declared:  # as an older API wrote them: the drain has to ask Redis for the sizes
+        await redis.delete(keys.STREAM)
+        for _, fields in written:
+            await redis.xadd(
+                keys.STREAM, {name: value for name, value in fields.items() if name != keys.STREAM_SIZE_FIELD}
+            )
+        await drain.ensure_group()
+    limit = 2 * max(sizes)  # two requests per part
+    parted = Drain(redis, engine, drain.settings.model_copy(update={"drain_batch_bytes": limit}), "parted")
+    fetches: list[tuple[int, int]] = []  # per MGET: rows stored before it, bytes it fetched
+    mget = redis.mget
+
+    async def counting_mget(names: list[str]) -> list[bytes | None]:
+        stored_before = await count_rows(engine)
+        payloads = await mget(names)
+        fetches.append((stored_before, sum(len(payload or b"") for payload in payloads)))
+        return payloads
+
+    monkeypatch.setattr(redis, "mget", counting_mget)
+    batch = await parted.read_new()
+    assert len(batch) == 6
+    assert await parted.drain_batch(batch) == 60
+
+    assert [stored_before for stored_before, _ in fetches] == [0, 20, 40]  # fetched after the part before it
+    assert all(fetched <= limit for _, fetched in fetches)
+    assert await count_rows(engine) == 60
+    assert await redis.xlen(keys.STREAM) == 0
+    assert (await redis.xpending(keys.STREAM, keys.GROUP))["pending"] == 0
+
+
 async def test_only_idle_consumers_with_nothing_pending_are_forgotten(
     client: httpx.AsyncClient, redis: Redis, drain: Drain
 ) -> None:
