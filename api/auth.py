@@ -2,7 +2,10 @@
 
 The key check sits on the hot path, so verified keys (and refused ones) are remembered in-process for
 AUTH_CACHE_SECONDS: a revoked key stops working within that bound. Past the in-process cache the key is looked up
-in Redis (the registry of valid keys), and only then in Postgres.
+in Redis (the registry of valid keys, `shared.tenancy`), which answers for every key once complete.
+
+A token not shaped like a key is refused before any lookup; the cache holds keys' hashes (fixed size, and no
+secret kept in memory), at most `max_entries` of them.
 """
 
 import secrets
@@ -16,30 +19,34 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import State
 
 from api.errors import AdminDisabledError, UnauthorizedError
-from shared import tenancy
+from shared import apikeys, tenancy
 
 
 class KeyCache:
-    """Bounded in-process memory of recent key checks: key → (service id or None, expiry)."""
+    """Bounded in-process memory of recent key checks: key hash → (service id or None, expiry)."""
 
     def __init__(self, ttl_seconds: float, max_entries: int = 10_000) -> None:
         self.ttl = ttl_seconds
         self.max_entries = max_entries
         self._entries: OrderedDict[str, tuple[UUID | None, float]] = OrderedDict()
 
-    def get(self, key: str) -> tuple[bool, UUID | None]:
+    def __len__(self) -> int:
+        """How many outcomes are remembered."""
+        return len(self._entries)
+
+    def get(self, key_hash: str) -> tuple[bool, UUID | None]:
         """Return (known, service id); known is False when the key must be looked up."""
-        entry = self._entries.get(key)
+        entry = self._entries.get(key_hash)
         if entry is None or entry[1] < time.monotonic():
             return False, None
         return True, entry[0]
 
-    def put(self, key: str, service_id: UUID | None) -> None:
+    def put(self, key_hash: str, service_id: UUID | None) -> None:
         """Remember the outcome of a lookup for the TTL, evicting the oldest entries past the size bound."""
         if self.ttl <= 0:
             return
-        self._entries[key] = (service_id, time.monotonic() + self.ttl)
-        self._entries.move_to_end(key)
+        self._entries[key_hash] = (service_id, time.monotonic() + self.ttl)
+        self._entries.move_to_end(key_hash)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
@@ -67,16 +74,19 @@ async def service_for(state: State, authorization: str | None) -> UUID:
     is the same check as a dependency, which also documents the scheme in OpenAPI.
 
     Raises:
-        UnauthorizedError: no key, an unknown key or a revoked key (401).
+        UnauthorizedError: no key, a malformed, unknown or revoked key (401).
     """
     key = bearer_token(authorization)
     if key is None:
         raise UnauthorizedError("missing API key: send `Authorization: Bearer <api key>`")
+    if not apikeys.looks_like_key(key):
+        raise UnauthorizedError("malformed API key: keys are `nk_` and 43 URL-safe characters")
+    key_hash = apikeys.hash_key(key)
     cache: KeyCache = state.key_cache
-    known, service_id = cache.get(key)
+    known, service_id = cache.get(key_hash)
     if not known:
-        service_id = await tenancy.service_for_key(state.engine, state.redis, key)
-        cache.put(key, service_id)
+        service_id = await tenancy.service_for_hash(state.engine, state.redis, key_hash)
+        cache.put(key_hash, service_id)
     if service_id is None:
         raise UnauthorizedError("invalid or revoked API key")
     return service_id

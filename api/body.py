@@ -5,7 +5,7 @@ dict-then-validate body handling, which costs twice as much per request.
 """
 
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import PayloadTooLargeError, UnsupportedMediaTypeError, error_response
 
@@ -19,7 +19,8 @@ async def read_json_body(content_type: str | None, receive: Receive, max_bytes: 
     """Return the body of a JSON request, read straight from the ASGI `receive`.
 
     A missing Content-Type is taken as JSON; any other type than JSON is refused. A declared Content-Length over
-    `max_bytes` was refused before (`BodyLimitMiddleware`); this counts the bytes as they come.
+    `max_bytes` was refused before (`BodyLimitMiddleware`); this counts the bytes as they come, so that the route
+    stops reading as soon as the limit is passed.
 
     Raises:
         UnsupportedMediaTypeError: the Content-Type is not JSON (415).
@@ -44,21 +45,85 @@ async def read_json_body(content_type: str | None, receive: Receive, max_bytes: 
 
 
 class BodyLimitMiddleware:
-    """Refuses, before any route or authentication runs, a request whose Content-Length is over MAX_BODY_BYTES.
+    """Bounds every request, on every route, before any route or authentication runs.
 
-    The notification routes also count the bytes of bodies sent without a length (`read_json_body`).
+    - Headers larger than MAX_HEADER_BYTES in total: 431 (uvicorn's httptools parser has no limit of its own).
+    - A declared Content-Length over MAX_BODY_BYTES: 413 before a byte of the body is read.
+    - A body without a length (chunked): its bytes are counted as the app reads them; once past MAX_BODY_BYTES the
+      client gets 413 at once and the app sees the client leave (`http.disconnect`), so no route ever holds more
+      than the limit, whatever it does with its body. The notification routes count too (`read_json_body`).
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer 413 to an oversized declared body, else pass the request on."""
-        if scope["type"] == "http":
-            limit: int = scope["app"].state.settings.max_body_bytes
-            for name, value in scope.get("headers", ()):
-                if name == b"content-length" and value.isdigit() and int(value) > limit:
-                    response = error_response(f"request body is larger than {limit} bytes", 413)
-                    await response(scope, receive, send)
+        """Answer 431 or 413 to an oversized request, else pass it on (counting a chunked body's bytes)."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        settings = scope["app"].state.settings
+        limit: int = settings.max_body_bytes
+        header_bytes = 0
+        declared = False
+        for name, value in scope["headers"]:
+            header_bytes += len(name) + len(value)
+            if name == b"content-length":
+                declared = True
+                if not value.isdigit() or int(value) > limit:  # uvicorn refuses a malformed length before us
+                    await _refuse(scope, receive, send, f"request body is larger than {limit} bytes", 413)
                     return
-        await self.app(scope, receive, send)
+        if header_bytes > settings.max_header_bytes:
+            detail = f"request headers are larger than {settings.max_header_bytes} bytes (MAX_HEADER_BYTES)"
+            await _refuse(scope, receive, send, detail, 431)
+            return
+        if declared or scope["method"] in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        await _CountedBody(self.app, limit)(scope, receive, send)
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, detail: str, status: int) -> None:
+    await error_response(detail, status)(scope, receive, send)
+
+
+class _CountedBody:
+    """One request whose body has no declared length: counts its bytes, answers 413 once past the limit."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.size = 0
+        self.refused = False  # the 413 went out: whatever the app sends afterwards is dropped
+        self.started = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app with a counting `receive` and a `send` that the 413 can pre-empt."""
+
+        async def counted_receive() -> Message:
+            if self.refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                self.size += len(message.get("body", b""))
+                if self.size > self.limit:
+                    self.refused = True
+                    if not self.started:
+                        await error_response(f"request body is larger than {self.limit} bytes", 413)(
+                            scope, receive, send
+                        )
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if self.refused:
+                return
+            if message["type"] == "http.response.start":
+                self.started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except ClientDisconnect:
+            if not self.refused:
+                raise

@@ -6,15 +6,22 @@ characters (`prefix`) are kept in clear so that people can tell their keys apart
 """
 
 import hashlib
+import re
 import secrets
 
 KEY_PREFIX = "nk_"
 SHOWN_PREFIX_LENGTH = 10
+_KEY_SHAPE = re.compile(KEY_PREFIX + r"[A-Za-z0-9_-]{43}")
 
 
 def new_key() -> str:
     """Return a new random API key."""
     return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def looks_like_key(token: str) -> bool:
+    """Return True if `token` has the shape of a key this service issues (checked before any lookup)."""
+    return _KEY_SHAPE.fullmatch(token) is not None
 
 
 def hash_key(key: str) -> str:

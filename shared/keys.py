@@ -45,3 +45,6 @@ DEAD_LETTER_STREAM = "notify:dead"
 #: Hash of the API keys that are valid now: field = SHA-256 of the key, value = service id. The API checks it
 #: before Postgres (so ingestion keeps going while Postgres is down); revoking a key deletes its field.
 API_KEYS_HASH = "notify:apikeys"
+#: Field of API_KEYS_HASH present once the hash holds every valid key (loaded from Postgres): from then on a key
+#: not in the hash is refused without asking Postgres. Lost with the hash (a Redis without persistence restarted).
+API_KEYS_COMPLETE_FIELD = "complete"

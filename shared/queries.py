@@ -203,10 +203,16 @@ async def revoke_api_key(conn: AsyncConnection, service_id: UUID, key_id: UUID, 
     return (await conn.execute(query, {"id": key_id, "service_id": service_id, "now": now})).one_or_none()
 
 
-async def find_api_key(conn: AsyncConnection, secret_hash: str) -> Row[Any] | None:
-    """Return the key with this hash (id, service_id, revoked_at), or None."""
-    query = text("SELECT id, service_id, revoked_at FROM api_keys WHERE secret_hash = :secret_hash")
-    return (await conn.execute(query, {"secret_hash": secret_hash})).one_or_none()
+async def valid_api_keys(conn: AsyncConnection) -> list[Row[Any]]:
+    """Return (secret_hash, service_id) of every key not revoked."""
+    query = text("SELECT secret_hash, service_id FROM api_keys WHERE revoked_at IS NULL")
+    return list(await conn.execute(query))
+
+
+async def revoked_api_key_hashes(conn: AsyncConnection) -> list[str]:
+    """Return the hashes of every revoked key."""
+    query = text("SELECT secret_hash FROM api_keys WHERE revoked_at IS NOT NULL")
+    return list((await conn.execute(query)).scalars())
 
 
 # --- templates ------------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     # Request limits (clients get a 4xx JSON error past them).
     max_batch_items: int = Field(1000, ge=1, le=100_000)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(16 * 1024, ge=1024)
     max_to_length: int = Field(320, ge=1)
     max_personalization_keys: int = Field(50, ge=0)
     max_personalization_key_length: int = Field(128, ge=1)

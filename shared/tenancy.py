@@ -1,11 +1,19 @@
 """Services (tenants) and their API keys: the operations behind the admin routes, the CLI and `make run`.
 
 Postgres is the record; the hash `keys.API_KEYS_HASH` in Redis mirrors the valid keys so that the API can check a
-key without Postgres. Creating a key writes both; revoking removes the Redis field before the revocation
-commits, so a revoked key can never stay valid in Redis.
+key without Postgres. Creating a key registers it in Redis before its row commits (a Redis that cannot be reached
+fails the creation: nothing is made); revoking removes the Redis field before the revocation commits and again
+after, so a revoked key can never stay valid in Redis.
+
+Once the hash holds every valid key it carries the field `keys.API_KEYS_COMPLETE_FIELD`, and a key not in it is
+refused without a Postgres query: random keys cost one Redis lookup, never a database connection. A hash without
+the field (a Redis without persistence restarted, or a database from before the field existed) is loaded again
+from Postgres on the first miss, once per process at a time.
 """
 
+import asyncio
 import logging
+import weakref
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,7 +22,6 @@ from uuid import UUID
 
 import uuid_utils
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -38,6 +45,32 @@ async def _register(redis: Redis, secret_hash: str, service_id: UUID) -> None:
 
 async def _unregister(redis: Redis, secret_hash: str) -> None:
     await cast(Awaitable[int], redis.hdel(keys.API_KEYS_HASH, secret_hash))
+
+
+#: One registry load at a time per event loop: a burst of unknown keys while the hash is incomplete loads it once.
+_registry_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+REGISTRY_CHUNK = 1000
+
+
+async def load_registry(engine: AsyncEngine, redis: Redis) -> int:
+    """Register every valid key in Redis, then mark the registry complete; return how many keys it holds.
+
+    A key revoked while this runs may have been read as valid: the revoked keys are read again after the
+    registration and removed, before the registry is marked complete (a revocation committed later removes its
+    field itself, after its commit).
+    """
+    async with engine.connect() as conn:
+        valid = await queries.valid_api_keys(conn)
+    for start in range(0, len(valid), REGISTRY_CHUNK):
+        chunk = {row.secret_hash: str(row.service_id) for row in valid[start : start + REGISTRY_CHUNK]}
+        await cast(Awaitable[int], redis.hset(keys.API_KEYS_HASH, mapping=chunk))
+    async with engine.connect() as conn:
+        revoked = await queries.revoked_api_key_hashes(conn)
+    for start in range(0, len(revoked), REGISTRY_CHUNK):
+        await cast(Awaitable[int], redis.hdel(keys.API_KEYS_HASH, *revoked[start : start + REGISTRY_CHUNK]))
+    await cast(Awaitable[int], redis.hset(keys.API_KEYS_HASH, keys.API_KEYS_COMPLETE_FIELD, "1"))
+    logger.info("API key registry loaded into Redis from Postgres: %d valid keys", len(valid))
+    return len(valid)
 
 
 def utc_now() -> datetime:
@@ -66,10 +99,11 @@ class CreatedKey:
 
 
 async def create_api_key(engine: AsyncEngine, redis: Redis, service_id: UUID, name: str) -> CreatedKey:
-    """Create an API key for a service and register it in Redis.
+    """Create an API key for a service, registered in Redis before its row commits.
 
     Raises:
         ServiceNotFoundError: no such service.
+        redis.exceptions.RedisError, OSError: Redis cannot be reached; no key was made.
     """
     secret = apikeys.new_key()
     secret_hash = apikeys.hash_key(secret)
@@ -79,14 +113,9 @@ async def create_api_key(engine: AsyncEngine, redis: Redis, service_id: UUID, na
         record = await queries.insert_api_key(
             conn, new_id(), service_id, name, apikeys.shown_prefix(secret), secret_hash, utc_now()
         )
-    # After the commit. The key exists now and its secret is shown only in this answer, so a Redis failure must
-    # not lose it: the first use of the key finds it in Postgres and registers it then.
-    try:
+        # Before the commit: a complete registry refuses a key it does not hold. Should the commit fail after this,
+        # the field names a secret nobody was ever shown.
         await _register(redis, secret_hash, service_id)
-    except (RedisError, OSError) as exc:
-        logger.warning(
-            "API key %s created but not registered in Redis (%r); its first use registers it", record.id, exc
-        )
     return CreatedKey(record, secret)
 
 
@@ -110,27 +139,29 @@ async def revoke_api_key(engine: AsyncEngine, redis: Redis, service_id: UUID, ke
 
 
 async def service_for_key(engine: AsyncEngine, redis: Redis, secret: str) -> UUID | None:
-    """Return the service a valid (known, unrevoked) key belongs to, or None.
+    """Return the service a valid (known, unrevoked) key belongs to, or None."""
+    return await service_for_hash(engine, redis, apikeys.hash_key(secret))
 
-    Redis first; on a miss (a Redis without persistence lost the hash), Postgres, re-registering the key.
+
+async def service_for_hash(engine: AsyncEngine, redis: Redis, secret_hash: str) -> UUID | None:
+    """Return the service of the valid key with this hash, or None.
+
+    One Redis round trip while the registry is complete; otherwise the registry is loaded from Postgres first.
     """
-    secret_hash = apikeys.hash_key(secret)
-    cached = await cast(Awaitable[bytes | None], redis.hget(keys.API_KEYS_HASH, secret_hash))
-    if cached is not None:
-        return UUID(cached.decode())
-    async with engine.connect() as conn:
-        found = await queries.find_api_key(conn, secret_hash)
-        if found is None or found.revoked_at is not None:
+    for _ in range(2):
+        found, complete = await cast(
+            Awaitable[list[bytes | None]],
+            redis.hmget(keys.API_KEYS_HASH, [secret_hash, keys.API_KEYS_COMPLETE_FIELD]),
+        )
+        if found is not None:
+            return UUID(found.decode())
+        if complete is not None:
             return None
-        await _register(redis, secret_hash, found.service_id)
-        # a revocation that committed before our HSET would be undone by it: look once more
-        again = await queries.find_api_key(conn, secret_hash)
-        await conn.rollback()
-    if again is None or again.revoked_at is not None:
-        await _unregister(redis, secret_hash)
-        return None
-    service_id: UUID = found.service_id
-    return service_id
+        lock = _registry_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+        async with lock:
+            if not await cast(Awaitable[bool], redis.hexists(keys.API_KEYS_HASH, keys.API_KEYS_COMPLETE_FIELD)):
+                await load_registry(engine, redis)
+    return None
 
 
 async def ensure_dev_key(engine: AsyncEngine, redis: Redis, service_name: str, saved: str | None) -> tuple[str, bool]:

@@ -1,12 +1,17 @@
-"""API keys on the notification routes, and the admin routes behind ADMIN_TOKEN."""
+"""API keys on the notification routes, and the admin routes behind ADMIN_TOKEN; limits on what a request may hold."""
+
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import keys, tenancy
+from api.auth import KeyCache
+from shared import apikeys, keys, tenancy
+from shared.db import create_engine
 from shared.embedded import free_port
 from tests.conftest import Tenant, drain_all, make_tenant
 from worker.drain import Drain
@@ -72,22 +77,76 @@ async def test_valid_key_works_when_redis_lost_the_registry(
     response = await anonymous.post(f"{BASE}/", json={"to": "me"}, headers=tenant.headers)
 
     assert response.status_code == 201
-    assert await redis.hlen(keys.API_KEYS_HASH) == 1  # registered again from Postgres
+    registry = await redis.hgetall(keys.API_KEYS_HASH)  # loaded again from Postgres, and marked complete
+    assert registry == {apikeys.hash_key(tenant.key).encode(): str(tenant.service_id).encode(), b"complete": b"1"}
 
 
-async def test_a_key_made_while_redis_is_unreachable_is_still_handed_out_and_works(
-    engine: AsyncEngine, redis: Redis
+async def test_unknown_keys_are_refused_without_postgres_once_the_registry_is_complete(
+    anonymous: httpx.AsyncClient, app: FastAPI, redis: Redis, tenant: Tenant
 ) -> None:
+    assert await tenancy.service_for_key(app.state.engine, redis, apikeys.new_key()) is None  # completes the registry
+    working_engine = app.state.engine
+    app.state.engine = create_engine(f"postgresql://nobody@127.0.0.1:{free_port()}/none")
+    try:
+        unknown = [{"Authorization": f"Bearer {apikeys.new_key()}"} for _ in range(20)]
+        responses = [await anonymous.post(f"{BASE}/", json={"to": "me"}, headers=headers) for headers in unknown]
+        valid = await anonymous.post(f"{BASE}/", json={"to": "me"}, headers=tenant.headers)
+    finally:
+        await app.state.engine.dispose()
+        app.state.engine = working_engine
+
+    assert {response.status_code for response in responses} == {401}  # not 503: Postgres was never asked
+    assert valid.status_code == 201
+
+
+async def test_tokens_not_shaped_like_a_key_are_refused_before_any_lookup_or_caching(
+    anonymous: httpx.AsyncClient, app: FastAPI
+) -> None:
+    malformed = ["nk_short", "nk_" + "a" * 44, "nk_" + "a" * 42 + "!", "x" * 8000, "nk_" + "a" * 43 + " trailing"]
+    working_redis = app.state.redis
+    app.state.redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")  # any lookup would be a 503
+    try:
+        responses = [
+            await anonymous.post(f"{BASE}/", json={"to": "me"}, headers={"Authorization": f"Bearer {token}"})
+            for token in malformed
+        ]
+    finally:
+        await app.state.redis.aclose()
+        app.state.redis = working_redis
+
+    assert [response.status_code for response in responses] == [401] * len(malformed)
+    assert {response.json()["detail"] for response in responses} == {
+        "malformed API key: keys are `nk_` and 43 URL-safe characters"
+    }
+    assert len(app.state.key_cache) == 0
+
+
+def test_the_key_cache_holds_hashes_and_stays_within_its_bound() -> None:
+    cache = KeyCache(60, max_entries=100)
+    for _ in range(1000):
+        cache.put(apikeys.hash_key(apikeys.new_key()), None)
+
+    assert len(cache) == 100
+
+
+@pytest.mark.parametrize("path", [f"{BASE}/", f"{BASE}/{ANY_ID}", "/services/v1/", "/status/heartbeat"])
+async def test_oversized_headers_are_refused_with_431_on_every_route(anonymous: httpx.AsyncClient, path: str) -> None:
+    response = await anonymous.get(path, headers={"Authorization": "Bearer " + "k" * 20_000})
+
+    assert response.status_code == 431
+    assert "MAX_HEADER_BYTES" in response.json()["detail"]
+
+
+async def test_a_key_cannot_be_made_while_redis_is_unreachable(engine: AsyncEngine, redis: Redis) -> None:
     service = await tenancy.create_service(engine, "made during a redis outage")
     unreachable = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
     try:
-        created = await tenancy.create_api_key(engine, unreachable, service.id, "outage")
+        with pytest.raises(RedisConnectionError):
+            await tenancy.create_api_key(engine, unreachable, service.id, "outage")
     finally:
         await unreachable.aclose()
 
-    assert await redis.hlen(keys.API_KEYS_HASH) == 0  # not registered...
-    assert await tenancy.service_for_key(engine, redis, created.secret) == service.id  # ...until its first use
-    assert await redis.hlen(keys.API_KEYS_HASH) == 1
+    assert await tenancy.list_api_keys(engine, service.id) == []  # nothing made: no key the registry would refuse
 
 
 async def test_other_services_notifications_are_404_before_and_after_the_drain(
@@ -170,6 +229,24 @@ async def test_admin_404s(anonymous: httpx.AsyncClient, tenant: Tenant) -> None:
 
     assert missing_service.status_code == 404
     assert missing_key.status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/templates/v1/", "/services/v1/", f"{BASE}/", f"{BASE}/multiple"])
+async def test_a_chunked_body_is_cut_off_at_the_limit_on_every_route(client: httpx.AsyncClient, path: str) -> None:
+    chunk, sent = b" " * 65_536, 0
+
+    async def endless() -> AsyncIterator[bytes]:  # 300 MB if read whole; no Content-Length: chunked
+        nonlocal sent
+        yield b"["
+        for _ in range(300 * 16):
+            sent += len(chunk)
+            yield chunk
+
+    response = await client.post(path, content=endless(), headers={"content-type": "application/json"})
+
+    assert response.status_code == 413
+    assert "larger than 4194304 bytes" in response.json()["detail"]
+    assert sent <= 4 * 1024 * 1024 + 2 * len(chunk)  # reading stopped at the limit
 
 
 @pytest.mark.parametrize("path", ["/templates/v1/", "/services/v1/", f"{BASE}/"])
