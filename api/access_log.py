@@ -14,12 +14,15 @@ import re
 import time
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.metrics import HTTP_REQUESTS
 
 logger = logging.getLogger("api.access")
 _SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+#: The status logged and counted for a request whose client left before the answer (nginx's convention).
+CLIENT_CLOSED = 499
 
 
 def _url(scope: Scope) -> str:
@@ -68,7 +71,10 @@ def request_id(scope: Scope) -> str:
 
 
 class AccessLogMiddleware:
-    """Gives every HTTP request an id (echoed in `X-Request-ID`), counts it, and logs it at INFO."""
+    """Gives every HTTP request an id (echoed in `X-Request-ID`), counts it, and logs it at INFO.
+
+    A request whose client left before it was answered is logged and counted as 499, not as a server error.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -81,7 +87,7 @@ class AccessLogMiddleware:
         start = time.perf_counter()
         rid = request_id(scope)
         scope["notify.request_id"] = rid
-        code = 500
+        code = CLIENT_CLOSED  # no answer sent and no error raised: the client left before it was answered
 
         async def send_with_status(message: Message) -> None:
             nonlocal code
@@ -92,6 +98,12 @@ class AccessLogMiddleware:
 
         try:
             await self.app(scope, receive, send_with_status)
+        except ClientDisconnect:  # left while a FastAPI route read its body (Starlette may have "sent" a 500)
+            code = CLIENT_CLOSED
+        except BaseException:
+            if code == CLIENT_CLOSED:
+                code = 500
+            raise
         finally:
             _count(_route(scope), scope["method"], code)
             if logger.isEnabledFor(logging.INFO):

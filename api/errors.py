@@ -9,7 +9,9 @@ Errors are JSON `{"detail": ...}` like FastAPI's own 422s. The tree of the servi
     ├── ConflictError             -> 409
     ├── PayloadTooLargeError      -> 413
     ├── UnsupportedMediaTypeError -> 415
-    └── BacklogFullError          -> 503 (with `Retry-After`)
+    ├── BacklogFullError          -> 503 (with `Retry-After`)
+    ├── RedisUnresponsiveError    -> 503 (with `Retry-After`): nothing was queued
+    └── WriteOutcomeUnknownError  -> 503 (with `Retry-After`): the request may have been queued
 
 Redis or Postgres being unreachable answers 503 with `Retry-After`, never a 500.
 """
@@ -72,6 +74,30 @@ class BacklogFullError(ApiError):
 
     status_code = 503
     headers = {"Retry-After": RETRY_AFTER_SECONDS}
+
+
+class RedisUnresponsiveError(ApiError):
+    """Redis is known not to answer (a flush timed out): the write was not sent, so a retry cannot duplicate it."""
+
+    status_code = 503
+    headers = {"Retry-After": RETRY_AFTER_SECONDS}
+
+    def __init__(self, detail: str = "Redis is not answering: nothing of this request was queued; retry later") -> None:
+        super().__init__(detail)
+
+
+class WriteOutcomeUnknownError(ApiError):
+    """Redis did not confirm the write in time (timeout, lost connection): it may still have been applied."""
+
+    status_code = 503
+    headers = {"Retry-After": RETRY_AFTER_SECONDS}
+
+    def __init__(
+        self,
+        detail: str = "Redis did not confirm the write within REDIS_TIMEOUT_SECONDS: the request may or may not "
+        "have been queued, and a retry may queue it twice",
+    ) -> None:
+        super().__init__(detail)
 
 
 class NotFoundError(ApiError):

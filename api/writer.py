@@ -14,23 +14,38 @@ One script call rather than a MULTI/EXEC pipeline: redis-py packs, sends and par
 one by one (2 per request, each reply read under its own timeout), which cost the API process a sixth of its
 time per request; the script is one command and one reply however many requests it carries.
 
+When Redis stops answering (a flush times out, or the connection fails), the requests of the flushes already sent
+get `WriteOutcomeUnknownError`: Redis may still apply the script (say, after a pause), so their outcome is unknown
+and the 503 says how to find out. Every write still queued behind them, and every new write, fails at once with
+`RedisUnresponsiveError` (a 503: nothing queued, a retry is safe) until a PING, repeated every
+PROBE_INTERVAL_SECONDS, is answered again: during an outage nobody waits more than one REDIS_TIMEOUT_SECONDS.
+
 Backpressure rides along: every flush also returns the stream's length (XLEN) in the same round trip. While that
 backlog is at MAX_BACKLOG_ENTRIES, `write` refuses new work with `BacklogFullError` (a 503), re-reading the length
 at most once a second, so writes resume by themselves as the workers drain the stream.
 """
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from api.errors import BacklogFullError
+from api.errors import BacklogFullError, RedisUnresponsiveError, WriteOutcomeUnknownError
 from shared import keys
 from shared.metrics import BACKLOG
 
+logger = logging.getLogger(__name__)
+
 #: How old the known backlog length may be before a refused write reads it again.
 BACKLOG_RECHECK_SECONDS = 1.0
+#: While Redis is not answering, how often the writer PINGs it to find out whether it answers again.
+PROBE_INTERVAL_SECONDS = 0.5
+#: Errors after which nobody can tell whether Redis applied a flush, and that suggest it is not answering.
+UNRESPONSIVE_ERRORS = (RedisTimeoutError, RedisConnectionError, OSError)
 
 # KEYS: the stream, then one cache key per request; ARGV: each request's entry and request id, in turn. The stream
 # entry also records the entry's length in bytes, so that the drain fetches a batch in parts of bounded size.
@@ -72,6 +87,7 @@ class RedisWriter:
         self.backlog = 0
         self._backlog_read_at = 0.0
         self._recheck_lock = asyncio.Lock()
+        self._probe: asyncio.Task[None] | None = None  # running while Redis is known not to answer
 
     async def _admit(self) -> None:
         """Refuse new writes while the stream holds MAX_BACKLOG_ENTRIES or more."""
@@ -96,9 +112,14 @@ class RedisWriter:
         `request_id` is stored with the entry, for the worker's logs.
 
         Raises:
+            RedisUnresponsiveError: Redis is known not to answer; nothing was sent.
+            WriteOutcomeUnknownError: Redis did not confirm the flush that carried the write (timeout, lost
+                connection); it may have been applied.
             BacklogFullError: the stream's backlog is at MAX_BACKLOG_ENTRIES.
-            redis.exceptions.RedisError: Redis refused the write or could not be reached.
+            redis.exceptions.RedisError: Redis refused the write.
         """
+        if self._probe is not None:
+            raise RedisUnresponsiveError()
         await self._admit()
         pending = _PendingWrite(entry, cache_key, request_id)
         self._queue.append(pending)
@@ -132,13 +153,39 @@ class RedisWriter:
             try:
                 self._set_backlog(await self._flush(keys=keys_, args=args))
             except Exception as exc:  # every waiter learns the outcome, whatever it was
+                failure: BaseException = exc
+                if isinstance(exc, UNRESPONSIVE_ERRORS):
+                    failure = WriteOutcomeUnknownError()
+                    failure.__cause__ = exc
+                    self._redis_unresponsive(exc)
                 for item in batch:
                     if not item.done.done():
-                        item.done.set_exception(exc)
+                        item.done.set_exception(failure)
             else:
                 for item in batch:
                     if not item.done.done():
                         item.done.set_result(None)
+
+    def _redis_unresponsive(self, exc: BaseException) -> None:
+        """Fail every queued write at once and refuse new ones until Redis answers a PING again."""
+        queued, self._queue = self._queue, []
+        for item in queued:
+            if not item.done.done():
+                item.done.set_exception(RedisUnresponsiveError())
+        if self._probe is None:
+            logger.warning("Redis is not answering (%r): writes fail at once until it answers again", exc)
+            self._probe = asyncio.create_task(self._wait_for_redis())
+
+    async def _wait_for_redis(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL_SECONDS)
+            try:
+                await self._redis.ping()
+            except Exception:  # noqa: S112 - still not answering: try again
+                continue
+            logger.warning("Redis answers again: writes resume")
+            self._probe = None
+            return
 
     async def close(self) -> None:
         """Wait for the writes already queued to finish."""
@@ -146,3 +193,5 @@ class RedisWriter:
             if self._queue and not self._flushers:
                 self._start_flusher()
             await asyncio.gather(*self._flushers, return_exceptions=True)
+        if self._probe is not None:
+            self._probe.cancel()

@@ -1,10 +1,10 @@
 """Redis client factory for the API, the worker and the CLI: bounded timeouts and one reconnect.
 
 Timeouts turn an outage into an error within REDIS_TIMEOUT_SECONDS (a 503 at the API, a retry in the worker)
-instead of a hang. A command that fails on a dead pooled connection (say, after Redis restarted) is retried once
-on a new connection. That is safe here: if a group-commit transaction ran but its reply was lost, the retry adds
-the same requests' stream entries a second time, and the drain, which stores each notification id once, inserts
-nothing twice.
+instead of a hang; a command that timed out is not sent again. A command that fails on a dead pooled connection
+(say, after Redis restarted) is retried once on a new connection. That is safe here: if a group-commit transaction
+ran but its reply was lost, the retry adds the same requests' stream entries a second time, and the drain, which
+stores each notification id once, inserts nothing twice.
 """
 
 from redis.asyncio import Redis
@@ -21,7 +21,9 @@ def connect(settings: Settings, read_slack_seconds: float = 0.0) -> Redis:
         settings.require_redis_url(),
         socket_timeout=settings.redis_timeout_seconds + read_slack_seconds,
         socket_connect_timeout=settings.redis_timeout_seconds,
-        retry=Retry(NoBackoff(), retries=1),
+        # not on timeouts (redis-py's default retries them too): a timed-out command may still be running, and
+        # sending it again would double both the wait and, for a write, the work
+        retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
         retry_on_error=[RedisConnectionError],
         health_check_interval=30,
     )

@@ -23,7 +23,7 @@ from starlette.types import Receive
 
 from api.auth import service_for
 from api.body import read_json_body
-from api.errors import NotFoundError, PayloadTooLargeError
+from api.errors import NotFoundError, PayloadTooLargeError, WriteOutcomeUnknownError
 from api.template_cache import TemplateCache, TemplateVersion
 from shared import keys, queries
 from shared.codec import encode_notification, join_array
@@ -208,7 +208,14 @@ async def _ingest(
     service = str(service_id)
     stem, ids, docs = _accept(items, service, resolved, settings, listed=listed)
     entry = join_array(docs)
-    await state.writer.write(entry, keys.request_key(service, stem), request_id)
+    try:
+        await state.writer.write(entry, keys.request_key(service, stem), request_id)
+    except WriteOutcomeUnknownError as exc:
+        raise WriteOutcomeUnknownError(
+            "Redis did not confirm the write within REDIS_TIMEOUT_SECONDS: the request may or may not have been "
+            f"queued. GET {router.prefix}/{ids[0]} answers 200 once Redis has it (then all {len(ids)} of its "
+            "notifications were queued) and 404 if it was not; a plain retry may queue it twice"
+        ) from exc
     ACCEPTED.inc(len(ids))
     return ids, docs, entry
 

@@ -1,15 +1,23 @@
 """The group-commit writer and the hot path's own error answer, against the real Redis."""
 
 import asyncio
+import re
+import time
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from api.errors import RedisUnresponsiveError, WriteOutcomeUnknownError
+from api.main import create_app
 from api.routes import notifications
 from api.writer import RedisWriter
-from shared import keys
+from shared import keys, redis_client
 from shared.schemas import BRIEF_EXAMPLE
+from shared.settings import Settings
+from tests.conftest import Tenant
 
 
 async def test_a_cancelled_request_neither_cancels_the_shared_flush_nor_loses_its_write(redis: Redis) -> None:
@@ -107,3 +115,99 @@ async def test_a_redis_error_no_handler_maps_is_a_json_500_not_a_crash(client: h
     assert response.status_code == 500
     assert response.json() == {"detail": "internal server error"}
     assert "x-request-id" in response.headers
+
+
+async def test_a_redis_that_stops_answering_fails_every_write_within_one_timeout_saying_what_is_known(
+    redis: Redis, settings: Settings
+) -> None:
+    slow = redis_client.connect(settings.model_copy(update={"redis_timeout_seconds": 0.5}))
+    writer = RedisWriter(slow, max_backlog=100_000, max_requests_per_flush=50)
+    await writer.write(b"[{}]", "notify:r:test:warm")  # a connection in the pool
+    # Redis busy for 2 s (the issue's reproduction): commands sent meanwhile run once it wakes
+    sleeping = asyncio.create_task(redis.execute_command("DEBUG", "SLEEP", "2"))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+
+    results = await asyncio.gather(
+        *(writer.write(b"[{}]", f"notify:r:test:{n}") for n in range(600)), return_exceptions=True
+    )
+    elapsed = time.monotonic() - started
+    fast_started = time.monotonic()
+    with pytest.raises(RedisUnresponsiveError):
+        await writer.write(b"[{}]", "notify:r:test:while-down")
+    refused_in = time.monotonic() - fast_started
+
+    unknown = [n for n, result in enumerate(results) if isinstance(result, WriteOutcomeUnknownError)]
+    not_queued = [n for n, result in enumerate(results) if isinstance(result, RedisUnresponsiveError)]
+    assert len(unknown) + len(not_queued) == 600
+    assert 1 <= len(unknown) <= 100  # the flushes that were sent (at most two of 50)
+    assert elapsed < 2.0  # one timeout for all of them, not one per flush of 50 (12 flushes: 6 s or more)
+    assert refused_in < 0.1
+
+    for _ in range(100):  # the pause ends; the writer finds Redis answering again by itself
+        await asyncio.sleep(0.1)
+        try:
+            await writer.write(b"[{}]", "notify:r:test:after")
+            break
+        except RedisUnresponsiveError:
+            continue
+    await writer.close()
+    await slow.aclose()
+    await sleeping
+
+    # "unknown" was the truth: Redis applied the flushes it had been sent once the pause ended; "not queued" too
+    assert await redis.exists(*(f"notify:r:test:{n}" for n in unknown)) == len(unknown)
+    assert await redis.exists(*(f"notify:r:test:{n}" for n in not_queued), "notify:r:test:while-down") == 0
+    assert await redis.exists("notify:r:test:after") == 1
+
+
+async def test_a_post_whose_write_was_not_confirmed_names_the_id_that_tells_the_outcome(
+    redis: Redis, settings: Settings, tenant: Tenant
+) -> None:
+    app = create_app(settings.model_copy(update={"redis_timeout_seconds": 0.5}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=tenant.headers) as client:
+            assert (await client.post("/notifications/v1/", json=BRIEF_EXAMPLE)).status_code == 201  # key cached
+            sleeping = asyncio.create_task(redis.execute_command("DEBUG", "SLEEP", "1.5"))
+            await asyncio.sleep(0.05)
+            response = await client.post("/notifications/v1/", json=BRIEF_EXAMPLE)
+            await sleeping
+            notification_id = re.search(r"/notifications/v1/([0-9a-f-]{36})", response.json()["detail"])
+            assert notification_id is not None
+            found = await client.get(f"/notifications/v1/{notification_id[1]}")
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"].isdigit()
+    assert "may or may not have been queued" in response.json()["detail"]
+    assert found.status_code == 200  # Redis applied it after the pause: a plain retry would have duplicated it
+
+
+async def test_a_client_that_leaves_before_its_answer_is_counted_as_499_not_500(
+    app: FastAPI, tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    def count() -> float:
+        labels = {"route": "/notifications/v1/", "method": "POST", "status": "499"}
+        return REGISTRY.get_sample_value("notify_http_requests_total", labels) or 0.0
+
+    before = count()
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/notifications/v1/",
+        "headers": [(b"authorization", f"Bearer {tenant.key}".encode()), (b"content-type", b"application/json")],
+        "query_string": b"",
+    }
+    sent: list[object] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: object) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+
+    assert sent == []
+    assert count() == before + 1
+    assert "POST http://localhost/notifications/v1/ 499" in caplog.text
