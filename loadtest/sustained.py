@@ -51,7 +51,7 @@ SCHEDULE_SLACK_SECONDS = 1.0
 STEP = 1.25
 RESOLUTION = 0.05
 MAX_PROBES = 12
-CONFIRM_ATTEMPTS = 3
+CONFIRM_ATTEMPTS = 5
 #: How long a confirmation window waits for Postgres to hold every row (so the lag covers them all).
 CONFIRM_DRAIN_WAIT_SECONDS = 60.0
 
