@@ -76,6 +76,8 @@ async def service_for(state: State, authorization: str | None) -> UUID:
     Raises:
         UnauthorizedError: no key, a malformed, unknown or revoked key (401).
     """
+    if authorization is None and state.settings.anonymous_service is not None:
+        return await anonymous_service(state)
     key = bearer_token(authorization)
     if key is None:
         raise UnauthorizedError("missing API key: send `Authorization: Bearer <api key>`")
@@ -89,6 +91,22 @@ async def service_for(state: State, authorization: str | None) -> UUID:
         cache.put(key_hash, service_id)
     if service_id is None:
         raise UnauthorizedError("invalid or revoked API key")
+    return service_id
+
+
+async def anonymous_service(state: State) -> UUID:
+    """Return the id of the ANONYMOUS_SERVICE (looked up once per process: a service's id never changes).
+
+    Raises:
+        UnauthorizedError: no service has that name (401, naming the setting).
+    """
+    service_id: UUID | None = getattr(state, "anonymous_service_id", None)
+    if service_id is None:
+        name = state.settings.anonymous_service
+        service_id = await tenancy.service_id_by_name(state.engine, name)
+        if service_id is None:
+            raise UnauthorizedError(f"missing API key, and ANONYMOUS_SERVICE names no service {name!r}")
+        state.anonymous_service_id = service_id
     return service_id
 
 

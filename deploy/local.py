@@ -11,6 +11,7 @@ SIGKILL: shared.lifetime), so none outlives it.
 """
 
 import argparse
+import ipaddress
 import os
 import secrets
 import signal
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from shared.cli import DEV_SERVICE
 from shared.embedded import DataFolderInUse, EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError, PortInUse
 from shared.lifetime import die_with_parent
 from shared.local_server import port_is_free
@@ -28,6 +30,16 @@ from shared.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 Server = TypeVar("Server", EmbeddedPostgres, EmbeddedRedis)
+
+
+def _is_loopback(host: str) -> bool:
+    """True if `host` (an address or `localhost`) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _bin(name: str) -> str:
@@ -125,6 +137,9 @@ def main() -> int | str:
             text=True,
             preexec_fn=dies_with_us,
         ).stdout.strip()
+        anonymous = settings.anonymous_service
+        if "ANONYMOUS_SERVICE" not in env and _is_loopback(args.host):  # the brief's examples send no key
+            anonymous = env["ANONYMOUS_SERVICE"] = DEV_SERVICE
         uvicorn = [_bin("uvicorn"), "api.main:app", "--host", args.host, "--port", str(args.port)]
         uvicorn += ["--no-access-log", "--workers", str(args.api_workers)]
         children.append(_spawn(uvicorn, env))
@@ -139,6 +154,12 @@ def main() -> int | str:
             f"admin token: {admin}",
             flush=True,
         )
+        if anonymous:
+            print(
+                f"requests without an API key act as the `{anonymous}` service (ANONYMOUS_SERVICE; "
+                "set ANONYMOUS_SERVICE= to turn off, never on a shared network)",
+                flush=True,
+            )
 
         while all(child.poll() is None for child in children):
             time.sleep(0.5)

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
 
     # Tenancy.
     admin_token: SecretStr | None = None
+    # Requests without an Authorization header act as this service (unset: they get 401). For local use only.
+    anonymous_service: str | None = None
     auth_cache_seconds: float = Field(5.0, ge=0)
     template_cache_seconds: float = Field(5.0, ge=0)
 
@@ -67,6 +69,11 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("DATABASE_URL must look like postgresql://user:pass@host:port/db")
         return value
+
+    @field_validator("anonymous_service")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
 
     @field_validator("redis_url")
     @classmethod

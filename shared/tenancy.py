@@ -84,6 +84,13 @@ async def create_service(engine: AsyncEngine, name: str) -> Row[Any]:
         return await queries.insert_service(conn, new_id(), name, utc_now())
 
 
+async def service_id_by_name(engine: AsyncEngine, name: str) -> UUID | None:
+    """Return the id of the service called `name`, or None."""
+    async with engine.connect() as conn:
+        service = await queries.get_service_by_name(conn, name)
+    return None if service is None else UUID(str(service.id))
+
+
 async def list_services(engine: AsyncEngine) -> list[Row[Any]]:
     """Return every service."""
     async with engine.connect() as conn:

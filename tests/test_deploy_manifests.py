@@ -432,3 +432,12 @@ def test_k8s_readme_states_the_redis_requirements_and_the_apply_order() -> None:
     assert order == sorted(order)
     for path in sorted(K8S.glob("*.yaml")):
         assert f"`{path.name}`" in readme, path.name
+
+
+def test_no_production_manifest_turns_anonymous_access_on() -> None:
+    for path in [
+        ROOT / "docker-compose.yml",
+        ROOT / "deploy" / "Dockerfile",
+        *(ROOT / "deploy" / "k8s").glob("*.yaml"),
+    ]:
+        assert "ANONYMOUS_SERVICE" not in path.read_text(), path

@@ -9,7 +9,7 @@ import asyncio
 from typing import Any, Literal
 
 import orjson
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from sqlalchemy import text
 
 from api.deps import EngineDep, RedisDep, WriterDep
@@ -44,14 +44,20 @@ async def heartbeat() -> Response:
     },
 )
 async def ready(
-    redis: RedisDep, engine: EngineDep, writer: WriterDep, postgres: Literal["required", "optional"] = "required"
+    request: Request,
+    redis: RedisDep,
+    engine: EngineDep,
+    writer: WriterDep,
+    postgres: Literal["required", "optional"] = "required",
 ) -> Response:
     """Report whether both stores answer, how many requests wait to be stored and the age of the oldest.
 
     With `?postgres=optional` only Redis decides (the API accepts notifications while Postgres is down): the
     probe to give a load balancer, so that a Postgres outage does not take every API instance out of service.
+    `anonymous_service` names the service that requests without a key act as (ANONYMOUS_SERVICE), or is null.
     """
-    report: dict[str, Any] = {"redis": "ok", "postgres": "ok"}
+    settings = request.app.state.settings
+    report: dict[str, Any] = {"redis": "ok", "postgres": "ok", "anonymous_service": settings.anonymous_service}
 
     async def probe_redis() -> None:
         backlog = await read_backlog(redis)

@@ -10,9 +10,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.auth import KeyCache
+from api.main import create_app
 from shared import apikeys, keys, tenancy
 from shared.db import create_engine
 from shared.embedded import free_port
+from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
+from shared.settings import Settings
 from tests.conftest import Tenant, drain_all, make_tenant
 from worker.drain import Drain
 
@@ -257,3 +260,49 @@ async def test_oversized_bodies_are_refused_before_anything_else(anonymous: http
 
     assert response.status_code == 413  # not a 401, and nothing was parsed
     assert "larger than" in response.json()["detail"]
+
+
+async def test_without_a_key_requests_act_as_the_anonymous_service_when_one_is_named(
+    settings: Settings, engine: AsyncEngine, tenant: Tenant
+) -> None:
+    development = await tenancy.create_service(engine, "development")
+    app = create_app(settings.model_copy(update={"anonymous_service": "development"}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost:8000") as http:
+            single = await http.post(f"{BASE}/", json=BRIEF_EXAMPLE)  # the brief's examples, verbatim: no key
+            multiple = await http.post(f"{BASE}/multiple", json=BRIEF_MULTIPLE_EXAMPLE)
+            found = await http.get(f"{BASE}/{single.json()['id']}")
+            wrong_key = await http.post(f"{BASE}/", json=BRIEF_EXAMPLE, headers={"Authorization": "Bearer nk_wrong"})
+            unknown_key = await http.post(
+                f"{BASE}/", json=BRIEF_EXAMPLE, headers={"Authorization": f"Bearer {apikeys.new_key()}"}
+            )
+            others = await http.get(f"{BASE}/{single.json()['id']}", headers=tenant.headers)
+            ready = await http.get("/status/ready")
+
+    assert (single.status_code, multiple.status_code, found.status_code) == (201, 201, 200)
+    assert {n["service_id"] for n in [single.json(), *multiple.json()]} == {str(development.id)}
+    assert (wrong_key.status_code, unknown_key.status_code) == (401, 401)  # a key that is sent must be valid
+    assert others.status_code == 404  # another service does not see them
+    assert ready.json()["anonymous_service"] == "development"
+
+
+async def test_an_anonymous_service_that_does_not_exist_is_a_401_naming_the_setting(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"anonymous_service": "nobody-made-this"}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost:8000") as http:
+            response = await http.post(f"{BASE}/", json=BRIEF_EXAMPLE)
+            ready = await http.get("/status/ready")
+
+    assert response.status_code == 401
+    assert "ANONYMOUS_SERVICE" in response.json()["detail"]
+    assert ready.json()["anonymous_service"] == "nobody-made-this"
+
+
+async def test_without_anonymous_service_a_request_without_a_key_is_a_401(anonymous: httpx.AsyncClient) -> None:
+    response = await anonymous.post(f"{BASE}/", json=BRIEF_EXAMPLE)
+    ready = await anonymous.get("/status/ready")
+
+    assert response.status_code == 401
+    assert ready.json()["anonymous_service"] is None
