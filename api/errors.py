@@ -6,7 +6,10 @@ Errors are JSON `{"detail": ...}` like FastAPI's own 422s. The tree of the servi
     ├── UnauthorizedError         -> 401 (with `WWW-Authenticate: Bearer`)
     ├── AdminDisabledError        -> 403
     ├── NotFoundError             -> 404
+    ├── InvalidIdempotencyKeyError -> 400
     ├── ConflictError             -> 409
+    │   └── IdempotencyKeyInFlightError -> 409
+    ├── IdempotencyKeyMismatchError -> 422
     ├── PayloadTooLargeError      -> 413
     ├── UnsupportedMediaTypeError -> 415
     ├── BacklogFullError          -> 503 (with `Retry-After`)
@@ -67,6 +70,28 @@ class ConflictError(ApiError):
     """The resource exists already (a name is taken)."""
 
     status_code = 409
+
+
+class IdempotencyKeyInFlightError(ConflictError):
+    """A request with the same Idempotency-Key is still being written by this process."""
+
+    def __init__(
+        self,
+        detail: str = "a request with this Idempotency-Key is still in progress; retry once it has been answered",
+    ) -> None:
+        super().__init__(detail)
+
+
+class InvalidIdempotencyKeyError(ApiError):
+    """The Idempotency-Key header is empty, longer than 255 characters or not printable ASCII."""
+
+    status_code = 400
+
+
+class IdempotencyKeyMismatchError(ApiError):
+    """The Idempotency-Key was used before with another request body."""
+
+    status_code = 422
 
 
 class BacklogFullError(ApiError):

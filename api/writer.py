@@ -20,6 +20,12 @@ and the 503 says how to find out. Every write still queued behind them, and ever
 `RedisUnresponsiveError` (a 503: nothing queued, a retry is safe) until a PING, repeated every
 PROBE_INTERVAL_SECONDS, is answered again: during an outage nobody waits more than one REDIS_TIMEOUT_SECONDS.
 
+A request with an Idempotency-Key also hands over its record (`Idempotency`: its body's fingerprint and the
+answer to give again). The same script call looks the record up and, when it exists, neither keeps nor queues the
+request but returns the record; otherwise it writes the record (with IDEMPOTENCY_TTL_SECONDS) with the entry, so
+no crash can queue a request without recording its key, or the reverse. A second write with a key still in flight
+in this process is refused (`IdempotencyKeyInFlightError`, a 409) until the flush that carries the first is answered.
+
 Backpressure rides along: every flush also returns the stream's length (XLEN) in the same round trip. While that
 backlog is at MAX_BACKLOG_ENTRIES, `write` refuses new work with `BacklogFullError` (a 503), re-reading the length
 at most once a second, so writes resume by themselves as the workers drain the stream.
@@ -34,7 +40,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from api.errors import BacklogFullError, RedisUnresponsiveError, WriteOutcomeUnknownError
+from api.errors import BacklogFullError, IdempotencyKeyInFlightError, RedisUnresponsiveError, WriteOutcomeUnknownError
 from shared import keys
 from shared.metrics import BACKLOG
 
@@ -47,18 +53,55 @@ PROBE_INTERVAL_SECONDS = 0.5
 #: Errors after which nobody can tell whether Redis applied a flush, and that suggest it is not answering.
 UNRESPONSIVE_ERRORS = (RedisTimeoutError, RedisConnectionError, OSError)
 
-# KEYS: the stream, then one cache key per request; ARGV: each request's entry and request id, in turn. The stream
-# entry also records the entry's length in bytes, so that the drain fetches a batch in parts of bounded size.
+# KEYS: the stream, then one cache key per request, then one idempotency record key per request that carries an
+# Idempotency-Key. ARGV: each request's entry and request id, in turn; then per record the request's position
+# (1-based), the record's TTL and the record to keep (`Idempotency.record`). A request whose record exists is neither
+# kept nor queued: the script returns its position and the record found. Requests without a key cost one table
+# lookup more than before. The stream entry also records the entry's length in bytes, so that the drain fetches a
+# batch in parts of bounded size.
 FLUSH = f"""
 local key_field, request_id_field = '{keys.STREAM_KEY_FIELD.decode()}', '{keys.REQUEST_ID_FIELD.decode()}'
 local size_field = '{keys.STREAM_SIZE_FIELD.decode()}'
-for i = 2, #KEYS do
-  local entry = ARGV[2 * i - 3]
-  redis.call('SET', KEYS[i], entry)
-  redis.call('XADD', KEYS[1], '*', key_field, KEYS[i], request_id_field, ARGV[2 * i - 2], size_field, #entry)
+local records = #ARGV - 2 * (#KEYS - 1)
+local n = #KEYS - 1 - records
+local record_of = {{}}
+for j = 1, records do
+  record_of[tonumber(ARGV[2 * n + 3 * j - 2])] = j
 end
-return redis.call('XLEN', KEYS[1])
+local replayed = {{}}
+for i = 1, n do
+  local j = record_of[i]
+  local found = false
+  if j then
+    found = redis.call('GET', KEYS[1 + n + j])
+    if found then
+      replayed[#replayed + 1] = i
+      replayed[#replayed + 1] = found
+    end
+  end
+  if not found then
+    local entry = ARGV[2 * i - 1]
+    redis.call('SET', KEYS[i + 1], entry)
+    redis.call('XADD', KEYS[1], '*', key_field, KEYS[i + 1], request_id_field, ARGV[2 * i], size_field, #entry)
+    if j then
+      redis.call('SET', KEYS[1 + n + j], ARGV[2 * n + 3 * j], 'EX', ARGV[2 * n + 3 * j - 1])
+    end
+  end
+end
+replayed[#replayed + 1] = redis.call('XLEN', KEYS[1])
+return replayed
 """
+
+
+@dataclass(slots=True)
+class Idempotency:
+    """What the flush records for a request that carries an Idempotency-Key, atomically with its write."""
+
+    #: The record's Redis key (`keys.idempotency_key`).
+    key: str
+    #: The record: the request's fingerprint followed by the answer to give again.
+    record: bytes
+    ttl_seconds: int
 
 
 @dataclass(slots=True)
@@ -66,7 +109,9 @@ class _PendingWrite:
     entry: bytes
     cache_key: str
     request_id: str
-    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    idempotency: Idempotency | None
+    #: Resolved with None once queued, or with the record found when a request with the same key came first.
+    done: asyncio.Future[bytes | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class RedisWriter:
@@ -88,6 +133,7 @@ class RedisWriter:
         self._backlog_read_at = 0.0
         self._recheck_lock = asyncio.Lock()
         self._probe: asyncio.Task[None] | None = None  # running while Redis is known not to answer
+        self._keys_in_flight: set[str] = set()  # idempotency record keys of the writes not yet answered
 
     async def _admit(self) -> None:
         """Refuse new writes while the stream holds MAX_BACKLOG_ENTRIES or more."""
@@ -106,12 +152,17 @@ class RedisWriter:
         BACKLOG.set(length)
         self._backlog_read_at = time.monotonic()
 
-    async def write(self, entry: bytes, cache_key: str, request_id: str = "") -> None:
+    async def write(
+        self, entry: bytes, cache_key: str, request_id: str = "", idempotency: Idempotency | None = None
+    ) -> bytes | None:
         """Keep `entry` under `cache_key` and add a stream entry naming it; return once Redis acknowledged both.
 
-        `request_id` is stored with the entry, for the worker's logs.
+        `request_id` is stored with the entry, for the worker's logs. With `idempotency`, its record is kept in the
+        same script call, unless a record under its key exists already: then nothing is written and that record is
+        returned. Returns None when the entry was queued.
 
         Raises:
+            IdempotencyKeyInFlightError: a write with the same idempotency key is still in flight in this process.
             RedisUnresponsiveError: Redis is known not to answer; nothing was sent.
             WriteOutcomeUnknownError: Redis did not confirm the flush that carried the write (timeout, lost
                 connection); it may have been applied.
@@ -121,12 +172,17 @@ class RedisWriter:
         if self._probe is not None:
             raise RedisUnresponsiveError()
         await self._admit()
-        pending = _PendingWrite(entry, cache_key, request_id)
+        if idempotency is not None:
+            if idempotency.key in self._keys_in_flight:
+                raise IdempotencyKeyInFlightError()
+            # held until the flush carrying it is answered, even if this request goes away before that
+            self._keys_in_flight.add(idempotency.key)
+        pending = _PendingWrite(entry, cache_key, request_id, idempotency)
         self._queue.append(pending)
         if not self._flusher_starting and self._in_flight < self._max_in_flight:
             self._start_flusher()
         # Cancelling this wait cancels only this request's future, never the flush that other requests share
-        await pending.done
+        return await pending.done
 
     def _start_flusher(self) -> None:
         self._flusher_starting = True  # it takes everything queued until it runs
@@ -146,12 +202,18 @@ class RedisWriter:
         while self._queue:
             batch, self._queue = self._queue[: self._max], self._queue[self._max :]
             keys_: list[str] = [keys.STREAM]
-            args: list[bytes | str] = []
-            for item in batch:
+            args: list[bytes | str | int] = []
+            records: list[bytes | str | int] = []
+            for position, item in enumerate(batch, 1):
                 keys_.append(item.cache_key)
                 args += (item.entry, item.request_id)
+                if item.idempotency is not None:
+                    records += (position, item.idempotency.ttl_seconds, item.idempotency.record)
+            if records:
+                keys_ += [item.idempotency.key for item in batch if item.idempotency is not None]
+                args += records
             try:
-                self._set_backlog(await self._flush(keys=keys_, args=args))
+                reply = await self._flush(keys=keys_, args=args)
             except Exception as exc:  # every waiter learns the outcome, whatever it was
                 failure: BaseException = exc
                 if isinstance(exc, UNRESPONSIVE_ERRORS):
@@ -159,19 +221,29 @@ class RedisWriter:
                     failure.__cause__ = exc
                     self._redis_unresponsive(exc)
                 for item in batch:
-                    if not item.done.done():
-                        item.done.set_exception(failure)
+                    self._settle(item, failure)
             else:
-                for item in batch:
-                    if not item.done.done():
-                        item.done.set_result(None)
+                self._set_backlog(reply[-1])
+                found = {reply[n]: reply[n + 1] for n in range(0, len(reply) - 1, 2)}
+                for position, item in enumerate(batch, 1):
+                    self._settle(item, found.get(position))
+
+    def _settle(self, item: _PendingWrite, outcome: bytes | BaseException | None) -> None:
+        """Tell a write's waiter (if still there) how its flush went, and free its idempotency key."""
+        if item.idempotency is not None:
+            self._keys_in_flight.discard(item.idempotency.key)
+        if item.done.done():
+            return
+        if isinstance(outcome, BaseException):
+            item.done.set_exception(outcome)
+        else:
+            item.done.set_result(outcome)
 
     def _redis_unresponsive(self, exc: BaseException) -> None:
         """Fail every queued write at once and refuse new ones until Redis answers a PING again."""
         queued, self._queue = self._queue, []
         for item in queued:
-            if not item.done.done():
-                item.done.set_exception(RedisUnresponsiveError())
+            self._settle(item, RedisUnresponsiveError())
         if self._probe is None:
             logger.warning("Redis is not answering (%r): writes fail at once until it answers again", exc)
             self._probe = asyncio.create_task(self._wait_for_redis())

@@ -5,6 +5,8 @@ stream entry naming that key. Drain: a consumer group reads the stream, fetches 
 Postgres, acks and deletes the entries, and gives each cache key a short TTL, after which GET reads Postgres.
 """
 
+import hashlib
+
 from shared.ids import stem_and_index
 
 #: Stream of accepted, not yet stored requests. The API's entries name the request's cache key in the field
@@ -37,6 +39,16 @@ def cache_key(service_id: str, notification_id: str) -> str:
     """Return the cache key of the request a notification of a service came in."""
     stem, _ = stem_and_index(notification_id)
     return request_key(service_id, stem)
+
+
+#: Idempotency records, one per service and Idempotency-Key: the first request's fingerprint and answer, written by
+#: the group-commit script with the request's stream entry and kept for IDEMPOTENCY_TTL_SECONDS.
+IDEMPOTENCY_PREFIX = "notify:idem:"
+
+
+def idempotency_key(service_id: str, key: str) -> str:
+    """Return the Redis key of a service's idempotency record for an Idempotency-Key (hashed: any length, no `:`)."""
+    return f"{IDEMPOTENCY_PREFIX}{service_id}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 #: Entries the drain could not decode or store, each with `entry` (original id), `payload` and `error`.

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     # Redis behaviour.
     redis_timeout_seconds: float = Field(5.0, gt=0)
     cache_ttl_seconds: int = Field(60, ge=1)
+    idempotency_ttl_seconds: int = Field(86_400, ge=1)
     max_backlog_entries: int = Field(50_000, ge=1)
 
     # Drain (worker) behaviour.

@@ -3,14 +3,16 @@
 POST parses the raw body once, checks any template against the personalization, gives the request's
 notifications time-ordered UUIDv7 ids with one shared stem (`shared.ids`), serializes each once, and hands the
 bytes to the group-commit writer: one stream entry and one cache key per request. The 201 goes out after Redis
-acknowledged. GET looks in the request's cached array first (notifications not yet drained, or drained a moment
-ago) and then in Postgres. Every route works within the service of the caller's API key; another service's
-notification is a 404.
+acknowledged. With an `Idempotency-Key` header the writer records the key in the same script call, or finds it
+recorded and hands back the first answer, which is sent again with `Idempotent-Replayed: true`. GET looks in
+the request's cached array first (notifications not yet drained, or drained a moment ago) and then in Postgres.
+Every route works within the service of the caller's API key; another service's notification is a 404.
 
 `serve` answers all three from the raw ASGI request; the hot path (`api.hotpath`) calls it before FastAPI sees
 the request, and the FastAPI routes below, which exist for the OpenAPI docs, call it too.
 """
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -23,8 +25,15 @@ from starlette.types import Receive
 
 from api.auth import service_for
 from api.body import read_json_body
-from api.errors import NotFoundError, PayloadTooLargeError, WriteOutcomeUnknownError
+from api.errors import (
+    IdempotencyKeyMismatchError,
+    InvalidIdempotencyKeyError,
+    NotFoundError,
+    PayloadTooLargeError,
+    WriteOutcomeUnknownError,
+)
 from api.template_cache import TemplateCache, TemplateVersion
+from api.writer import Idempotency
 from shared import keys, queries
 from shared.codec import encode_notification, join_array
 from shared.ids import notification_id_at, request_ids, stem_and_index
@@ -52,15 +61,28 @@ _ERROR = {"content": {JSON: {"example": {"detail": "..."}}}}
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"description": "Missing, unknown or revoked API key", **_ERROR}}
 _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     **_AUTH_ERRORS,
+    400: {"description": "Idempotency-Key empty, longer than 255 characters or not printable ASCII", **_ERROR},
+    409: {"description": "A request with this Idempotency-Key is still in progress", **_ERROR},
     413: {"description": "Body larger than MAX_BODY_BYTES, or notifications larger than MAX_QUEUED_BYTES", **_ERROR},
     415: {"description": "Body is not JSON", **_ERROR},
     503: {"description": "Redis unavailable; retry after `Retry-After` seconds", **_ERROR},
 }
 
 
+_IDEMPOTENCY_KEY_DOC = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 255},
+    "description": "Retry safely: the same key with the same body within IDEMPOTENCY_TTL_SECONDS gets the first "
+    "answer again (with `Idempotent-Replayed: true`) and queues nothing; with another body, a 422",
+}
+
+
 def _body_doc(schema: dict[str, Any], example: Any) -> dict[str, Any]:
     return {
         **_SECURED,
+        "parameters": [_IDEMPOTENCY_KEY_DOC],
         "requestBody": {"required": True, "content": {JSON: {"schema": schema, "example": example}}},
     }
 
@@ -187,14 +209,34 @@ MULTIPLE = f"{router.prefix}/multiple"
 ONE = f"{router.prefix}/{{notification_id}}"
 Headers = list[tuple[bytes, bytes]]
 _JSON_HEADER = (b"content-type", JSON.encode())
+_REPLAYED_HEADER = (b"idempotent-replayed", b"true")
+
+
+#: The longest Idempotency-Key accepted (draft-ietf-httpapi-idempotency-key-header leaves the limit to the server).
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+_FINGERPRINT_LENGTH = 64  # hex SHA-256
+
+
+def _idempotency_key(value: bytes) -> str:
+    """Return an Idempotency-Key header's key: its sf-string quotes, if any, removed; 400 unless printable ASCII."""
+    if len(value) >= 2 and value[0] == value[-1] == 0x22:  # '"': the draft's form; the bare form is common too
+        value = value[1:-1]
+    key = value.decode("latin-1")
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or not (key.isascii() and key.isprintable()):
+        raise InvalidIdempotencyKeyError(
+            f"the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters"
+        )
+    return key
 
 
 async def _ingest(
-    state: State, service_id: UUID, body: bytes, request_id: str, *, listed: bool
-) -> tuple[list[str], list[bytes], bytes]:
-    """The write path after authentication: validate → templates → ids → Redis. Returns ids, documents, their array.
+    state: State, service_id: UUID, body: bytes, request_id: str, idempotency_key: str | None, *, listed: bool
+) -> tuple[bytes, str, bool]:
+    """The write path after authentication: validate → templates → ids → Redis.
 
-    `listed` says the body is a list (`/multiple`) rather than one notification.
+    Returns the answer's body (the notification, or the array for `/multiple`), the first id, and whether it is
+    the first answer given again because `idempotency_key` was used before with the same body. `listed` says the
+    body is a list (`/multiple`) rather than one notification.
     """
     settings = state.settings
     try:
@@ -208,16 +250,40 @@ async def _ingest(
     service = str(service_id)
     stem, ids, docs = _accept(items, service, resolved, settings, listed=listed)
     entry = join_array(docs)
+    answer = entry if listed else docs[0]
+    idempotency = fingerprint = None
+    if idempotency_key is not None:
+        # the route is part of the fingerprint: the same key on the other route is another request
+        digest = hashlib.sha256(b"M" if listed else b"S")
+        digest.update(body)
+        fingerprint = digest.hexdigest().encode()
+        record_key = keys.idempotency_key(service, idempotency_key)
+        idempotency = Idempotency(record_key, fingerprint + answer, settings.idempotency_ttl_seconds)
     try:
-        await state.writer.write(entry, keys.request_key(service, stem), request_id)
+        found = await state.writer.write(entry, keys.request_key(service, stem), request_id, idempotency)
     except WriteOutcomeUnknownError as exc:
+        retry = (
+            "a retry with the same Idempotency-Key is safe"
+            if idempotency_key is not None
+            else "a plain retry may queue it twice"
+        )
         raise WriteOutcomeUnknownError(
             "Redis did not confirm the write within REDIS_TIMEOUT_SECONDS: the request may or may not have been "
             f"queued. GET {router.prefix}/{ids[0]} answers 200 once Redis has it (then all {len(ids)} of its "
-            "notifications were queued) and 404 if it was not; a plain retry may queue it twice"
+            f"notifications were queued) and 404 if it was not; {retry}"
         ) from exc
-    ACCEPTED.inc(len(ids))
-    return ids, docs, entry
+    if found is None:
+        ACCEPTED.inc(len(ids))
+        return answer, ids[0], False
+    if found[:_FINGERPRINT_LENGTH] != fingerprint:
+        raise IdempotencyKeyMismatchError(
+            f"Idempotency-Key {idempotency_key!r} was used before with another request body on this route; "
+            "use a new key for a new request"
+        )
+    answer = found[_FINGERPRINT_LENGTH:]
+    start = answer.index(b'"id":"') + 6  # the answer is ours: `{"id":"<id>"...` or `[{"id":"<id>"...`
+    first_id = answer[start : start + 36].decode()
+    return answer, first_id, True
 
 
 def _pick(request_json: bytes | None, stem: str, index: int) -> bytes | None:
@@ -266,24 +332,29 @@ async def serve(
     The hot path (`api.hotpath`) calls this for every notification request, with the headers as the server
     gave them; errors are raised (`api.errors` maps them), as from any route.
     """
-    authorization = content_type = None
+    authorization = content_type = idempotency_header = None
     for name, value in headers:  # the first of a repeated header counts, as in Starlette's Headers
         if name == b"authorization" and authorization is None:
             authorization = value.decode("latin-1")
         elif name == b"content-type" and content_type is None:
             content_type = value.decode("latin-1")
+        elif name == b"idempotency-key" and idempotency_header is None:
+            idempotency_header = value
     service_id = await service_for(state, authorization)
     if route == ONE:
         assert notification_id is not None
         status, body, headers = 200, await _lookup(state, service_id, notification_id), [_JSON_HEADER]
     else:
+        idempotency_key = None if idempotency_header is None else _idempotency_key(idempotency_header)
         raw = await read_json_body(content_type, receive, state.settings.max_body_bytes)
-        ids, docs, entry = await _ingest(state, service_id, raw, request_id, listed=route == MULTIPLE)
-        if route == MULTIPLE:
-            status, body, headers = 201, entry, [_JSON_HEADER]
-        else:
-            status, body = 201, docs[0]
-            headers = [_JSON_HEADER, (b"location", f"{router.prefix}/{ids[0]}".encode())]
+        body, first_id, replayed = await _ingest(
+            state, service_id, raw, request_id, idempotency_key, listed=route == MULTIPLE
+        )
+        status, headers = 201, [_JSON_HEADER]
+        if route == SINGLE:
+            headers.append((b"location", f"{router.prefix}/{first_id}".encode()))
+        if replayed:
+            headers.append(_REPLAYED_HEADER)
     headers.append((b"content-length", str(len(body)).encode()))
     return status, body, headers
 
