@@ -6,7 +6,7 @@ validation, ids, serialization, the group commit to a real Redis — by calling 
 concurrent callers, and reports the process's CPU time per request, which is steadier. Use it to compare two
 versions of the hot path; use `make bench` for the figures that matter to a producer.
 
-    .venv/bin/python -m loadtest.bench_app [--requests 20000] [--label ...]
+    .venv/bin/python -m loadtest.bench_app [--requests 20000] [--label ...] [--idempotency-keys]
 
 Runs on embedded servers of its own; with --use-configured-servers on those DATABASE_URL / REDIS_URL name (data
 is thrown away). Appends to loadtest/results/app.csv.
@@ -14,6 +14,7 @@ is thrown away). Appends to loadtest/results/app.csv.
 
 import argparse
 import asyncio
+import itertools
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,8 +35,13 @@ RESULTS = Path(__file__).resolve().parent / "results" / "app.csv"
 CALLERS = 50
 
 
-async def measure(database_url: str, redis_url: str, mode: str, requests: int) -> dict[str, Any]:
-    """Send `requests` requests of `mode` through the app in-process; return CPU and wall time per request."""
+async def measure(
+    database_url: str, redis_url: str, mode: str, requests: int, *, keyed: bool = False
+) -> dict[str, Any]:
+    """Send `requests` requests of `mode` through the app in-process; return CPU and wall time per request.
+
+    `keyed`: each request carries an Idempotency-Key of its own (a producer that may retry; none does here).
+    """
     engine = create_engine(database_url, pool_size=1)
     redis = Redis.from_url(redis_url)
     await redis.flushdb()
@@ -59,10 +65,13 @@ async def measure(database_url: str, redis_url: str, mode: str, requests: int) -
         (b"content-length", str(len(body)).encode()),
     ]
 
+    serial = itertools.count()
+
     async def call() -> None:
+        keyed_headers = [*headers, (b"idempotency-key", f"bench-{next(serial)}".encode())] if keyed else headers
         scope = {
             "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-            "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"", "headers": headers,
+            "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"", "headers": keyed_headers,
             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000), "state": {},
         }  # fmt: skip
         messages: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
@@ -92,7 +101,7 @@ async def measure(database_url: str, redis_url: str, mode: str, requests: int) -
     await redis.aclose()
     done = requests // CALLERS * CALLERS
     return {
-        "mode": mode,
+        "mode": f"{mode}+key" if keyed else mode,
         "requests": done,
         "cpu_us_per_request": round(1e6 * cpu / done, 1),
         "cpu_us_per_notification": round(1e6 * cpu / done / per_request, 2),
@@ -105,13 +114,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=20_000, help="single POSTs (multiple: a tenth of it)")
     parser.add_argument("--label", default="")
+    parser.add_argument(
+        "--idempotency-keys", action="store_true", help="also measure both with an Idempotency-Key on every request"
+    )
     add_servers_flag(parser)
     args = parser.parse_args()
     when = datetime.now(UTC).isoformat(timespec="seconds")
     rows = []
     with bench_servers(args.use_configured_servers) as (database_url, redis_url):
-        for mode, requests in (("single", args.requests), ("multiple", args.requests // 10)):
-            figures = asyncio.run(measure(database_url, redis_url, mode, requests))
+        runs = [
+            (mode, requests, keyed)
+            for mode, requests in (("single", args.requests), ("multiple", args.requests // 10))
+            for keyed in ((False, True) if args.idempotency_keys else (False,))
+        ]
+        for mode, requests, keyed in runs:
+            figures = asyncio.run(measure(database_url, redis_url, mode, requests, keyed=keyed))
             rows.append({"when": when, "label": args.label, **figures})
             print(rows[-1], flush=True)
     append_csv(RESULTS, rows)
