@@ -12,9 +12,10 @@ Errors are JSON `{"detail": ...}` like FastAPI's own 422s. The tree of the servi
     ├── IdempotencyKeyMismatchError -> 422
     ├── PayloadTooLargeError      -> 413
     ├── UnsupportedMediaTypeError -> 415
-    ├── BacklogFullError          -> 503 (with `Retry-After`)
-    ├── RedisUnresponsiveError    -> 503 (with `Retry-After`): nothing was queued
-    └── WriteOutcomeUnknownError  -> 503 (with `Retry-After`): the request may have been queued
+    └── RetryLaterError           -> 503 (with `Retry-After`)
+        ├── BacklogFullError
+        ├── RedisUnresponsiveError: nothing was queued
+        └── WriteOutcomeUnknownError: the request may have been queued
 
 Redis or Postgres being unreachable answers 503 with `Retry-After`, never a 500.
 """
@@ -47,8 +48,11 @@ class ApiError(Exception):
 
     status_code = 400
     headers: dict[str, str] | None = None
+    #: The detail when none is given.
+    default_detail = ""
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str | None = None) -> None:
+        detail = detail or self.default_detail
         super().__init__(detail)
         self.detail = detail
 
@@ -75,11 +79,7 @@ class ConflictError(ApiError):
 class IdempotencyKeyInFlightError(ConflictError):
     """A request with the same Idempotency-Key is still being written by this process."""
 
-    def __init__(
-        self,
-        detail: str = "a request with this Idempotency-Key is still in progress; retry once it has been answered",
-    ) -> None:
-        super().__init__(detail)
+    default_detail = "a request with this Idempotency-Key is still in progress; retry once it has been answered"
 
 
 class InvalidIdempotencyKeyError(ApiError):
@@ -94,35 +94,30 @@ class IdempotencyKeyMismatchError(ApiError):
     status_code = 422
 
 
-class BacklogFullError(ApiError):
+class RetryLaterError(ApiError):
+    """The service cannot take the request now: 503 with `Retry-After`."""
+
+    status_code = 503
+    headers = {"Retry-After": RETRY_AFTER_SECONDS}
+
+
+class BacklogFullError(RetryLaterError):
     """The stream holds MAX_BACKLOG_ENTRIES not yet stored requests: accept nothing until it drains."""
 
-    status_code = 503
-    headers = {"Retry-After": RETRY_AFTER_SECONDS}
 
-
-class RedisUnresponsiveError(ApiError):
+class RedisUnresponsiveError(RetryLaterError):
     """Redis is known not to answer (a flush timed out): the write was not sent, so a retry cannot duplicate it."""
 
-    status_code = 503
-    headers = {"Retry-After": RETRY_AFTER_SECONDS}
-
-    def __init__(self, detail: str = "Redis is not answering: nothing of this request was queued; retry later") -> None:
-        super().__init__(detail)
+    default_detail = "Redis is not answering: nothing of this request was queued; retry later"
 
 
-class WriteOutcomeUnknownError(ApiError):
+class WriteOutcomeUnknownError(RetryLaterError):
     """Redis did not confirm the write in time (timeout, lost connection): it may still have been applied."""
 
-    status_code = 503
-    headers = {"Retry-After": RETRY_AFTER_SECONDS}
-
-    def __init__(
-        self,
-        detail: str = "Redis did not confirm the write within REDIS_TIMEOUT_SECONDS: the request may or may not "
-        "have been queued, and a retry may queue it twice",
-    ) -> None:
-        super().__init__(detail)
+    default_detail = (
+        "Redis did not confirm the write within REDIS_TIMEOUT_SECONDS: the request may or may not have been "
+        "queued, and a retry may queue it twice"
+    )
 
 
 class NotFoundError(ApiError):
