@@ -20,7 +20,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -225,12 +225,10 @@ class Drain:
         over = [(entry_id, fields) for entry_id, fields in claimed if deliveries.get(entry_id, 0) > limit]
         if not over:
             return claimed
-        for part in _parts_by_bytes(await self._sized(over), self.settings.drain_batch_bytes):
-            await self._fetch(part)
+        async for part in self._fetched_parts(over):
             for fetched in part:
                 error = f"delivered {deliveries[fetched.entry_id]} times (MAX_DELIVERIES={limit}): it may crash workers"
                 await self._dead_letter(fetched.entry_id, fetched.payload or b"", error, fetched.request_id)
-            _release(part)
         buried = {entry_id for entry_id, _ in over}
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(keys.STREAM, keys.GROUP, *buried)
@@ -250,11 +248,20 @@ class Drain:
         """
         stored = 0
         with collector_paused():
-            for part in _parts_by_bytes(await self._sized(raw), self.settings.drain_batch_bytes):
-                await self._fetch(part)
+            async for part in self._fetched_parts(raw):
                 stored += await self._drain_part(part, redelivered)
-                _release(part)
         return stored
+
+    async def _fetched_parts(self, raw: list[RawEntry]) -> AsyncIterator[list[Fetched]]:
+        """Yield the entries in parts of at most DRAIN_BATCH_BYTES of JSON, fetched one at a time.
+
+        Each part is fetched just before it is yielded and released when the caller asks for the next, so only one
+        part's JSON is held at a time.
+        """
+        for part in _parts_by_bytes(await self._sized(raw), self.settings.drain_batch_bytes):
+            await self._fetch(part)
+            yield part
+            _release(part)
 
     async def _sized(self, raw: list[RawEntry]) -> list[Fetched]:
         """Describe the entries (`_described`), asking Redis the size of JSON the entry does not declare (STRLEN).
