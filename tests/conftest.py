@@ -4,9 +4,12 @@ Every test starts from an empty database and an empty Redis (truncate + flush), 
 its ASGI interface with the lifespan running, so the same connections a server would open are used.
 """
 
+import asyncio
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
@@ -38,6 +41,39 @@ class Servers:
 
 
 migrate = upgrade_database
+
+
+@asynccontextmanager
+async def redis_asleep(redis: Redis, seconds: float) -> AsyncIterator[None]:
+    """Redis busy for `seconds` (DEBUG SLEEP, as a stalled server): commands sent meanwhile run once it wakes."""
+    sleeping = asyncio.create_task(redis.execute_command("DEBUG", "SLEEP", str(seconds)))
+    await asyncio.sleep(0.05)  # the sleep has begun
+    try:
+        yield
+    finally:
+        await sleeping
+
+
+@asynccontextmanager
+async def impatient_client(
+    settings: Settings, tenant: "Tenant", seconds: float = 0.5
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of an app whose REDIS_TIMEOUT_SECONDS is `seconds`, `tenant`'s key already checked (and cached)."""
+    app = create_app(settings.model_copy(update={"redis_timeout_seconds": seconds}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=tenant.headers) as client:
+            assert (await client.post("/notifications/v1/", json={"to": "warm-up"})).status_code == 201
+            yield client
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """Another process's server, as far as a port is concerned: a socket listening on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock
 
 
 @pytest.fixture(scope="session")

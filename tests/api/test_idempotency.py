@@ -13,7 +13,7 @@ from api.main import create_app
 from shared import keys
 from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
 from shared.settings import Settings
-from tests.conftest import Tenant, count_rows, drain_all, make_tenant
+from tests.conftest import Tenant, count_rows, drain_all, impatient_client, make_tenant, redis_asleep
 from worker.drain import Drain
 
 BASE = "/notifications/v1"
@@ -150,17 +150,11 @@ async def test_the_record_expires_after_idempotency_ttl_seconds(
 async def test_a_retry_after_an_unconfirmed_write_finds_it_rather_than_queueing_it_again(
     redis: Redis, settings: Settings, tenant: Tenant
 ) -> None:
-    app = create_app(settings.model_copy(update={"redis_timeout_seconds": 0.5}))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=tenant.headers) as client:
-            assert (await client.post(f"{BASE}/", json=BRIEF_EXAMPLE)).status_code == 201  # key cached
-            sleeping = asyncio.create_task(redis.execute_command("DEBUG", "SLEEP", "1.5"))
-            await asyncio.sleep(0.05)
+    async with impatient_client(settings, tenant) as client:
+        async with redis_asleep(redis, 1.5):
             unconfirmed = await client.post(f"{BASE}/", json=BRIEF_EXAMPLE, headers=_keyed("after-503"))
-            await sleeping
-            await asyncio.sleep(0.6)  # the writer's PING finds Redis again
-            retry = await client.post(f"{BASE}/", json=BRIEF_EXAMPLE, headers=_keyed("after-503"))
+        await asyncio.sleep(0.6)  # the writer's PING finds Redis again
+        retry = await client.post(f"{BASE}/", json=BRIEF_EXAMPLE, headers=_keyed("after-503"))
 
     assert unconfirmed.status_code == 503
     assert "same Idempotency-Key is safe" in unconfirmed.json()["detail"]

@@ -11,13 +11,12 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from api.errors import RedisUnresponsiveError, WriteOutcomeUnknownError
-from api.main import create_app
 from api.routes import notifications
 from api.writer import RedisWriter
 from shared import keys, redis_client
 from shared.schemas import BRIEF_EXAMPLE
 from shared.settings import Settings
-from tests.conftest import Tenant
+from tests.conftest import Tenant, impatient_client, redis_asleep
 
 
 async def test_a_cancelled_request_neither_cancels_the_shared_flush_nor_loses_its_write(redis: Redis) -> None:
@@ -123,19 +122,17 @@ async def test_a_redis_that_stops_answering_fails_every_write_within_one_timeout
     slow = redis_client.connect(settings.model_copy(update={"redis_timeout_seconds": 0.5}))
     writer = RedisWriter(slow, max_backlog=100_000, max_requests_per_flush=50)
     await writer.write(b"[{}]", "notify:r:test:warm")  # a connection in the pool
-    # Redis busy for 2 s (the reproduction): commands sent meanwhile run once it wakes
-    sleeping = asyncio.create_task(redis.execute_command("DEBUG", "SLEEP", "2"))
-    await asyncio.sleep(0.05)
-    started = time.monotonic()
+    async with redis_asleep(redis, 2):  # the reproduction: commands sent meanwhile run once it wakes
+        started = time.monotonic()
 
-    results = await asyncio.gather(
-        *(writer.write(b"[{}]", f"notify:r:test:{n}") for n in range(600)), return_exceptions=True
-    )
-    elapsed = time.monotonic() - started
-    fast_started = time.monotonic()
-    with pytest.raises(RedisUnresponsiveError):
-        await writer.write(b"[{}]", "notify:r:test:while-down")
-    refused_in = time.monotonic() - fast_started
+        results = await asyncio.gather(
+            *(writer.write(b"[{}]", f"notify:r:test:{n}") for n in range(600)), return_exceptions=True
+        )
+        elapsed = time.monotonic() - started
+        fast_started = time.monotonic()
+        with pytest.raises(RedisUnresponsiveError):
+            await writer.write(b"[{}]", "notify:r:test:while-down")
+        refused_in = time.monotonic() - fast_started
 
     unknown = [n for n, result in enumerate(results) if isinstance(result, WriteOutcomeUnknownError)]
     not_queued = [n for n, result in enumerate(results) if isinstance(result, RedisUnresponsiveError)]
@@ -144,7 +141,7 @@ async def test_a_redis_that_stops_answering_fails_every_write_within_one_timeout
     assert elapsed < 2.0  # one timeout for all of them, not one per flush of 50 (12 flushes: 6 s or more)
     assert refused_in < 0.1
 
-    for _ in range(100):  # the pause ends; the writer finds Redis answering again by itself
+    for _ in range(100):  # the writer finds Redis answering again by itself
         await asyncio.sleep(0.1)
         try:
             await writer.write(b"[{}]", "notify:r:test:after")
@@ -153,7 +150,6 @@ async def test_a_redis_that_stops_answering_fails_every_write_within_one_timeout
             continue
     await writer.close()
     await slow.aclose()
-    await sleeping
 
     # "unknown" was the truth: Redis applied the flushes it had been sent once the pause ended; "not queued" too
     assert await redis.exists(*(f"notify:r:test:{n}" for n in unknown)) == len(unknown)
@@ -164,18 +160,12 @@ async def test_a_redis_that_stops_answering_fails_every_write_within_one_timeout
 async def test_a_post_whose_write_was_not_confirmed_names_the_id_that_tells_the_outcome(
     redis: Redis, settings: Settings, tenant: Tenant
 ) -> None:
-    app = create_app(settings.model_copy(update={"redis_timeout_seconds": 0.5}))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=tenant.headers) as client:
-            assert (await client.post("/notifications/v1/", json=BRIEF_EXAMPLE)).status_code == 201  # key cached
-            sleeping = asyncio.create_task(redis.execute_command("DEBUG", "SLEEP", "1.5"))
-            await asyncio.sleep(0.05)
+    async with impatient_client(settings, tenant) as client:
+        async with redis_asleep(redis, 1.5):
             response = await client.post("/notifications/v1/", json=BRIEF_EXAMPLE)
-            await sleeping
-            notification_id = re.search(r"/notifications/v1/([0-9a-f-]{36})", response.json()["detail"])
-            assert notification_id is not None
-            found = await client.get(f"/notifications/v1/{notification_id[1]}")
+        notification_id = re.search(r"/notifications/v1/([0-9a-f-]{36})", response.json()["detail"])
+        assert notification_id is not None
+        found = await client.get(f"/notifications/v1/{notification_id[1]}")
 
     assert response.status_code == 503
     assert response.headers["retry-after"].isdigit()

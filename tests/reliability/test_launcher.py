@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -24,15 +23,6 @@ from shared.embedded import EmbeddedRedis, free_port, port_is_free
 ROOT = Path(__file__).resolve().parent.parent.parent
 #: What a user's shell may hold that would point the launcher elsewhere.
 UNSET = ("DATABASE_URL", "REDIS_URL", "ADMIN_TOKEN", "EMBEDDED_PG_PORT", "EMBEDDED_REDIS_PORT", "PORT", "HOST")
-
-
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    """Another process's server, as far as a port is concerned: a socket listening on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock
 
 
 class Launcher:

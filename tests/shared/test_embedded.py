@@ -7,7 +7,6 @@ servers (another data folder, another process).
 import os
 import socket
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,15 +25,6 @@ from shared.embedded import (
     free_port,
 )
 from tests.conftest import Servers
-
-
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    """Another process's server, as far as a port is concerned: a socket listening on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock
 
 
 def _port(sock: socket.socket) -> int:
