@@ -29,6 +29,9 @@ services = Table(
     Column("id", UUID(as_uuid=True), primary_key=True),
     Column("name", Text, nullable=False, unique=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # notifications per minute; NULL: the RATE_LIMIT_PER_MINUTE default, 0: unlimited
+    Column("rate_limit_per_minute", Integer, nullable=True),
+    CheckConstraint("rate_limit_per_minute >= 0", name="services_rate_limit_check"),
 )
 
 api_keys = Table(
@@ -39,6 +42,8 @@ api_keys = Table(
     Column("name", Text, nullable=False),
     Column("prefix", Text, nullable=False),
     Column("secret_hash", Text, nullable=False, unique=True),
+    # the key's secret encrypted with SECRET_KEY (to verify GOV.UK Notify JWTs); NULL for keys issued before 0004
+    Column("secret_ciphertext", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
 )
@@ -50,6 +55,8 @@ templates = Table(
     Column("service_id", UUID(as_uuid=True), ForeignKey("services.id", ondelete="CASCADE"), nullable=False),
     Column("name", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("type", Text, nullable=False, server_default="email"),
+    CheckConstraint("type IN ('email', 'sms')", name="templates_type_check"),
     UniqueConstraint("service_id", "name", name="templates_service_id_name_key"),
 )
 
