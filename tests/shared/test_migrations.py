@@ -1,4 +1,4 @@
-"""Alembic migrations on a database of their own, with data: 0001 → 0002 → the partitioned table (0003), and back."""
+"""Alembic migrations on a database of their own, with data: 0001 → 0002 → 0003 (partitioned) → head, and back."""
 
 import asyncio
 import secrets
@@ -15,10 +15,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from api.main import create_app
-from shared import keys
 from shared.db import create_engine, sqlalchemy_url
 from shared.settings import Settings
-from tests.conftest import ROOT, Servers, make_tenant, migrate
+from tests.conftest import ROOT, Servers, drain_all, make_tenant, migrate
+from worker.drain import Drain
 
 DEFAULT_SERVICE_ID = "00000000-0000-7000-8000-000000000001"
 
@@ -76,30 +76,12 @@ def test_core_notifications_get_the_default_service(scratch_db: str) -> None:
     assert nullable == [("NO",)]
 
 
-# The drain's statements at revision 0002 (worker/drain.py as of API 1.1.0): how that version stored a request.
-STORE_AT_0002 = [
-    """INSERT INTO notifications (id, service_id, "to", created_at, updated_at, sent_at)
-    SELECT x.id, x.service_id, x."to", x.created_at, x.updated_at, x.sent_at
-    FROM unnest(CAST(:payloads AS text[])) AS e(payload), json_to_recordset(e.payload::json) AS x(
-      id uuid, service_id uuid, "to" text, created_at timestamptz, updated_at timestamptz, sent_at timestamptz)""",
-    """INSERT INTO notification_personalization (notification_id, key, value)
-    SELECT (x.doc->>'id')::uuid, p.key, p.value
-    FROM unnest(CAST(:payloads AS text[])) AS e(payload), json_array_elements(e.payload::json) AS x(doc),
-         json_each_text(x.doc->'personalization') AS p(key, value)""",
-    """INSERT INTO notification_templates (notification_id, template_id, template_version)
-    SELECT x.id, (x.template->>'id')::uuid, (x.template->>'version')::int
-    FROM unnest(CAST(:payloads AS text[])) AS e(payload),
-         json_to_recordset(e.payload::json) AS x(id uuid, template json)
-    WHERE json_typeof(x.template) = 'object'""",
-]
-
-
 def _app(scratch_db: str, redis_url: str) -> FastAPI:
     return create_app(Settings(database_url=scratch_db, redis_url=redis_url, _env_file=None))  # type: ignore[call-arg]
 
 
 async def _fill_through_the_api(scratch_db: str, redis_url: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
-    """Accept notifications with the API (on a database at 0002), then store them as the 0002 drain did."""
+    """Accept notifications with the API and store them with the drain (on a database at head)."""
     engine = create_engine(scratch_db)
     redis = Redis.from_url(redis_url)
     await redis.flushdb()
@@ -123,12 +105,10 @@ async def _fill_through_the_api(scratch_db: str, redis_url: str) -> tuple[dict[s
                     {"to": f"m{i}@example.com", "personalization": {"band": "Incubus", "i": str(i)}} for i in range(5)
                 ],
             )
+        drain = Drain(redis, engine, app.state.settings, "migrating")
+        await drain.ensure_group()
+        assert await drain_all(drain) == 7
     accepted = [single.json(), templated.json(), *many.json()]
-    cache_keys = [fields[keys.STREAM_KEY_FIELD] for _, fields in await redis.xrange(keys.STREAM)]
-    payloads = [payload.decode() for payload in await redis.mget(cache_keys)]
-    async with engine.begin() as conn:
-        for statement in STORE_AT_0002:
-            await conn.execute(text(statement), {"payloads": payloads})
     await redis.flushdb()  # GET must now be served by Postgres
     await redis.aclose()
     await engine.dispose()
@@ -143,27 +123,17 @@ async def _get_each(scratch_db: str, redis_url: str, headers: dict[str, str], id
             return [(await http.get(f"/notifications/v1/{notification_id}")).json() for notification_id in ids]
 
 
-def test_upgrade_and_downgrade_keep_every_notification_the_api_accepted(scratch_db: str, servers: Servers) -> None:
-    migrate(scratch_db, "0002")
+def test_downgrade_to_0002_and_upgrade_again_keep_every_notification_the_api_accepted(
+    scratch_db: str, servers: Servers
+) -> None:
+    migrate(scratch_db, "head")
     headers, accepted = asyncio.run(_fill_through_the_api(scratch_db, servers.redis_url))
     ids = [item["id"] for item in accepted]
     assert len(accepted) == 7
-
-    migrate(scratch_db, "head")
-
-    assert asyncio.run(_get_each(scratch_db, servers.redis_url, headers, ids)) == accepted
-    (rows, tables) = _sql(
-        scratch_db,
-        "SELECT count(*), count(DISTINCT tableoid) FROM notifications",
-        "SELECT table_name FROM information_schema.tables "
-        "WHERE table_name IN ('notification_personalization', 'notification_templates', 'notifications_0002')",
-    )
-    assert rows == [(7, 1)]  # all in today's partition
-    assert tables == []
-
     config = Config(str(ROOT / "alembic.ini"))
     config.attributes["database_url"] = scratch_db
     config.attributes["configure_logger"] = False
+
     command.downgrade(config, "0002")
 
     (rows, pairs, refs) = _sql(
@@ -179,6 +149,18 @@ def test_upgrade_and_downgrade_keep_every_notification_the_api_accepted(scratch_
         for key, value in sorted(item["personalization"].items())
     ]
     assert refs == [(1,)]
+
+    migrate(scratch_db, "head")
+
+    assert asyncio.run(_get_each(scratch_db, servers.redis_url, headers, ids)) == accepted
+    (rows, tables) = _sql(
+        scratch_db,
+        "SELECT count(*), count(DISTINCT tableoid) FROM notifications",
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_name IN ('notification_personalization', 'notification_templates', 'notifications_0002')",
+    )
+    assert rows == [(7, 1)]  # all in today's partition
+    assert tables == []
 
 
 def test_upgrade_refuses_ids_that_are_not_uuidv7(scratch_db: str) -> None:
