@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.writer import RedisWriter
+from shared.settings import Settings
 
 
 async def get_redis(request: Request) -> Redis:
@@ -30,6 +31,13 @@ async def get_writer(request: Request) -> RedisWriter:
     return writer
 
 
+async def get_settings_of_app(request: Request) -> Settings:
+    """Return the settings the app runs with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
 RedisDep = Annotated[Redis, Depends(get_redis)]
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 WriterDep = Annotated[RedisWriter, Depends(get_writer)]
+SettingsDep = Annotated[Settings, Depends(get_settings_of_app)]

@@ -12,6 +12,7 @@ Errors are JSON `{"detail": ...}` like FastAPI's own 422s. The tree of the servi
     ├── IdempotencyKeyMismatchError -> 422
     ├── PayloadTooLargeError      -> 413
     ├── UnsupportedMediaTypeError -> 415
+    ├── RateLimitedError          -> 429 (with `Retry-After` and the RateLimit-* headers)
     └── RetryLaterError           -> 503 (with `Retry-After`)
         ├── BacklogFullError
         ├── RedisUnresponsiveError: nothing was queued
@@ -92,6 +93,18 @@ class IdempotencyKeyMismatchError(ApiError):
     """The Idempotency-Key was used before with another request body."""
 
     status_code = 422
+
+
+class RateLimitedError(ApiError):
+    """The service is past its rate limit: 429; nothing of the request was queued."""
+
+    status_code = 429
+
+    def __init__(self, detail: str, retry_after: int, rate_headers: list[tuple[bytes, bytes]]) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after)} | {
+            name.decode(): value.decode() for name, value in rate_headers
+        }
 
 
 class RetryLaterError(ApiError):

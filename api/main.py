@@ -16,6 +16,7 @@ from api.auth import KeyCache
 from api.body import BodyLimitMiddleware
 from api.errors import install_error_handlers
 from api.hotpath import HotPathMiddleware
+from api.ratelimit import RateLimits
 from api.routes import notifications, services, status, templates
 from api.template_cache import TemplateCache
 from api.writer import RedisWriter
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine = create_engine(active.require_database_url(), active.db_pool_size)
         app.state.key_cache = KeyCache(active.auth_cache_seconds)
         app.state.templates = TemplateCache(engine, active.template_cache_seconds)
+        app.state.rate_limits = RateLimits(engine, redis, active.rate_limit_per_minute, active.auth_cache_seconds)
         freeze_startup_objects()
         try:
             yield

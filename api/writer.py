@@ -26,6 +26,12 @@ request but returns the record; otherwise it writes the record (with IDEMPOTENCY
 no crash can queue a request without recording its key, or the reverse. A second write with a key still in flight
 in this process is refused (`IdempotencyKeyInFlightError`, a 409) until the flush that carries the first is answered.
 
+A request of a rate-limited service also hands over its place in the service's token bucket (`RateLimit`: the
+bucket's key, the limit, its cost in notifications). The same script call refills the bucket by Redis's clock and
+takes the cost from it, or, when there are too few tokens, neither keeps nor queues nor records the request; every
+rate-limited request learns the bucket's state (`RateState`) for its RateLimit-* headers. The limit is thus one
+count across every API process, at no extra round trip.
+
 Backpressure rides along: every flush also returns the stream's length (XLEN) in the same round trip. While that
 backlog is at MAX_BACKLOG_ENTRIES, `write` refuses new work with `BacklogFullError` (a 503), re-reading the length
 at most once a second, so writes resume by themselves as the workers drain the stream.
@@ -35,6 +41,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -54,23 +61,41 @@ PROBE_INTERVAL_SECONDS = 0.5
 UNRESPONSIVE_ERRORS = (RedisTimeoutError, RedisConnectionError, OSError)
 
 # KEYS: the stream, then one cache key per request, then one idempotency record key per request that carries an
-# Idempotency-Key. ARGV: each request's entry and request id, in turn; then per record one argument,
+# Idempotency-Key, then one token bucket per rate-limited service of the batch. ARGV: first the counts
+# "<requests> <records> <buckets>"; then each request's entry and request id, in turn; then per record one argument,
 # "<request's position, 1-based> <TTL> <record>" (one argument rather than three: redis-py packs each argument
-# apart, and per argument that costs about as much as the rest of the record's work). A request whose record exists
-# is neither kept nor queued: the script returns its position and the record found. Requests without a key cost one
-# table lookup more than before. The stream entry also records the entry's length in bytes, so that the drain
-# fetches a batch in parts of bounded size.
+# apart, and per argument that costs about as much as the rest of the record's work); then per rate-limited request
+# "<position> <bucket, 1-based> <limit per minute> <cost>".
+# A request whose record exists is neither kept nor queued: the script returns its position and the record found.
+# A rate-limited request takes `cost` tokens from its service's bucket (capacity: the limit, refilled at limit/60
+# per second, by Redis's clock), or, when there are too few, is neither kept, queued nor recorded. The stream entry
+# also records the entry's length in bytes, so that the drain fetches a batch in parts of bounded size.
+# Reply: the stream's length, the number of records found, the (position, record) pairs, then per rate-limited
+# request (position, 1 if allowed else 0, whole tokens left, milliseconds until the bucket is full if allowed, or
+# until it holds `cost` tokens if not).
 FLUSH = f"""
 local key_field, request_id_field = '{keys.STREAM_KEY_FIELD.decode()}', '{keys.REQUEST_ID_FIELD.decode()}'
 local size_field = '{keys.STREAM_SIZE_FIELD.decode()}'
-local records = 2 * (#KEYS - 1) - #ARGV
-local n = #KEYS - 1 - records
+local counts = {{}}
+for count in string.gmatch(ARGV[1], '%d+') do counts[#counts + 1] = tonumber(count) end
+local n, records, buckets = counts[1], counts[2], counts[3]
 local record_of = {{}}
 for j = 1, records do
-  local head = ARGV[2 * n + j]
+  local head = ARGV[1 + 2 * n + j]
   record_of[tonumber(string.sub(head, 1, string.find(head, ' ', 1, true) - 1))] = j
 end
-local replayed = {{}}
+local limit_of = {{}}
+for a = 2 + 2 * n + records, #ARGV do
+  local item = {{}}
+  for number in string.gmatch(ARGV[a], '%d+') do item[#item + 1] = tonumber(number) end
+  limit_of[item[1]] = item
+end
+local now, bucket_of = 0, {{}}
+if buckets > 0 then
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+local replayed, rates = {{}}, {{}}
 for i = 1, n do
   local j = record_of[i]
   local found = false
@@ -81,21 +106,98 @@ for i = 1, n do
       replayed[#replayed + 1] = found
     end
   end
-  if not found then
-    local entry = ARGV[2 * i - 1]
+  local allowed = true
+  local limited = limit_of[i]
+  if limited then
+    local b, limit, cost = limited[2], limited[3], limited[4]
+    local bucket = bucket_of[b]
+    if not bucket then
+      local tokens, at = limit, now
+      local stored = redis.call('GET', KEYS[1 + n + records + b])
+      if stored then
+        local space = string.find(stored, ' ', 1, true)
+        tokens, at = tonumber(string.sub(stored, 1, space - 1)), tonumber(string.sub(stored, space + 1))
+      end
+      tokens = math.min(limit, tokens + math.max(0, now - at) * limit / 60000)
+      bucket = {{tokens = tokens, limit = limit}}
+      bucket_of[b] = bucket
+    end
+    local wait
+    if not found and bucket.tokens < cost then
+      allowed = false
+      wait = (cost - bucket.tokens) * 60000 / limit
+    else
+      if not found then bucket.tokens = bucket.tokens - cost end
+      wait = (limit - bucket.tokens) * 60000 / limit
+    end
+    rates[#rates + 1] = i
+    rates[#rates + 1] = allowed and 1 or 0
+    rates[#rates + 1] = math.floor(bucket.tokens)
+    rates[#rates + 1] = math.ceil(wait)
+  end
+  if not found and allowed then
+    local entry = ARGV[2 * i]
     redis.call('SET', KEYS[i + 1], entry)
-    redis.call('XADD', KEYS[1], '*', key_field, KEYS[i + 1], request_id_field, ARGV[2 * i], size_field, #entry)
+    redis.call('XADD', KEYS[1], '*', key_field, KEYS[i + 1], request_id_field, ARGV[2 * i + 1], size_field, #entry)
     if j then
-      local head = ARGV[2 * n + j]
+      local head = ARGV[1 + 2 * n + j]
       local ttl_at = string.find(head, ' ', 1, true) + 1
       local record_at = string.find(head, ' ', ttl_at, true) + 1
       redis.call('SET', KEYS[1 + n + j], string.sub(head, record_at), 'EX', string.sub(head, ttl_at, record_at - 2))
     end
   end
 end
-replayed[#replayed + 1] = redis.call('XLEN', KEYS[1])
-return replayed
+for b, bucket in pairs(bucket_of) do
+  local empty_for = math.ceil((bucket.limit - bucket.tokens) * 60000 / bucket.limit)
+  if empty_for > 0 then  -- a missing bucket is a full one
+    redis.call('SET', KEYS[1 + n + records + b], string.format('%.6f %d', bucket.tokens, now), 'PX', empty_for)
+  else
+    redis.call('DEL', KEYS[1 + n + records + b])
+  end
+end
+local reply = {{redis.call('XLEN', KEYS[1]), #replayed / 2}}
+for _, value in ipairs(replayed) do reply[#reply + 1] = value end
+for _, value in ipairs(rates) do reply[#reply + 1] = value end
+return reply
 """
+
+
+@dataclass(slots=True)
+class RateLimit:
+    """A request's place in its service's token bucket: the flush takes `cost` tokens or refuses the request."""
+
+    #: The bucket's Redis key (`keys.rate_bucket_key`).
+    bucket_key: str
+    #: Notifications per minute: the bucket's capacity, refilled at per_minute / 60 per second.
+    per_minute: int
+    #: Notifications in the request.
+    cost: int
+
+
+@dataclass(slots=True, frozen=True)
+class RateState:
+    """The bucket as a rate-limited write left it."""
+
+    allowed: bool
+    limit: int
+    #: Whole tokens left.
+    remaining: int
+    #: If allowed, milliseconds until the bucket is full again; if not, until it holds the request's cost.
+    wait_ms: int
+
+
+@dataclass(slots=True, frozen=True)
+class Written:
+    """How a write went: queued (`record` None), or answered from the record a request with its key left first.
+
+    A refused rate-limited write has `rate.allowed` False and was not queued.
+    """
+
+    record: bytes | None = None
+    rate: RateState | None = None
+
+
+_QUEUED = Written()
 
 
 @dataclass(slots=True)
@@ -115,8 +217,9 @@ class _PendingWrite:
     cache_key: str
     request_id: str
     idempotency: Idempotency | None
-    #: Resolved with None once queued, or with the record found when a request with the same key came first.
-    done: asyncio.Future[bytes | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    rate_limit: RateLimit | None
+    #: Resolved with how the write went once Redis answered.
+    done: asyncio.Future[Written] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class RedisWriter:
@@ -158,13 +261,19 @@ class RedisWriter:
         self._backlog_read_at = time.monotonic()
 
     async def write(
-        self, entry: bytes, cache_key: str, request_id: str = "", idempotency: Idempotency | None = None
-    ) -> bytes | None:
+        self,
+        entry: bytes,
+        cache_key: str,
+        request_id: str = "",
+        idempotency: Idempotency | None = None,
+        rate_limit: RateLimit | None = None,
+    ) -> Written:
         """Keep `entry` under `cache_key` and add a stream entry naming it; return once Redis acknowledged both.
 
         `request_id` is stored with the entry, for the worker's logs. With `idempotency`, its record is kept in the
         same script call, unless a record under its key exists already: then nothing is written and that record is
-        returned. Returns None when the entry was queued.
+        returned (`Written.record`). With `rate_limit`, the same call takes the request's tokens from its bucket, or
+        writes nothing when there are too few (`Written.rate.allowed` is False).
 
         Raises:
             IdempotencyKeyInFlightError: a write with the same idempotency key is still in flight in this process.
@@ -182,7 +291,7 @@ class RedisWriter:
                 raise IdempotencyKeyInFlightError()
             # held until the flush carrying it is answered, even if this request goes away before that
             self._keys_in_flight.add(idempotency.key)
-        pending = _PendingWrite(entry, cache_key, request_id, idempotency)
+        pending = _PendingWrite(entry, cache_key, request_id, idempotency, rate_limit)
         self._queue.append(pending)
         if not self._flusher_starting and self._in_flight < self._max_in_flight:
             self._start_flusher()
@@ -207,17 +316,26 @@ class RedisWriter:
         while self._queue:
             batch, self._queue = self._queue[: self._max], self._queue[self._max :]
             keys_: list[str] = [keys.STREAM]
-            args: list[bytes | str] = []
+            args: list[bytes | str] = [""]
             records: list[bytes] = []
+            limits: list[str] = []
+            buckets: dict[str, int] = {}
             for position, item in enumerate(batch, 1):
                 keys_.append(item.cache_key)
                 args += (item.entry, item.request_id)
                 if item.idempotency is not None:
                     idempotency = item.idempotency
                     records.append(b"%d %d %b" % (position, idempotency.ttl_seconds, idempotency.record))
+                if item.rate_limit is not None:
+                    limit = item.rate_limit
+                    bucket = buckets.setdefault(limit.bucket_key, len(buckets) + 1)
+                    limits.append(f"{position} {bucket} {limit.per_minute} {limit.cost}")
             if records:
                 keys_ += [item.idempotency.key for item in batch if item.idempotency is not None]
                 args += records
+            keys_ += buckets
+            args += limits
+            args[0] = f"{len(batch)} {len(records)} {len(buckets)}"
             try:
                 reply = await self._flush(keys=keys_, args=args)
             except Exception as exc:  # every waiter learns the outcome, whatever it was
@@ -229,12 +347,24 @@ class RedisWriter:
                 for item in batch:
                     self._settle(item, failure)
             else:
-                self._set_backlog(reply[-1])
-                found = {reply[n]: reply[n + 1] for n in range(0, len(reply) - 1, 2)}
-                for position, item in enumerate(batch, 1):
-                    self._settle(item, found.get(position))
+                self._set_backlog(reply[0])
+                self._settle_all(batch, reply)
 
-    def _settle(self, item: _PendingWrite, outcome: bytes | BaseException | None) -> None:
+    def _settle_all(self, batch: list[_PendingWrite], reply: list[Any]) -> None:
+        """Tell each write of a flush how it went, from the script's reply."""
+        after_records = 2 + 2 * reply[1]
+        found = {reply[n]: reply[n + 1] for n in range(2, after_records, 2)}
+        rates = {reply[n]: (reply[n + 1] == 1, reply[n + 2], reply[n + 3]) for n in range(after_records, len(reply), 4)}
+        for position, item in enumerate(batch, 1):
+            record, rate = found.get(position), rates.get(position)
+            if rate is None:
+                self._settle(item, _QUEUED if record is None else Written(record))
+            else:
+                assert item.rate_limit is not None
+                allowed, remaining, wait_ms = rate
+                self._settle(item, Written(record, RateState(allowed, item.rate_limit.per_minute, remaining, wait_ms)))
+
+    def _settle(self, item: _PendingWrite, outcome: Written | BaseException) -> None:
         """Tell a write's waiter (if still there) how its flush went, and free its idempotency key."""
         if item.idempotency is not None:
             self._keys_in_flight.discard(item.idempotency.key)

@@ -2,6 +2,7 @@
 
     python -m shared.cli services create NAME
     python -m shared.cli services list
+    python -m shared.cli services rate-limit SERVICE_ID N|0|default   # notifications per minute; 0: unlimited
     python -m shared.cli keys create SERVICE_ID NAME     # prints the secret once
     python -m shared.cli keys list SERVICE_ID
     python -m shared.cli keys revoke SERVICE_ID KEY_ID
@@ -26,8 +27,9 @@ from redis.asyncio import Redis
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import deadletters, partitions, redis_client, tenancy
+from shared import deadletters, partitions, ratelimits, redis_client, tenancy
 from shared.db import create_engine
+from shared.schemas import MAX_RATE_LIMIT
 from shared.settings import get_settings
 
 DEV_SERVICE = "development"
@@ -49,6 +51,24 @@ async def _services_create(engine: AsyncEngine, redis: Redis, args: argparse.Nam
 async def _services_list(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
     for row in await tenancy.list_services(engine):
         print(_row(row))
+    return 0
+
+
+def _rate_limit(value: str) -> int | None:
+    if value == "default":
+        return None
+    limit = int(value)
+    if not 0 <= limit <= MAX_RATE_LIMIT:
+        raise ValueError(value)
+    return limit
+
+
+async def _services_rate_limit(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
+    row = await ratelimits.set_rate_limit(engine, redis, args.service_id, args.per_minute)
+    if row is None:
+        print(f"no service {args.service_id}", file=sys.stderr)
+        return 1
+    print(_row(row))
     return 0
 
 
@@ -143,6 +163,12 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.set_defaults(run=_services_create)
     services.add_parser("list", help="list services").set_defaults(run=_services_list)
+    limit = services.add_parser("rate-limit", help="set a service's rate limit in notifications per minute")
+    limit.add_argument("service_id", type=UUID)
+    limit.add_argument(
+        "per_minute", type=_rate_limit, metavar="N|0|default", help="0: unlimited; default: RATE_LIMIT_PER_MINUTE"
+    )
+    limit.set_defaults(run=_services_rate_limit)
     api_keys = groups.add_parser("keys").add_subparsers(required=True)
     key_create = api_keys.add_parser("create", help="create an API key (prints its secret once)")
     key_create.add_argument("service_id", type=UUID)

@@ -60,3 +60,17 @@ API_KEYS_HASH = "notify:apikeys"
 #: Field of API_KEYS_HASH present once the hash holds every valid key (loaded from Postgres): from then on a key
 #: not in the hash is refused without asking Postgres. Lost with the hash (a Redis without persistence restarted).
 API_KEYS_COMPLETE_FIELD = "complete"
+
+#: Per-service rate limits that differ from RATE_LIMIT_PER_MINUTE: field = service id, value = notifications per
+#: minute (0: unlimited). Mirrors `services.rate_limit_per_minute` so that the API reads limits without Postgres.
+RATE_LIMITS_HASH = "notify:ratelimits"
+#: Field of RATE_LIMITS_HASH present once the hash holds every service's own limit (loaded from Postgres).
+RATE_LIMITS_COMPLETE_FIELD = "complete"
+#: Token buckets, one per rate-limited service: "<tokens> <at, Redis ms>", updated by the group-commit script and
+#: expiring once full (a missing bucket is a full one).
+RATE_BUCKET_PREFIX = "notify:bucket:"
+
+
+def rate_bucket_key(service_id: str) -> str:
+    """Return the Redis key of a service's token bucket."""
+    return f"{RATE_BUCKET_PREFIX}{service_id}"

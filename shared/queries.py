@@ -135,7 +135,7 @@ async def copy_notifications(raw: Any, docs: list[NotificationDoc]) -> int:
 
 # --- services and API keys ------------------------------------------------------------------------------------------
 
-SERVICE_COLUMNS = "id, name, created_at"
+SERVICE_COLUMNS = "id, name, created_at, rate_limit_per_minute"
 API_KEY_COLUMNS = "id, service_id, name, prefix, created_at, revoked_at"
 
 
@@ -164,6 +164,18 @@ async def get_service_by_name(conn: AsyncConnection, name: str) -> Row[Any] | No
     """Return the service called `name`, or None."""
     query = text(f"SELECT {SERVICE_COLUMNS} FROM services WHERE name = :name")
     return (await conn.execute(query, {"name": name})).one_or_none()
+
+
+async def set_rate_limit(conn: AsyncConnection, service_id: UUID, per_minute: int | None) -> Row[Any] | None:
+    """Set a service's own rate limit (None: the default); return the service, or None if unknown."""
+    query = text(f"UPDATE services SET rate_limit_per_minute = :limit WHERE id = :id RETURNING {SERVICE_COLUMNS}")
+    return (await conn.execute(query, {"id": service_id, "limit": per_minute})).one_or_none()
+
+
+async def own_rate_limits(conn: AsyncConnection) -> list[Row[Any]]:
+    """Return (id, rate_limit_per_minute) of every service with a limit of its own."""
+    query = text("SELECT id, rate_limit_per_minute FROM services WHERE rate_limit_per_minute IS NOT NULL")
+    return list(await conn.execute(query))
 
 
 async def insert_api_key(

@@ -181,12 +181,35 @@ class ServiceIn(BaseModel):
     name: Name
 
 
+#: The largest rate limit a service can be given (notifications per minute).
+MAX_RATE_LIMIT = 1_000_000_000
+
+
+class ServicePatch(BaseModel):
+    """A change to a service: its own rate limit."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"rate_limit_per_minute": 6000}]})
+
+    rate_limit_per_minute: int | None = Field(
+        ge=0,
+        le=MAX_RATE_LIMIT,
+        description="Notifications per minute (a multiple of 100 counts 100); 0: unlimited; null: the "
+        "RATE_LIMIT_PER_MINUTE default.",
+    )
+
+
 class ServiceOut(BaseModel):
     """A service."""
 
     id: UUID
     name: str
     created_at: datetime
+    rate_limit_per_minute: int | None = Field(
+        None, description="The service's own limit in notifications per minute (0: unlimited); null: the default."
+    )
+    effective_rate_limit_per_minute: int = Field(
+        0, description="The limit that applies now: its own, else RATE_LIMIT_PER_MINUTE (0: unlimited)."
+    )
 
 
 class ApiKeyIn(BaseModel):

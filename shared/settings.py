@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     anonymous_service: str | None = None
     auth_cache_seconds: float = Field(5.0, ge=0)
     template_cache_seconds: float = Field(5.0, ge=0)
+    # Notifications per minute per service, unless the service has its own limit (0: unlimited).
+    rate_limit_per_minute: int = Field(0, ge=0)
 
     # Request limits (clients get a 4xx JSON error past them).
     max_batch_items: int = Field(1000, ge=1, le=100_000)

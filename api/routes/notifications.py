@@ -13,6 +13,8 @@ the request, and the FastAPI routes below, which exist for the OpenAPI docs, cal
 """
 
 import hashlib
+import math
+import time
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -23,6 +25,7 @@ from pydantic import ValidationError
 from starlette.datastructures import State
 from starlette.types import Receive
 
+from api import ratelimit
 from api.auth import service_for
 from api.body import read_json_body
 from api.errors import (
@@ -30,10 +33,12 @@ from api.errors import (
     InvalidIdempotencyKeyError,
     NotFoundError,
     PayloadTooLargeError,
+    RateLimitedError,
     WriteOutcomeUnknownError,
 )
+from api.ratelimit import RateLimits
 from api.template_cache import TemplateCache, TemplateVersion
-from api.writer import Idempotency
+from api.writer import Idempotency, RateLimit, RateState
 from shared import keys, queries
 from shared.codec import encode_notification, join_array
 from shared.ids import notification_id_at, request_ids, stem_and_index
@@ -63,7 +68,12 @@ _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     **_AUTH_ERRORS,
     400: {"description": "Idempotency-Key empty, longer than 255 characters or not printable ASCII", **_ERROR},
     409: {"description": "A request with this Idempotency-Key is still in progress", **_ERROR},
-    413: {"description": "Body larger than MAX_BODY_BYTES, or notifications larger than MAX_QUEUED_BYTES", **_ERROR},
+    413: {
+        "description": "Body larger than MAX_BODY_BYTES, notifications larger than MAX_QUEUED_BYTES, or more "
+        "notifications than the service's whole rate limit per minute",
+        **_ERROR,
+    },
+    429: {"description": "The service's rate limit is reached; retry after `Retry-After` seconds", **_ERROR},
     415: {"description": "Body is not JSON", **_ERROR},
     503: {"description": "Redis unavailable; retry after `Retry-After` seconds", **_ERROR},
 }
@@ -229,14 +239,50 @@ def _idempotency_key(value: bytes) -> str:
     return key
 
 
+async def _rate_limit(state: State, service_id: UUID, cost: int) -> RateLimit | None:
+    """Return the request's place in its service's bucket (None: unlimited), or refuse it here.
+
+    Raises:
+        PayloadTooLargeError: the request holds more notifications than the whole limit (413: it never fits).
+        RateLimitedError: Redis refused the service lately and its bucket cannot hold `cost` tokens yet (429).
+    """
+    limits: RateLimits = state.rate_limits
+    per_minute = await limits.limit_for(service_id)
+    if not per_minute:
+        return None
+    if cost > per_minute:
+        raise PayloadTooLargeError(
+            f"the request holds {cost} notifications, more than your service's whole rate limit of {per_minute} "
+            "per minute: send at most that many per request"
+        )
+    refused = limits.refused_before(service_id, cost)
+    if refused is not None:
+        raise _rate_limited(refused, cost)
+    return RateLimit(keys.rate_bucket_key(str(service_id)), per_minute, cost)
+
+
+def _rate_limited(state: RateState, cost: int) -> RateLimitedError:
+    retry_after = max(1, math.ceil(state.wait_ms / 1000))
+    return RateLimitedError(
+        f"your service's rate limit of {state.limit} notifications per minute is reached: {state.remaining} left, "
+        f"this request needs {cost}; nothing was queued, retry after {retry_after} s",
+        retry_after,
+        ratelimit.rate_headers(state),
+    )
+
+
 async def _ingest(
     state: State, service_id: UUID, body: bytes, request_id: str, idempotency_key: str | None, *, listed: bool
-) -> tuple[bytes, str, bool]:
-    """The write path after authentication: validate → templates → ids → Redis.
+) -> tuple[bytes, str, bool, RateState | None]:
+    """The write path after authentication: validate → templates → rate limit → ids → Redis.
 
-    Returns the answer's body (the notification, or the array for `/multiple`), the first id, and whether it is
-    the first answer given again because `idempotency_key` was used before with the same body. `listed` says the
-    body is a list (`/multiple`) rather than one notification.
+    Returns the answer's body (the notification, or the array for `/multiple`), the first id, whether it is
+    the first answer given again because `idempotency_key` was used before with the same body, and the service's
+    token bucket after the write (None when the service is not rate-limited). `listed` says the body is a list
+    (`/multiple`) rather than one notification.
+
+    Raises:
+        RateLimitedError: the service is past its rate limit; nothing was queued (429).
     """
     settings = state.settings
     try:
@@ -247,6 +293,7 @@ async def _ingest(
     except ValidationError as exc:
         raise _body_error(exc) from None
     resolved = await _templates_for(items, service_id, state.templates, listed=listed)
+    rate_limit = await _rate_limit(state, service_id, len(items))
     service = str(service_id)
     stem, ids, docs = _accept(items, service, resolved, settings, listed=listed)
     entry = join_array(docs)
@@ -259,8 +306,9 @@ async def _ingest(
         fingerprint = digest.hexdigest().encode()
         record_key = keys.idempotency_key(service, idempotency_key)
         idempotency = Idempotency(record_key, fingerprint + answer, settings.idempotency_ttl_seconds)
+    sent_at = time.monotonic()
     try:
-        found = await state.writer.write(entry, keys.request_key(service, stem), request_id, idempotency)
+        written = await state.writer.write(entry, keys.request_key(service, stem), request_id, idempotency, rate_limit)
     except WriteOutcomeUnknownError as exc:
         retry = (
             "a retry with the same Idempotency-Key is safe"
@@ -272,9 +320,14 @@ async def _ingest(
             f"queued. GET {router.prefix}/{ids[0]} answers 200 once Redis has it (then all {len(ids)} of its "
             f"notifications were queued) and 404 if it was not; {retry}"
         ) from exc
+    if written.rate is not None:
+        state.rate_limits.note(service_id, len(ids), written.rate, sent_at)
+        if not written.rate.allowed:
+            raise _rate_limited(written.rate, len(ids))
+    found = written.record
     if found is None:
         ACCEPTED.inc(len(ids))
-        return answer, ids[0], False
+        return answer, ids[0], False, written.rate
     if found[:_FINGERPRINT_LENGTH] != fingerprint:
         raise IdempotencyKeyMismatchError(
             f"Idempotency-Key {idempotency_key!r} was used before with another request body on this route; "
@@ -283,7 +336,7 @@ async def _ingest(
     answer = found[_FINGERPRINT_LENGTH:]
     start = answer.index(b'"id":"') + 6  # the answer is ours: `{"id":"<id>"...` or `[{"id":"<id>"...`
     first_id = answer[start : start + 36].decode()
-    return answer, first_id, True
+    return answer, first_id, True, written.rate
 
 
 def _pick(request_json: bytes | None, stem: str, index: int) -> bytes | None:
@@ -342,7 +395,7 @@ async def serve(
     else:
         idempotency_key = None if idempotency_header is None else _idempotency_key(idempotency_header)
         raw = await read_json_body(content_type, receive, state.settings.max_body_bytes)
-        body, first_id, replayed = await _ingest(
+        body, first_id, replayed, rate = await _ingest(
             state, service_id, raw, request_id, idempotency_key, listed=route == MULTIPLE
         )
         status, headers = 201, [_JSON_HEADER]
@@ -350,6 +403,8 @@ async def serve(
             headers.append((b"location", f"{router.prefix}/{first_id}".encode()))
         if replayed:
             headers.append(_REPLAYED_HEADER)
+        if rate is not None:
+            headers += ratelimit.rate_headers(rate)
     headers.append((b"content-length", str(len(body)).encode()))
     return status, body, headers
 

@@ -1,19 +1,21 @@
-"""Administration of services and their API keys, behind the ADMIN_TOKEN (`Authorization: Bearer <token>`).
+"""Administration of services, their rate limits and API keys, behind the ADMIN_TOKEN (`Bearer <token>`).
 
-Thin handlers over `shared.tenancy`, which the CLI (`python -m shared.cli`) uses too.
+Thin handlers over `shared.tenancy` and `shared.ratelimits`, which the CLI (`python -m shared.cli`) uses too.
 """
 
 from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, Response
+from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
 
 from api.auth import AdminDep
-from api.deps import EngineDep, RedisDep
+from api.deps import EngineDep, RedisDep, SettingsDep
 from api.errors import ConflictError, NotFoundError
-from shared import tenancy
-from shared.schemas import ApiKeyCreated, ApiKeyIn, ApiKeyOut, ServiceIn, ServiceOut
+from shared import ratelimits, tenancy
+from shared.schemas import ApiKeyCreated, ApiKeyIn, ApiKeyOut, ServiceIn, ServiceOut, ServicePatch
+from shared.settings import Settings
 
 router = APIRouter(prefix="/services/v1", tags=["administration"], dependencies=[AdminDep])
 
@@ -23,20 +25,41 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _service_out(row: Row[Any], settings: Settings) -> ServiceOut:
+    own = row.rate_limit_per_minute
+    return ServiceOut.model_validate(
+        {**row._mapping, "effective_rate_limit_per_minute": settings.rate_limit_per_minute if own is None else own}
+    )
+
+
 @router.post("/", status_code=201, responses={**_ERRORS, 409: {"description": "Name taken"}})
-async def create_service(body: ServiceIn, engine: EngineDep) -> ServiceOut:
+async def create_service(body: ServiceIn, engine: EngineDep, settings: SettingsDep) -> ServiceOut:
     """Create a service (a tenant)."""
     try:
         row = await tenancy.create_service(engine, body.name)
     except IntegrityError:
         raise ConflictError(f"a service named {body.name!r} exists already") from None
-    return ServiceOut.model_validate(row, from_attributes=True)
+    return _service_out(row, settings)
 
 
 @router.get("/", responses=_ERRORS)
-async def list_services(engine: EngineDep) -> list[ServiceOut]:
-    """List every service."""
-    return [ServiceOut.model_validate(row, from_attributes=True) for row in await tenancy.list_services(engine)]
+async def list_services(engine: EngineDep, settings: SettingsDep) -> list[ServiceOut]:
+    """List every service, with the rate limit that applies to it."""
+    return [_service_out(row, settings) for row in await tenancy.list_services(engine)]
+
+
+@router.patch(
+    "/{service_id}",
+    responses={**_ERRORS, 404: {"description": "No such service"}, 503: {"description": "Redis unavailable"}},
+)
+async def update_service(
+    service_id: UUID, body: ServicePatch, engine: EngineDep, redis: RedisDep, settings: SettingsDep
+) -> ServiceOut:
+    """Set a service's own rate limit (`null`: the default); every API process applies it within AUTH_CACHE_SECONDS."""
+    row = await ratelimits.set_rate_limit(engine, redis, service_id, body.rate_limit_per_minute)
+    if row is None:
+        raise NotFoundError(f"service {service_id} not found")
+    return _service_out(row, settings)
 
 
 @router.post("/{service_id}/api-keys", status_code=201, responses={**_ERRORS, 404: {"description": "No such service"}})

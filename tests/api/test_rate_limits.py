@@ -1,0 +1,236 @@
+"""Per-service rate limits: a token bucket in Redis, counted in notifications by the group-commit script."""
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from api.main import create_app
+from shared import keys, ratelimits
+from shared.schemas import BRIEF_EXAMPLE
+from shared.settings import Settings
+from tests.conftest import Tenant, make_tenant
+from tests.shared.test_cli import cli
+
+BASE = "/notifications/v1"
+ADMIN = {"Authorization": "Bearer test-admin-token"}
+
+
+def _items(count: int) -> list[dict[str, Any]]:
+    return [{"to": f"fan{n}@example.com", "personalization": {"n": str(n)}} for n in range(count)]
+
+
+async def _limit(engine: AsyncEngine, redis: Redis, tenant: Tenant, per_minute: int | None) -> None:
+    assert await ratelimits.set_rate_limit(engine, redis, tenant.service_id, per_minute) is not None
+
+
+async def _commands(redis: Redis, name: str) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+
+
+@pytest.fixture
+async def second_app(settings: Settings, app: FastAPI) -> AsyncIterator[FastAPI]:
+    """Another API process on the same servers: its own writer and caches, only Redis is shared."""
+    other = create_app(settings)
+    async with other.router.lifespan_context(other):
+        yield other
+
+
+async def test_the_admin_sets_shows_and_resets_a_services_limit(anonymous: httpx.AsyncClient, tenant: Tenant) -> None:
+    url = f"/services/v1/{tenant.service_id}"
+    changed = await anonymous.patch(url, json={"rate_limit_per_minute": 600}, headers=ADMIN)
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["rate_limit_per_minute"] == changed.json()["effective_rate_limit_per_minute"] == 600
+    (listed,) = (await anonymous.get("/services/v1/", headers=ADMIN)).json()
+    assert listed["rate_limit_per_minute"] == 600
+
+    reset = await anonymous.patch(url, json={"rate_limit_per_minute": None}, headers=ADMIN)
+    assert reset.json()["rate_limit_per_minute"] is None
+    assert reset.json()["effective_rate_limit_per_minute"] == 0  # RATE_LIMIT_PER_MINUTE's default: unlimited
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [({"rate_limit_per_minute": -1}, 422), ({"rate_limit_per_minute": "lots"}, 422), ({}, 422), ({"name": "x"}, 422)],
+)
+async def test_a_bad_limit_is_a_422(anonymous: httpx.AsyncClient, tenant: Tenant, body: Any, status: int) -> None:
+    answer = await anonymous.patch(f"/services/v1/{tenant.service_id}", json=body, headers=ADMIN)
+    assert answer.status_code == status
+    assert "detail" in answer.json()
+
+
+async def test_unknown_service_and_missing_admin_token(anonymous: httpx.AsyncClient, tenant: Tenant) -> None:
+    url = f"/services/v1/{tenant.service_id}"
+    assert (await anonymous.patch(url, json={"rate_limit_per_minute": 5})).status_code == 401
+    unknown = await anonymous.patch(f"/services/v1/{tenant.key_id}", json={"rate_limit_per_minute": 5}, headers=ADMIN)
+    assert unknown.status_code == 404
+
+
+async def test_past_the_limit_a_request_gets_a_429_and_nothing_is_queued(
+    client: httpx.AsyncClient, engine: AsyncEngine, redis: Redis, tenant: Tenant
+) -> None:
+    await _limit(engine, redis, tenant, 5)
+    remaining = []
+    for _ in range(5):
+        accepted = await client.post(f"{BASE}/", json=BRIEF_EXAMPLE)
+        assert accepted.status_code == 201
+        assert accepted.headers["ratelimit-limit"] == "5"
+        assert accepted.headers["ratelimit-policy"] == "5;w=60"
+        remaining.append(int(accepted.headers["ratelimit-remaining"]))
+    assert remaining == [4, 3, 2, 1, 0]
+    assert 48 <= int(accepted.headers["ratelimit-reset"]) <= 60  # until 5 tokens are back, at one per 12 s
+
+    refused = await client.post(f"{BASE}/", json=BRIEF_EXAMPLE)
+    assert refused.status_code == 429
+    assert 1 <= int(refused.headers["retry-after"]) <= 12
+    assert refused.headers["ratelimit-remaining"] == "0"
+    assert "rate limit of 5 notifications per minute" in refused.json()["detail"]
+    assert await redis.xlen(keys.STREAM) == 5
+    assert len(await redis.keys(keys.CACHE_PREFIX + "*")) == 5
+
+
+async def test_a_multiple_takes_one_token_per_notification(
+    client: httpx.AsyncClient, engine: AsyncEngine, redis: Redis, tenant: Tenant
+) -> None:
+    await _limit(engine, redis, tenant, 10)
+    first = await client.post(f"{BASE}/multiple", json=_items(3))
+    assert first.status_code == 201
+    assert first.headers["ratelimit-remaining"] == "7"
+
+    too_many = await client.post(f"{BASE}/multiple", json=_items(8))
+    assert too_many.status_code == 429
+    assert "needs 8" in too_many.json()["detail"]
+    assert (await client.post(f"{BASE}/multiple", json=_items(7))).status_code == 201  # smaller ones still fit
+    assert await redis.xlen(keys.STREAM) == 2
+
+
+async def test_a_request_larger_than_the_whole_limit_is_a_413(
+    client: httpx.AsyncClient, engine: AsyncEngine, redis: Redis, tenant: Tenant
+) -> None:
+    await _limit(engine, redis, tenant, 10)
+    answer = await client.post(f"{BASE}/multiple", json=_items(11))
+    assert answer.status_code == 413
+    assert "whole rate limit of 10" in answer.json()["detail"]
+    assert (await client.post(f"{BASE}/multiple", json=_items(10))).status_code == 201
+
+
+async def test_tokens_come_back_at_the_limits_rate(
+    client: httpx.AsyncClient, engine: AsyncEngine, redis: Redis, tenant: Tenant
+) -> None:
+    await _limit(engine, redis, tenant, 600)  # 10 per second
+    assert (await client.post(f"{BASE}/multiple", json=_items(600))).status_code == 201
+    refused = await client.post(f"{BASE}/", json=BRIEF_EXAMPLE)
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "1"
+
+    await asyncio.sleep(0.3)  # 3 tokens, and one more per 100 ms the requests below take
+    answers = [(await client.post(f"{BASE}/", json=BRIEF_EXAMPLE)).status_code for _ in range(12)]
+    assert 2 <= answers.count(201) <= 7
+    assert answers[:2] == [201, 201]  # the tokens that came back
+    assert 429 in answers
+
+
+async def test_a_limit_holds_across_two_api_processes(
+    client: httpx.AsyncClient, second_app: FastAPI, engine: AsyncEngine, redis: Redis, tenant: Tenant
+) -> None:
+    await _limit(engine, redis, tenant, 6)
+    transport = httpx.ASGITransport(app=second_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=tenant.headers) as other:
+        answers = await asyncio.gather(
+            *(http.post(f"{BASE}/", json=BRIEF_EXAMPLE) for _ in range(5) for http in (client, other))
+        )
+    assert sorted(a.status_code for a in answers) == [201] * 6 + [429] * 4
+    assert await redis.xlen(keys.STREAM) == 6
+
+
+async def test_once_refused_a_service_is_refused_in_process_until_its_tokens_can_be_back(
+    client: httpx.AsyncClient, engine: AsyncEngine, redis: Redis, tenant: Tenant
+) -> None:
+    await _limit(engine, redis, tenant, 1)
+    assert (await client.post(f"{BASE}/", json=BRIEF_EXAMPLE)).status_code == 201
+    assert (await client.post(f"{BASE}/", json=BRIEF_EXAMPLE)).status_code == 429
+    scripts = await _commands(redis, "evalsha")
+
+    flood = [await client.post(f"{BASE}/", json=BRIEF_EXAMPLE) for _ in range(20)]
+
+    assert {answer.status_code for answer in flood} == {429}
+    assert all(30 <= int(answer.headers["retry-after"]) <= 60 for answer in flood)
+    assert await _commands(redis, "evalsha") == scripts  # no round trip for them
+
+
+async def test_a_service_at_its_limit_does_not_hold_back_another(
+    client: httpx.AsyncClient, engine: AsyncEngine, redis: Redis, tenant: Tenant, app: FastAPI
+) -> None:
+    await _limit(engine, redis, tenant, 2)
+    other = await make_tenant(engine, redis, "tenant-b")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=other.headers) as quiet:
+        flood, calm = await asyncio.gather(
+            asyncio.gather(*(client.post(f"{BASE}/", json=BRIEF_EXAMPLE) for _ in range(50))),
+            asyncio.gather(*(quiet.post(f"{BASE}/", json=BRIEF_EXAMPLE) for _ in range(50))),
+        )
+    assert sorted(a.status_code for a in flood) == [201] * 2 + [429] * 48
+    assert {a.status_code for a in calm} == {201}
+    assert all("ratelimit-limit" not in a.headers for a in calm)  # unlimited: no RateLimit headers
+    assert await redis.xlen(keys.STREAM) == 52
+
+
+async def test_a_replayed_idempotent_request_takes_no_token(
+    client: httpx.AsyncClient, engine: AsyncEngine, redis: Redis, tenant: Tenant
+) -> None:
+    await _limit(engine, redis, tenant, 1)
+    keyed = {"Idempotency-Key": "once"}
+    first = await client.post(f"{BASE}/", json=BRIEF_EXAMPLE, headers=keyed)
+    again = await client.post(f"{BASE}/", json=BRIEF_EXAMPLE, headers=keyed)
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+    assert (await client.post(f"{BASE}/", json=BRIEF_EXAMPLE)).status_code == 429
+
+
+async def test_the_default_applies_to_services_without_their_own_limit(
+    settings: Settings, engine: AsyncEngine, redis: Redis, tenant: Tenant
+) -> None:
+    unlimited = await make_tenant(engine, redis, "tenant-unlimited")
+    await _limit(engine, redis, unlimited, 0)
+    app = create_app(settings.model_copy(update={"rate_limit_per_minute": 2}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            limited = [await http.post(f"{BASE}/", json=BRIEF_EXAMPLE, headers=tenant.headers) for _ in range(3)]
+            free = [await http.post(f"{BASE}/", json=BRIEF_EXAMPLE, headers=unlimited.headers) for _ in range(3)]
+    assert [a.status_code for a in limited] == [201, 201, 429]
+    assert [a.status_code for a in free] == [201, 201, 201]
+
+
+async def test_limits_lost_by_redis_are_loaded_again_from_postgres(
+    settings: Settings, engine: AsyncEngine, redis: Redis, tenant: Tenant
+) -> None:
+    await _limit(engine, redis, tenant, 1)
+    await redis.delete(keys.RATE_LIMITS_HASH)  # a Redis without persistence restarted
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=tenant.headers) as http:
+            answers = [(await http.post(f"{BASE}/", json=BRIEF_EXAMPLE)).status_code for _ in range(2)]
+    assert answers == [201, 429]
+    assert await redis.hget(keys.RATE_LIMITS_HASH, keys.RATE_LIMITS_COMPLETE_FIELD) == b"1"
+
+
+def test_the_cli_sets_a_limit(worker_env: dict[str, str], engine: object, redis: object) -> None:
+    created = cli(worker_env, "services", "create", "limited-by-cli")
+    service_id = re.search(r"id=(\S+)", created.stdout).group(1)  # type: ignore[union-attr]
+    limited = cli(worker_env, "services", "rate-limit", service_id, "120")
+    assert limited.returncode == 0, limited.stderr
+    assert "rate_limit_per_minute=120" in limited.stdout
+    assert "rate_limit_per_minute=None" in cli(worker_env, "services", "rate-limit", service_id, "default").stdout
+    refused = cli(worker_env, "services", "rate-limit", service_id, "-3")
+    assert refused.returncode == 2
+    assert "invalid" in refused.stderr
