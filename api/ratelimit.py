@@ -2,10 +2,11 @@
 
 The tokens are counted in Redis by the group-commit script (`api.writer`), so the limit holds across API
 processes. This module gives the write path the limit of a service (its own, else RATE_LIMIT_PER_MINUTE), kept
-in-process for AUTH_CACHE_SECONDS, and remembers when Redis last refused a service: until the bucket can have
-refilled, a request of the same cost or more is refused here without a round trip (the bucket cannot hold more
-than it held then plus what it gained since, so this never refuses what Redis would have allowed). A service
-flooding past its limit thus costs the other services neither Redis time nor the API's flushes.
+in-process for AUTH_CACHE_SECONDS, and remembers how many tokens Redis last said the service's bucket held: a
+request that cannot fit until the bucket has refilled enough is refused here without a round trip (the bucket
+cannot hold more than it held then plus what it gained since, so this never refuses what Redis would have
+allowed). Before its body is even read, a request is refused when the bucket cannot hold a single token. A
+service flooding past its limit thus costs the other services neither Redis time nor the API's flushes.
 """
 
 import logging
@@ -47,8 +48,8 @@ class RateLimits:
         self.ttl = ttl_seconds
         self.max_entries = max_entries
         self._limits: OrderedDict[UUID, tuple[int, float]] = OrderedDict()
-        #: service → (monotonic time before which it is refused, the smallest cost refused, the state then)
-        self._refused: dict[UUID, tuple[float, int, RateState]] = {}
+        #: service → (monotonic time, the most tokens its bucket can have held then, its limit)
+        self._known: OrderedDict[UUID, tuple[float, float, int]] = OrderedDict()
 
     async def limit_for(self, service_id: UUID) -> int:
         """Return the service's limit in notifications per minute (0: unlimited)."""
@@ -70,27 +71,27 @@ class RateLimits:
         return limit
 
     def refused_before(self, service_id: UUID, cost: int) -> RateState | None:
-        """Return the state to refuse with if Redis refused this service lately and cannot allow `cost` yet."""
-        refused = self._refused.get(service_id)
-        if refused is None:
-            return None
-        until, smallest_cost, state = refused
-        left = until - time.monotonic()
-        if left <= 0:
-            del self._refused[service_id]
-            return None
-        if cost < smallest_cost:
-            return None
-        return RateState(False, state.limit, state.remaining, math.ceil(left * 1000))
+        """Return the state to refuse with if the service's bucket cannot hold `cost` tokens now, else None.
 
-    def note(self, service_id: UUID, cost: int, state: RateState, sent_at: float) -> None:
-        """Remember a refusal from Redis of a write handed to the writer at monotonic `sent_at`.
-
-        Redis counted it later than `sent_at`, so the bucket cannot hold `cost` tokens before `sent_at` plus the wait.
+        Known from Redis's last answer for the service: the bucket held at most what that answer said, plus what it
+        gained since the write was handed over (Redis counted it later); other processes only take tokens away.
         """
-        if state.allowed:
-            self._refused.pop(service_id, None)
-        else:
-            self._refused[service_id] = (sent_at + state.wait_ms / 1000, cost, state)
-            if len(self._refused) > self.max_entries:
-                self._refused.pop(next(iter(self._refused)))
+        known = self._known.get(service_id)
+        if known is None:
+            return None
+        at, tokens, limit = known
+        per_second = limit / 60
+        most = tokens + (time.monotonic() - at) * per_second
+        if most >= limit:  # the bucket may be full again: nothing more is known
+            del self._known[service_id]
+            return None
+        if cost <= most:
+            return None
+        return RateState(False, limit, max(0, math.floor(most * 1000)), math.ceil((cost - most) / per_second * 1000))
+
+    def note(self, state: RateState, service_id: UUID, handed_at: float) -> None:
+        """Remember what Redis answered for a write of the service handed to the writer at monotonic `handed_at`."""
+        self._known[service_id] = (handed_at, (state.milli_tokens + 1) / 1000, state.limit)
+        self._known.move_to_end(service_id)
+        while len(self._known) > self.max_entries:
+            self._known.popitem(last=False)

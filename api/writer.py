@@ -71,8 +71,8 @@ UNRESPONSIVE_ERRORS = (RedisTimeoutError, RedisConnectionError, OSError)
 # per second, by Redis's clock), or, when there are too few, is neither kept, queued nor recorded. The stream entry
 # also records the entry's length in bytes, so that the drain fetches a batch in parts of bounded size.
 # Reply: the stream's length, the number of records found, the (position, record) pairs, then per rate-limited
-# request (position, 1 if allowed else 0, whole tokens left, milliseconds until the bucket is full if allowed, or
-# until it holds `cost` tokens if not).
+# request (position, 1 if allowed else 0, thousandths of tokens left, milliseconds until the bucket is full if
+# allowed, or until it holds `cost` tokens if not).
 FLUSH = f"""
 local key_field, request_id_field = '{keys.STREAM_KEY_FIELD.decode()}', '{keys.REQUEST_ID_FIELD.decode()}'
 local size_field = '{keys.STREAM_SIZE_FIELD.decode()}'
@@ -132,7 +132,7 @@ for i = 1, n do
     end
     rates[#rates + 1] = i
     rates[#rates + 1] = allowed and 1 or 0
-    rates[#rates + 1] = math.floor(bucket.tokens)
+    rates[#rates + 1] = math.floor(bucket.tokens * 1000)
     rates[#rates + 1] = math.ceil(wait)
   end
   if not found and allowed then
@@ -180,10 +180,15 @@ class RateState:
 
     allowed: bool
     limit: int
-    #: Whole tokens left.
-    remaining: int
+    #: Thousandths of tokens left (rounded down).
+    milli_tokens: int
     #: If allowed, milliseconds until the bucket is full again; if not, until it holds the request's cost.
     wait_ms: int
+
+    @property
+    def remaining(self) -> int:
+        """Whole tokens left."""
+        return self.milli_tokens // 1000
 
 
 @dataclass(slots=True, frozen=True)
@@ -361,8 +366,9 @@ class RedisWriter:
                 self._settle(item, _QUEUED if record is None else Written(record))
             else:
                 assert item.rate_limit is not None
-                allowed, remaining, wait_ms = rate
-                self._settle(item, Written(record, RateState(allowed, item.rate_limit.per_minute, remaining, wait_ms)))
+                allowed, milli_tokens, wait_ms = rate
+                state = RateState(allowed, item.rate_limit.per_minute, milli_tokens, wait_ms)
+                self._settle(item, Written(record, state))
 
     def _settle(self, item: _PendingWrite, outcome: Written | BaseException) -> None:
         """Tell a write's waiter (if still there) how its flush went, and free its idempotency key."""

@@ -239,8 +239,11 @@ def _idempotency_key(value: bytes) -> str:
     return key
 
 
-async def _rate_limit(state: State, service_id: UUID, cost: int) -> RateLimit | None:
+async def _rate_limit(state: State, service_id: UUID, cost: int, *, keyed: bool) -> RateLimit | None:
     """Return the request's place in its service's bucket (None: unlimited), or refuse it here.
+
+    A `keyed` request (with an Idempotency-Key) is left to Redis: if it is a retry, its first answer is given again
+    whatever the bucket holds.
 
     Raises:
         PayloadTooLargeError: the request holds more notifications than the whole limit (413: it never fits).
@@ -255,7 +258,7 @@ async def _rate_limit(state: State, service_id: UUID, cost: int) -> RateLimit | 
             f"the request holds {cost} notifications, more than your service's whole rate limit of {per_minute} "
             "per minute: send at most that many per request"
         )
-    refused = limits.refused_before(service_id, cost)
+    refused = None if keyed else limits.refused_before(service_id, cost)
     if refused is not None:
         raise _rate_limited(refused, cost)
     return RateLimit(keys.rate_bucket_key(str(service_id)), per_minute, cost)
@@ -293,7 +296,7 @@ async def _ingest(
     except ValidationError as exc:
         raise _body_error(exc) from None
     resolved = await _templates_for(items, service_id, state.templates, listed=listed)
-    rate_limit = await _rate_limit(state, service_id, len(items))
+    rate_limit = await _rate_limit(state, service_id, len(items), keyed=idempotency_key is not None)
     service = str(service_id)
     stem, ids, docs = _accept(items, service, resolved, settings, listed=listed)
     entry = join_array(docs)
@@ -321,7 +324,7 @@ async def _ingest(
             f"notifications were queued) and 404 if it was not; {retry}"
         ) from exc
     if written.rate is not None:
-        state.rate_limits.note(service_id, len(ids), written.rate, sent_at)
+        state.rate_limits.note(written.rate, service_id, sent_at)
         if not written.rate.allowed:
             raise _rate_limited(written.rate, len(ids))
     found = written.record
@@ -389,6 +392,9 @@ async def serve(
         elif name == b"idempotency-key" and idempotency_header is None:
             idempotency_header = value
     service_id = await service_for(state, authorization)
+    # not a single token: refused before its body is read (unless it may be a retry whose first answer Redis holds)
+    if route != ONE and idempotency_header is None and (refused := state.rate_limits.refused_before(service_id, 1)):
+        raise _rate_limited(refused, 1)
     if route == ONE:
         assert notification_id is not None
         status, body, headers = 200, await _lookup(state, service_id, notification_id), [_JSON_HEADER]
