@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 
-.PHONY: install run test check format migrate loadtest bench bench-drain bench-app bench-worker-start clean
+.PHONY: install run test check format migrate loadtest bench bench-drain bench-fairness bench-app bench-worker-start clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench: install  ## the service vs the naive and direct baselines, its sustained 
 
 bench-drain: install  ## one worker draining a 200k backlog vs a raw COPY of the same rows
 	$(BIN)/python -m loadtest.bench_drain --notifications 200000 $(ARGS)
+
+bench-fairness: install  ## a service flooding past its rate limit beside a calm one: the calm one's latency
+	$(BIN)/python -m loadtest.bench_fairness $(ARGS)
 
 bench-app: install  ## CPU per request of the app alone, in-process (steadier than make bench for comparing versions)
 	$(BIN)/python -m loadtest.bench_app $(ARGS)

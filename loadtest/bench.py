@@ -4,7 +4,8 @@ Designs (one uvicorn worker each): `service` (this project), `naive` (typed Fast
 per request: loadtest/baselines/naive.py) and `direct` (each POST inserts into Postgres before answering:
 loadtest/baselines/direct.py). The write-behind designs are drained by one of our arq workers.
 
-For single POSTs and for multiple(100) it reports accepted notifications/s and latency p50/p99 (wrk, 50
+For single POSTs, multiple(100) and (the service only) single POSTs each with its own Idempotency-Key
+(`single-keyed`) it reports accepted notifications/s and latency p50/p99 (wrk, 50
 connections, for --seconds), stored notifications/s (rows in Postgres from the start of the load until the
 backlog is drained) and persistence lag p50/p99 (POST answered → row committed, read from Postgres's commit
 timestamps). Then, for the service: the lag at half its measured maximum sustained rate (fixed-rate load; also at
@@ -42,6 +43,7 @@ from loadtest.stack import (
     BIN,
     DESIGNS,
     DRAINED,
+    KEYED,
     MODES,
     MULTIPLE,
     ROOT,
@@ -95,7 +97,7 @@ def run_design(
         cpu = CpuMeter({"api": api.pid, **{f"worker{n}": w.pid for n, w in enumerate(workers)}, **stack.server_pids})
         cpu.start()
         started = time.monotonic()
-        load = wrk(port, path, body, stack.api_key, seconds, tmp)
+        load = wrk(port, path, body, stack.api_key, seconds, tmp, keyed=mode in KEYED)
         used = cpu.stop()
         accepted = int(load["ok"]) * per_request
         deadline = time.monotonic() + 120
@@ -244,7 +246,7 @@ def main() -> None:
     parser.add_argument("--pg-delay-ms", type=float, default=0.0, help="latency added to every Postgres round trip")
     parser.add_argument("--appendfsync", default="always", choices=["always", "everysec", "no"])
     parser.add_argument("--designs", default="service,naive,direct")
-    parser.add_argument("--modes", default="single,multiple")
+    parser.add_argument("--modes", default="single,multiple,single-keyed")
     parser.add_argument("--skip-extras", action="store_true", help="no half-load lag and memory runs")
     parser.add_argument("--label", default="")
     parser.add_argument("--api-workers", type=int, default=1, help="uvicorn worker processes")
@@ -301,6 +303,8 @@ def main() -> None:
             rows = []
             for mode in filter(None, args.modes.split(",")):
                 for design in filter(None, args.designs.split(",")):
+                    if mode in KEYED and design != "service":
+                        continue
                     row = run_design(design, mode, stack, args.seconds, tmp, args.api_workers, args.drain_workers)
                     print({k: v for k, v in row.items() if k != "timeline"}, flush=True)
                     rows.append(row)
@@ -308,7 +312,7 @@ def main() -> None:
             bytes_per = 0.0
             if not args.skip_extras:
                 for row in rows:
-                    if row["design"] == "service":
+                    if row["design"] == "service" and row["mode"] not in KEYED:
                         for of, max_rps in maximum_rates(row):
                             half.append({"of": of, **half_load_lag(stack, row["mode"], max_rps, args.seconds, tmp)})
                             print(half[-1], flush=True)

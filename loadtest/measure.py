@@ -11,15 +11,28 @@ from pathlib import Path
 import psutil
 from redis.asyncio import Redis
 
+#: wrk script part giving every request an Idempotency-Key of its own.
+_KEYED_REQUESTS = """
+counter = 0
+request = function()
+  counter = counter + 1
+  wrk.headers["Idempotency-Key"] = "bench-" .. counter
+  return wrk.format()
+end
+"""
 
-def wrk(port: int, path: str, body: bytes, key: str, seconds: int, tmp: Path) -> dict[str, float]:
-    """Load `path` using wrk: 1 thread, 50 connections, `seconds` long; return requests, rate and latencies."""
+
+def wrk(port: int, path: str, body: bytes, key: str, seconds: int, tmp: Path, keyed: bool = False) -> dict[str, float]:
+    """Load `path` using wrk: 1 thread, 50 connections, `seconds` long; return requests, rate and latencies.
+
+    With `keyed`, every request carries an Idempotency-Key of its own.
+    """
     script = tmp / "wrk.lua"
     script.write_text(
         'wrk.method = "POST"\n'
         f"wrk.body = [==[{body.decode()}]==]\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+        f'wrk.headers["Authorization"] = "Bearer {key}"\n' + (_KEYED_REQUESTS if keyed else "")
     )
     out = subprocess.run(
         ["wrk", "-t1", "-c50", f"-d{seconds}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}{path}"],

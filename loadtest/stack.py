@@ -33,7 +33,13 @@ DRAINED = {"service", "naive"}
 SINGLE = orjson.dumps({"to": "example@gmail.com", "personalization": {"band": "Incubus"}})
 MULTIPLE = orjson.dumps([{"to": f"user{i}@example.com", "personalization": {"band": "Incubus"}} for i in range(100)])
 #: Kinds of request: (path, body, notifications per request).
-MODES = {"single": ("/notifications/v1/", SINGLE, 1), "multiple": ("/notifications/v1/multiple", MULTIPLE, 100)}
+MODES = {
+    "single": ("/notifications/v1/", SINGLE, 1),
+    "multiple": ("/notifications/v1/multiple", MULTIPLE, 100),
+    "single-keyed": ("/notifications/v1/", SINGLE, 1),
+}
+#: Modes whose every request carries its own Idempotency-Key (the service's feature: the baselines do not run them).
+KEYED = {"single-keyed"}
 
 
 @dataclass
