@@ -20,7 +20,7 @@ from api.ratelimit import RateLimits
 from api.routes import notifications, services, status, templates
 from api.template_cache import TemplateCache
 from api.writer import RedisWriter
-from shared import redis_client
+from shared import keys, redis_client
 from shared.db import create_engine
 from shared.heap import freeze_startup_objects
 from shared.logs import configure_logging
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_logging(active.log_level, active.log_format)
         logging.getLogger("api.access").setLevel(logging.INFO if active.access_log else logging.WARNING)
         app.state.redis = redis = redis_client.connect(active)
-        app.state.writer = writer = RedisWriter(redis, active.max_backlog_entries)
+        app.state.writer = writer = RedisWriter(redis, active.max_backlog_entries, layout=keys.layout_for(active))
         app.state.engine = engine = create_engine(active.require_database_url(), active.db_pool_size)
         app.state.key_cache = KeyCache(active.auth_cache_seconds)
         app.state.templates = TemplateCache(engine, active.template_cache_seconds)

@@ -48,8 +48,8 @@ class RateLimits:
         self.ttl = ttl_seconds
         self.max_entries = max_entries
         self._limits: OrderedDict[UUID, tuple[int, float]] = OrderedDict()
-        #: service → (monotonic time, the most tokens its bucket can have held then, its limit)
-        self._known: OrderedDict[UUID, tuple[float, float, int]] = OrderedDict()
+        #: (service, shard) → (monotonic time, the most tokens its bucket can have held then, capacity, refill/min)
+        self._known: OrderedDict[tuple[UUID, int], tuple[float, float, int, float]] = OrderedDict()
 
     async def limit_for(self, service_id: UUID) -> int:
         """Return the service's limit in notifications per minute (0: unlimited)."""
@@ -70,28 +70,30 @@ class RateLimits:
                 self._limits.popitem(last=False)
         return limit
 
-    def refused_before(self, service_id: UUID, cost: int) -> RateState | None:
+    def refused_before(self, service_id: UUID, cost: int, shard: int = 0) -> RateState | None:
         """Return the state to refuse with if the service's bucket cannot hold `cost` tokens now, else None.
 
         Known from Redis's last answer for the service: the bucket held at most what that answer said, plus what it
         gained since the write was handed over (Redis counted it later); other processes only take tokens away.
         """
-        known = self._known.get(service_id)
+        known = self._known.get((service_id, shard))
         if known is None:
             return None
-        at, tokens, limit = known
-        per_second = limit / 60
+        at, tokens, limit, refill_per_minute = known
+        per_second = refill_per_minute / 60
         most = tokens + (time.monotonic() - at) * per_second
         if most >= limit:  # the bucket may be full again: nothing more is known
-            del self._known[service_id]
+            del self._known[(service_id, shard)]
             return None
         if cost <= most:
             return None
-        return RateState(False, limit, max(0, math.floor(most * 1000)), math.ceil((cost - most) / per_second * 1000))
+        wait_ms = math.ceil((cost - most) / per_second * 1000)
+        return RateState(False, limit, max(0, math.floor(most * 1000)), wait_ms, refill_per_minute)
 
-    def note(self, state: RateState, service_id: UUID, handed_at: float) -> None:
+    def note(self, state: RateState, service_id: UUID, handed_at: float, shard: int = 0) -> None:
         """Remember what Redis answered for a write of the service handed to the writer at monotonic `handed_at`."""
-        self._known[service_id] = (handed_at, (state.milli_tokens + 1) / 1000, state.limit)
-        self._known.move_to_end(service_id)
+        most = (state.milli_tokens + 1) / 1000
+        self._known[(service_id, shard)] = (handed_at, most, state.limit, state.refill_per_minute)
+        self._known.move_to_end((service_id, shard))
         while len(self._known) > self.max_entries:
             self._known.popitem(last=False)

@@ -65,10 +65,11 @@ UNRESPONSIVE_ERRORS = (RedisTimeoutError, RedisConnectionError, OSError)
 # "<requests> <records> <buckets>"; then each request's entry and request id, in turn; then per record one argument,
 # "<request's position, 1-based> <TTL> <record>" (one argument rather than three: redis-py packs each argument
 # apart, and per argument that costs about as much as the rest of the record's work); then per rate-limited request
-# "<position> <bucket, 1-based> <limit per minute> <cost>".
+# "<position> <bucket, 1-based> <capacity> <refill per minute> <cost>".
 # A request whose record exists is neither kept nor queued: the script returns its position and the record found.
-# A rate-limited request takes `cost` tokens from its service's bucket (capacity: the limit, refilled at limit/60
-# per second, by Redis's clock), or, when there are too few, is neither kept, queued nor recorded. The stream entry
+# A rate-limited request takes `cost` tokens from its service's bucket (capacity: the limit, refilled at the limit
+# over the shard count per minute, by Redis's clock), or, when there are too few, is neither kept, queued nor
+# recorded. The stream entry
 # also records the entry's length in bytes, so that the drain fetches a batch in parts of bounded size.
 # Reply: the stream's length, the number of records found, the (position, record) pairs, then per rate-limited
 # request (position, 1 if allowed else 0, thousandths of tokens left, milliseconds until the bucket is full if
@@ -87,7 +88,7 @@ end
 local limit_of = {{}}
 for a = 2 + 2 * n + records, #ARGV do
   local item = {{}}
-  for number in string.gmatch(ARGV[a], '%d+') do item[#item + 1] = tonumber(number) end
+  for number in string.gmatch(ARGV[a], '[%d.]+') do item[#item + 1] = tonumber(number) end
   limit_of[item[1]] = item
 end
 local now, bucket_of = 0, {{}}
@@ -109,7 +110,7 @@ for i = 1, n do
   local allowed = true
   local limited = limit_of[i]
   if limited then
-    local b, limit, cost = limited[2], limited[3], limited[4]
+    local b, limit, refill, cost = limited[2], limited[3], limited[4], limited[5]
     local bucket = bucket_of[b]
     if not bucket then
       local tokens, at = limit, now
@@ -118,17 +119,17 @@ for i = 1, n do
         local space = string.find(stored, ' ', 1, true)
         tokens, at = tonumber(string.sub(stored, 1, space - 1)), tonumber(string.sub(stored, space + 1))
       end
-      tokens = math.min(limit, tokens + math.max(0, now - at) * limit / 60000)
-      bucket = {{tokens = tokens, limit = limit}}
+      tokens = math.min(limit, tokens + math.max(0, now - at) * refill / 60000)
+      bucket = {{tokens = tokens, limit = limit, refill = refill}}
       bucket_of[b] = bucket
     end
     local wait
     if not found and bucket.tokens < cost then
       allowed = false
-      wait = (cost - bucket.tokens) * 60000 / limit
+      wait = (cost - bucket.tokens) * 60000 / refill
     else
       if not found then bucket.tokens = bucket.tokens - cost end
-      wait = (limit - bucket.tokens) * 60000 / limit
+      wait = (limit - bucket.tokens) * 60000 / refill
     end
     rates[#rates + 1] = i
     rates[#rates + 1] = allowed and 1 or 0
@@ -148,7 +149,7 @@ for i = 1, n do
   end
 end
 for b, bucket in pairs(bucket_of) do
-  local empty_for = math.ceil((bucket.limit - bucket.tokens) * 60000 / bucket.limit)
+  local empty_for = math.ceil((bucket.limit - bucket.tokens) * 60000 / bucket.refill)
   if empty_for > 0 then  -- a missing bucket is a full one
     redis.call('SET', KEYS[1 + n + records + b], string.format('%.6f %d', bucket.tokens, now), 'PX', empty_for)
   else
@@ -166,12 +167,18 @@ return reply
 class RateLimit:
     """A request's place in its service's token bucket: the flush takes `cost` tokens or refuses the request."""
 
-    #: The bucket's Redis key (`keys.rate_bucket_key`).
+    #: The bucket's Redis key (`keys.Shard.bucket_key`).
     bucket_key: str
-    #: Notifications per minute: the bucket's capacity, refilled at per_minute / 60 per second.
+    #: Notifications per minute: the bucket's capacity.
     per_minute: int
     #: Notifications in the request.
     cost: int
+    #: Tokens the bucket gains per minute: the limit, shared out over the shards (each has a bucket of its own).
+    refill_per_minute: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.refill_per_minute:
+            self.refill_per_minute = self.per_minute
 
 
 @dataclass(slots=True, frozen=True)
@@ -184,6 +191,8 @@ class RateState:
     milli_tokens: int
     #: If allowed, milliseconds until the bucket is full again; if not, until it holds the request's cost.
     wait_ms: int
+    #: Tokens the bucket gains per minute.
+    refill_per_minute: float
 
     @property
     def remaining(self) -> int:
@@ -227,42 +236,63 @@ class _PendingWrite:
     done: asyncio.Future[Written] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
+class _ShardQueue:
+    """The writes waiting for one shard's stream, and its flushers."""
+
+    def __init__(self, shard: keys.Shard) -> None:
+        self.shard = shard
+        self.queue: list[_PendingWrite] = []
+        self.in_flight = 0  # flushers started and not yet returned (a task's done callbacks run later)
+        self.flusher_starting = False
+        self.backlog = 0  # the stream's length, as the last flush or XLEN found it
+        self.probe: asyncio.Task[None] | None = None  # running while Redis is known not to answer for this shard
+
+
 class RedisWriter:
-    """Merges the Redis writes of concurrent requests into one script call per round trip."""
+    """Merges the Redis writes of concurrent requests into one script call per shard and round trip."""
 
     def __init__(
-        self, redis: Redis, max_backlog: int, max_requests_per_flush: int = 256, max_flushes_in_flight: int = 2
+        self,
+        redis: Redis,
+        max_backlog: int,
+        max_requests_per_flush: int = 256,
+        max_flushes_in_flight: int = 2,
+        layout: keys.Layout | None = None,
     ) -> None:
         self._redis = redis
         self._flush = redis.register_script(FLUSH)
         self._max = max_requests_per_flush
         self._max_in_flight = max_flushes_in_flight
-        self._queue: list[_PendingWrite] = []
+        self.layout = layout or keys.layout()
+        self._shards = [_ShardQueue(shard) for shard in self.layout.shards]
         self._flushers: set[asyncio.Task[None]] = set()
-        self._in_flight = 0  # flushers started and not yet returned (a task's done callbacks run later)
-        self._flusher_starting = False
         self.max_backlog = max_backlog
-        self.backlog = 0
         self._backlog_read_at = 0.0
         self._recheck_lock = asyncio.Lock()
-        self._probe: asyncio.Task[None] | None = None  # running while Redis is known not to answer
         self._keys_in_flight: set[str] = set()  # idempotency record keys of the writes not yet answered
 
+    @property
+    def backlog(self) -> int:
+        """Requests in the streams not yet stored, as last known (all shards)."""
+        return sum(shard.backlog for shard in self._shards)
+
     async def _admit(self) -> None:
-        """Refuse new writes while the stream holds MAX_BACKLOG_ENTRIES or more."""
+        """Refuse new writes while the streams hold MAX_BACKLOG_ENTRIES or more."""
         if self.backlog < self.max_backlog:
             return
-        async with self._recheck_lock:  # one XLEN a second, however many requests are refused
+        async with self._recheck_lock:  # one XLEN per shard a second, however many requests are refused
             if time.monotonic() - self._backlog_read_at > BACKLOG_RECHECK_SECONDS:
-                self._set_backlog(await self._redis.xlen(keys.STREAM))
+                lengths = await asyncio.gather(*(self._redis.xlen(queue.shard.stream) for queue in self._shards))
+                for queue, length in zip(self._shards, lengths, strict=True):
+                    self._set_backlog(queue, length)
         if self.backlog >= self.max_backlog:
             raise BacklogFullError(
                 f"the queue holds {self.backlog} requests not yet stored (limit {self.max_backlog}); retry later"
             )
 
-    def _set_backlog(self, length: int) -> None:
-        self.backlog = length
-        BACKLOG.set(length)
+    def _set_backlog(self, queue: _ShardQueue, length: int) -> None:
+        queue.backlog = length
+        BACKLOG.set(self.backlog)
         self._backlog_read_at = time.monotonic()
 
     async def write(
@@ -272,23 +302,26 @@ class RedisWriter:
         request_id: str = "",
         idempotency: Idempotency | None = None,
         rate_limit: RateLimit | None = None,
+        shard: int = 0,
     ) -> Written:
-        """Keep `entry` under `cache_key` and add a stream entry naming it; return once Redis acknowledged both.
+        """Keep `entry` under `cache_key` and add an entry naming it to the shard's stream; return once acknowledged.
 
-        `request_id` is stored with the entry, for the worker's logs. With `idempotency`, its record is kept in the
-        same script call, unless a record under its key exists already: then nothing is written and that record is
-        returned (`Written.record`). With `rate_limit`, the same call takes the request's tokens from its bucket, or
-        writes nothing when there are too few (`Written.rate.allowed` is False).
+        `cache_key` (and the keys of `idempotency` and `rate_limit`) must be keys of shard `shard`. `request_id` is
+        stored with the entry, for the worker's logs. With `idempotency`, its record is kept in the same script
+        call, unless a record under its key exists already: then nothing is written and that record is returned
+        (`Written.record`). With `rate_limit`, the same call takes the request's tokens from its bucket, or writes
+        nothing when there are too few (`Written.rate.allowed` is False).
 
         Raises:
             IdempotencyKeyInFlightError: a write with the same idempotency key is still in flight in this process.
-            RedisUnresponsiveError: Redis is known not to answer; nothing was sent.
+            RedisUnresponsiveError: Redis is known not to answer for this shard; nothing was sent.
             WriteOutcomeUnknownError: Redis did not confirm the flush that carried the write (timeout, lost
                 connection); it may have been applied.
-            BacklogFullError: the stream's backlog is at MAX_BACKLOG_ENTRIES.
+            BacklogFullError: the streams' backlog is at MAX_BACKLOG_ENTRIES.
             redis.exceptions.RedisError: Redis refused the write.
         """
-        if self._probe is not None:
+        queue = self._shards[shard]
+        if queue.probe is not None:
             raise RedisUnresponsiveError()
         await self._admit()
         if idempotency is not None:
@@ -297,30 +330,30 @@ class RedisWriter:
             # held until the flush carrying it is answered, even if this request goes away before that
             self._keys_in_flight.add(idempotency.key)
         pending = _PendingWrite(entry, cache_key, request_id, idempotency, rate_limit)
-        self._queue.append(pending)
-        if not self._flusher_starting and self._in_flight < self._max_in_flight:
-            self._start_flusher()
+        queue.queue.append(pending)
+        if not queue.flusher_starting and queue.in_flight < self._max_in_flight:
+            self._start_flusher(queue)
         # Cancelling this wait cancels only this request's future, never the flush that other requests share
         return await pending.done
 
-    def _start_flusher(self) -> None:
-        self._flusher_starting = True  # it takes everything queued until it runs
-        self._in_flight += 1
-        flusher = asyncio.create_task(self._flush_all())
+    def _start_flusher(self, queue: _ShardQueue) -> None:
+        queue.flusher_starting = True  # it takes everything queued until it runs
+        queue.in_flight += 1
+        flusher = asyncio.create_task(self._flush_all(queue))
         self._flushers.add(flusher)
         flusher.add_done_callback(self._flushers.discard)
 
-    async def _flush_all(self) -> None:
-        self._flusher_starting = False
+    async def _flush_all(self, queue: _ShardQueue) -> None:
+        queue.flusher_starting = False
         try:
-            await self._flush_queue()
+            await self._flush_queue(queue)
         finally:
-            self._in_flight -= 1  # in the same step that found the queue empty: no write can slip in between
+            queue.in_flight -= 1  # in the same step that found the queue empty: no write can slip in between
 
-    async def _flush_queue(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[: self._max], self._queue[self._max :]
-            keys_: list[str] = [keys.STREAM]
+    async def _flush_queue(self, queue: _ShardQueue) -> None:
+        while queue.queue:
+            batch, queue.queue = queue.queue[: self._max], queue.queue[self._max :]
+            keys_: list[str] = [queue.shard.stream]
             args: list[bytes | str] = [""]
             records: list[bytes] = []
             limits: list[str] = []
@@ -334,7 +367,7 @@ class RedisWriter:
                 if item.rate_limit is not None:
                     limit = item.rate_limit
                     bucket = buckets.setdefault(limit.bucket_key, len(buckets) + 1)
-                    limits.append(f"{position} {bucket} {limit.per_minute} {limit.cost}")
+                    limits.append(f"{position} {bucket} {limit.per_minute} {limit.refill_per_minute} {limit.cost}")
             if records:
                 keys_ += [item.idempotency.key for item in batch if item.idempotency is not None]
                 args += records
@@ -348,11 +381,11 @@ class RedisWriter:
                 if isinstance(exc, UNRESPONSIVE_ERRORS):
                     failure = WriteOutcomeUnknownError()
                     failure.__cause__ = exc
-                    self._redis_unresponsive(exc)
+                    self._redis_unresponsive(queue, exc)
                 for item in batch:
                     self._settle(item, failure)
             else:
-                self._set_backlog(reply[0])
+                self._set_backlog(queue, reply[0])
                 self._settle_all(batch, reply)
 
     def _settle_all(self, batch: list[_PendingWrite], reply: list[Any]) -> None:
@@ -367,7 +400,8 @@ class RedisWriter:
             else:
                 assert item.rate_limit is not None
                 allowed, milli_tokens, wait_ms = rate
-                state = RateState(allowed, item.rate_limit.per_minute, milli_tokens, wait_ms)
+                limit = item.rate_limit
+                state = RateState(allowed, limit.per_minute, milli_tokens, wait_ms, limit.refill_per_minute)
                 self._settle(item, Written(record, state))
 
     def _settle(self, item: _PendingWrite, outcome: Written | BaseException) -> None:
@@ -381,31 +415,37 @@ class RedisWriter:
         else:
             item.done.set_result(outcome)
 
-    def _redis_unresponsive(self, exc: BaseException) -> None:
-        """Fail every queued write at once and refuse new ones until Redis answers a PING again."""
-        queued, self._queue = self._queue, []
+    def _redis_unresponsive(self, queue: _ShardQueue, exc: BaseException) -> None:
+        """Fail the shard's queued writes at once and refuse new ones until Redis answers for the shard again."""
+        queued, queue.queue = queue.queue, []
         for item in queued:
             self._settle(item, RedisUnresponsiveError())
-        if self._probe is None:
-            logger.warning("Redis is not answering (%r): writes fail at once until it answers again", exc)
-            self._probe = asyncio.create_task(self._wait_for_redis())
+        if queue.probe is None:
+            logger.warning(
+                "Redis is not answering for %s (%r): its writes fail at once until it answers again",
+                queue.shard.stream,
+                exc,
+            )
+            queue.probe = asyncio.create_task(self._wait_for_redis(queue))
 
-    async def _wait_for_redis(self) -> None:
+    async def _wait_for_redis(self, queue: _ShardQueue) -> None:
         while True:
             await asyncio.sleep(PROBE_INTERVAL_SECONDS)
-            try:
-                await self._redis.ping()
+            try:  # a keyed command: on a cluster it asks the node that holds the shard
+                await self._redis.exists(queue.shard.stream)
             except Exception:  # noqa: S112 - still not answering: try again
                 continue
-            logger.warning("Redis answers again: writes resume")
-            self._probe = None
+            logger.warning("Redis answers again for %s: its writes resume", queue.shard.stream)
+            queue.probe = None
             return
 
     async def close(self) -> None:
         """Wait for the writes already queued to finish."""
-        while self._queue or self._flushers:
-            if self._queue and not self._flushers:
-                self._start_flusher()
+        while any(queue.queue for queue in self._shards) or self._flushers:
+            for queue in self._shards:
+                if queue.queue and not queue.in_flight:
+                    self._start_flusher(queue)
             await asyncio.gather(*self._flushers, return_exceptions=True)
-        if self._probe is not None:
-            self._probe.cancel()
+        for queue in self._shards:
+            if queue.probe is not None:
+                queue.probe.cancel()

@@ -1,4 +1,4 @@
-"""How far the drain is behind, read from the streams in one round trip: for readiness and the worker's gauges."""
+"""How far the drain is behind, read from the streams (all shards) in one pipeline: for readiness and worker gauges."""
 
 import time
 from dataclasses import dataclass
@@ -22,11 +22,19 @@ def entry_age_seconds(entry_id: bytes) -> float:
     return max(0.0, time.time() - int(entry_id.split(b"-", 1)[0]) / 1000)
 
 
-async def read_backlog(redis: Redis) -> Backlog:
-    """Read the backlog figures (XLEN, the first entry, the dead-letter XLEN) in one pipeline."""
+async def read_backlog(redis: Redis, layout: keys.Layout | None = None) -> Backlog:
+    """Read the backlog figures of every shard (XLEN, the first entry, the dead-letter XLEN) in one pipeline.
+
+    The entries and dead letters of all shards add up; the oldest entry is the oldest of any shard.
+    """
+    shards = (layout or keys.layout()).shards
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.xlen(keys.STREAM)
-        pipe.xrange(keys.STREAM, count=1)
-        pipe.xlen(keys.DEAD_LETTER_STREAM)
-        entries, oldest, dead = await pipe.execute()
-    return Backlog(entries, entry_age_seconds(oldest[0][0]) if oldest else 0.0, dead)
+        for shard in shards:
+            pipe.xlen(shard.stream)
+            pipe.xrange(shard.stream, count=1)
+            pipe.xlen(shard.dead_letters)
+        replies = await pipe.execute()
+    entries = sum(replies[0::3])
+    oldest = [first[0][0] for first in replies[1::3] if first]
+    age = max((entry_age_seconds(entry_id) for entry_id in oldest), default=0.0)
+    return Backlog(entries, age, sum(replies[2::3]))

@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import deadletters, partitions, ratelimits, redis_client, tenancy
+from shared import deadletters, keys, partitions, ratelimits, redis_client, tenancy
 from shared.db import create_engine
 from shared.schemas import MAX_RATE_LIMIT
 from shared.settings import get_settings
@@ -116,7 +116,7 @@ async def _dev_key(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) 
 
 
 async def _dead_list(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
-    letters = await deadletters.list_dead_letters(redis, args.count)
+    letters = await deadletters.list_dead_letters(redis, args.count, keys.layout_for(get_settings()))
     for letter in letters:
         payload = letter.payload[:200].decode(errors="replace")
         print(f"id={letter.id}  entry={letter.entry}  error={letter.error}\n    payload={payload}")
@@ -125,7 +125,7 @@ async def _dead_list(engine: AsyncEngine, redis: Redis, args: argparse.Namespace
 
 
 async def _dead_replay(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
-    moved = await deadletters.replay(redis, args.ids or None)
+    moved = await deadletters.replay(redis, args.ids or None, keys.layout_for(get_settings()))
     print(f"{moved} dead letter(s) put back on the stream")
     return 0
 

@@ -1,6 +1,6 @@
-"""The dead-letter stream: entries the drain could not decode or store, kept with their error for a person.
+"""The dead-letter streams (one per shard): entries the drain could not decode or store, with their error.
 
-`list_dead_letters` shows them; `replay` puts their payloads back on the main stream (after the cause was fixed,
+`list_dead_letters` shows them; `replay` puts their payloads back on their stream (after the cause was fixed,
 for instance a migration that was missing) and removes them from the dead-letter stream, atomically per entry.
 """
 
@@ -21,8 +21,8 @@ class DeadLetter:
     payload: bytes
 
 
-async def list_dead_letters(redis: Redis, count: int = 100) -> list[DeadLetter]:
-    """Return up to `count` dead letters, oldest first."""
+async def list_dead_letters(redis: Redis, count: int = 100, layout: keys.Layout | None = None) -> list[DeadLetter]:
+    """Return up to `count` dead letters of each shard, oldest first per shard."""
     return [
         DeadLetter(
             entry_id.decode(),
@@ -30,24 +30,31 @@ async def list_dead_letters(redis: Redis, count: int = 100) -> list[DeadLetter]:
             fields.get(b"error", b"").decode(errors="replace"),
             fields.get(b"payload", b""),
         )
-        for entry_id, fields in await redis.xrange(keys.DEAD_LETTER_STREAM, count=count)
+        for shard in (layout or keys.layout()).shards
+        for entry_id, fields in await redis.xrange(shard.dead_letters, count=count)
     ]
 
 
-async def replay(redis: Redis, ids: list[str] | None = None) -> int:
-    """Move dead letters (the given ids, or all) back to the main stream; return how many moved."""
-    if ids is None:
-        entries = await redis.xrange(keys.DEAD_LETTER_STREAM)
-    else:
-        entries = [
-            entry for entry_id in ids for entry in await redis.xrange(keys.DEAD_LETTER_STREAM, entry_id, entry_id)
-        ]
-    for entry_id, fields in entries:
-        async with redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(
-                keys.STREAM,
-                {keys.STREAM_FIELD: fields[b"payload"], keys.REQUEST_ID_FIELD: fields.get(b"request_id", b"")},
-            )
-            pipe.xdel(keys.DEAD_LETTER_STREAM, entry_id)
-            await pipe.execute()
-    return len(entries)
+# Move dead letter ARGV[1] from KEYS[2] back to the stream KEYS[1] (payload ARGV[2], request id ARGV[3]), atomically
+# (one shard: both keys share its hash tag).
+MOVE_BACK = f"""
+redis.call('XADD', KEYS[1], '*', '{keys.STREAM_FIELD.decode()}', ARGV[2], '{keys.REQUEST_ID_FIELD.decode()}', ARGV[3])
+return redis.call('XDEL', KEYS[2], ARGV[1])
+"""
+
+
+async def replay(redis: Redis, ids: list[str] | None = None, layout: keys.Layout | None = None) -> int:
+    """Move dead letters (the given ids, or all) back to their shard's stream; return how many moved."""
+    move_back = redis.register_script(MOVE_BACK)
+    moved = 0
+    for shard in (layout or keys.layout()).shards:
+        if ids is None:
+            entries = await redis.xrange(shard.dead_letters)
+        else:
+            entries = [
+                entry for entry_id in ids for entry in await redis.xrange(shard.dead_letters, entry_id, entry_id)
+            ]
+        for entry_id, fields in entries:
+            args = [entry_id, fields[b"payload"], fields.get(b"request_id", b"")]
+            moved += int(await move_back(keys=[shard.stream, shard.dead_letters], args=args))
+    return moved

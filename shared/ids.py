@@ -5,31 +5,45 @@ first 13 bytes — the 48-bit millisecond timestamp, the version and variant, an
 operating system for each request — and carry their index in the request in the last 3 bytes (up to 16,777,216
 per request; MAX_BATCH_ITEMS is at most 100,000). Ids stay time-ordered (the primary-key index stays
 append-only). Two requests collide only if they fall in the same millisecond and draw the same 50 bits: at 20
-requests per millisecond, sustained, about once in 180 years. The stem names the request, so the Redis cache
+requests per millisecond, sustained, about once in 180 years (with STREAM_SHARDS=N the last byte of the stem
+names the request's shard modulo N, which takes log2(N) of those bits). The stem names the request, so the Redis cache
 keeps one key per request rather than one per notification: GET finds the request's cached JSON array by the stem
 and picks the item by index.
 """
 
 import os
+import secrets
 import time
 from uuid import UUID
 
 STEM_BYTES = 13
 
 
-def _stem() -> bytes:
+def new_stem(shard: int | None = None, shards: int = 1) -> str:
+    """Return a new request's stem (26 hex digits); with `shard`, one whose last byte is `shard` modulo `shards`.
+
+    Without `shard` every random bit stays random (the shard follows from them: `shared.keys.Layout.shard_of_stem`);
+    with it, log2(`shards`) of them are spent on naming it.
+    """
     millis = time.time_ns() // 1_000_000
     random = bytearray(os.urandom(7))
     random[0] = 0x70 | (random[0] & 0x0F)  # version 7
     random[2] = 0x80 | (random[2] & 0x3F)  # variant 10
-    return millis.to_bytes(6, "big") + bytes(random)
+    if shard is not None and shards > 1:
+        random[6] = shard + shards * secrets.randbelow((255 - shard) // shards + 1)
+    return (millis.to_bytes(6, "big") + bytes(random)).hex()
+
+
+def ids_of(stem: str, count: int) -> list[str]:
+    """Return the ids (canonical strings) of the `count` notifications of the request with this stem, in order."""
+    head = f"{stem[0:8]}-{stem[8:12]}-{stem[12:16]}-{stem[16:20]}-{stem[20:26]}"  # the last group ends with the index
+    return [f"{head}{index:06x}" for index in range(count)]
 
 
 def request_ids(count: int) -> tuple[str, list[str]]:
     """Return a new request's stem (hex) and `count` ids for its notifications, in order (canonical strings)."""
-    h = _stem().hex()  # 26 hex digits
-    head = f"{h[0:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:26]}"  # the last group ends with the index
-    return h, [f"{head}{index:06x}" for index in range(count)]
+    stem = new_stem()
+    return stem, ids_of(stem, count)
 
 
 def stem_and_index(notification_id: UUID | str) -> tuple[str, int]:

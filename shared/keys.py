@@ -6,8 +6,16 @@ Postgres, acks and deletes the entries, and gives each cache key a short TTL, af
 """
 
 import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from shared.ids import stem_and_index
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 #: Stream of accepted, not yet stored requests. The API's entries name the request's cache key in the field
 #: `STREAM_KEY_FIELD`: the request's JSON array is kept once, in that key. Entries may instead carry the JSON array
@@ -74,3 +82,98 @@ RATE_BUCKET_PREFIX = "notify:bucket:"
 def rate_bucket_key(service_id: str) -> str:
     """Return the Redis key of a service's token bucket."""
     return f"{RATE_BUCKET_PREFIX}{service_id}"
+
+
+# --- shards --------------------------------------------------------------------------------------------------------
+#
+# With STREAM_SHARDS=N (or on a Redis Cluster) the queue is N streams. Every key one group-commit script call
+# touches (the stream, the requests' cache keys, their idempotency records, the services' token buckets) carries
+# its shard's hash tag, `notify:{<tag>}:...`, so that the call stays in one slot of a cluster. A request's shard is
+# in its notification ids (the last byte of the request's stem, modulo N: `Layout.shard_of_stem`), so GET goes
+# straight to it. With one shard on a plain Redis the names are the ones above, untagged, as before shards existed.
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One stream and the keys that go with it."""
+
+    index: int
+    #: The hash tag of the shard's keys; None for the untagged names of a single stream on a plain Redis.
+    tag: str | None
+
+    def _name(self, name: str) -> str:
+        return f"notify:{name}" if self.tag is None else f"notify:{{{self.tag}}}:{name}"
+
+    @property
+    def stream(self) -> str:
+        """The shard's stream of accepted, not yet stored requests."""
+        return self._name("stream")
+
+    @property
+    def dead_letters(self) -> str:
+        """The shard's dead-letter stream."""
+        return self._name("dead")
+
+    def request_key(self, service_id: str, stem: str) -> str:
+        """Return the cache key of a service's request, by the stem its notification ids share."""
+        return f"{self._name('r')}:{service_id}:{stem}"
+
+    def idempotency_key(self, service_id: str, key: str) -> str:
+        """Return the key of a service's idempotency record for an Idempotency-Key (hashed: any length, no `:`)."""
+        return f"{self._name('idem')}:{service_id}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    def bucket_key(self, service_id: str) -> str:
+        """Return the key of a service's token bucket in this shard."""
+        return f"{self._name('bucket')}:{service_id}"
+
+
+def _tag_in(low: int, high: int, index: int) -> str:
+    """Return the first tag `s<index>`, `s<index>.1`, ... whose hash slot is in [low, high)."""
+    for attempt in range(1_000_000):
+        tag = f"s{index}" if attempt == 0 else f"s{index}.{attempt}"
+        if low <= key_slot(tag.encode()) < high:
+            return tag
+    raise RuntimeError(f"no hash tag found for slots {low}..{high}")  # pragma: no cover - 16384 slots, CRC16
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The shards of the queue: which keys a request, a GET, a worker uses."""
+
+    shards: tuple[Shard, ...]
+
+    @property
+    def count(self) -> int:
+        """How many shards there are."""
+        return len(self.shards)
+
+    def shard_of_stem(self, stem: str) -> Shard:
+        """Return the shard of the request with this stem (hex): its last byte modulo the shard count."""
+        return self.shards[int(stem[-2:], 16) % len(self.shards)]
+
+    def shard_of_id(self, notification_id: str) -> Shard:
+        """Return the shard of a notification's request."""
+        return self.shard_of_stem(stem_and_index(notification_id)[0])
+
+    def shard_for_idempotency_key(self, service_id: str, key: str) -> int:
+        """Return the shard a request with this Idempotency-Key goes to (every retry goes to the same one)."""
+        digest = hashlib.sha256(f"{service_id}:{key}".encode()).digest()
+        return int.from_bytes(digest[:4], "big") % len(self.shards)
+
+
+def layout_for(settings: "Settings") -> Layout:
+    """Return the layout STREAM_SHARDS and REDIS_CLUSTER describe."""
+    return layout(settings.stream_shards, settings.redis_cluster)
+
+
+@lru_cache
+def layout(shards: int = 1, cluster: bool = False) -> Layout:
+    """Return the layout of `shards` streams; tagged (on a cluster, or with more than one) or the classic names.
+
+    Tags are chosen by hash slot: shard i's tag falls in the i-th of `shards` equal slot ranges, so shards spread
+    evenly over primaries that hold equal ranges (as `redis-cli --cluster create` makes them).
+    """
+    if shards == 1 and not cluster:
+        return Layout((Shard(0, None),))
+    step = REDIS_CLUSTER_HASH_SLOTS / shards
+    return Layout(tuple(Shard(i, _tag_in(round(i * step), round((i + 1) * step), i)) for i in range(shards)))

@@ -7,7 +7,10 @@ ran but its reply was lost, the retry adds the same requests' stream entries a s
 stores each notification id once, inserts nothing twice.
 """
 
+from typing import cast
+
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -16,7 +19,24 @@ from shared.settings import Settings
 
 
 def connect(settings: Settings, read_slack_seconds: float = 0.0) -> Redis:
-    """Create a client for REDIS_URL; `read_slack_seconds` extends the read timeout for blocking reads."""
+    """Create a client for REDIS_URL; `read_slack_seconds` extends the read timeout for blocking reads.
+
+    With REDIS_CLUSTER, a `RedisCluster` that learns the cluster from the node REDIS_URL names and routes each
+    command by its key's slot (following MOVED/ASK itself). It has the commands of `Redis` that the service uses
+    (the callers keep every multi-key command within one shard's hash tag), so it is typed as one.
+    """
+    if settings.redis_cluster:
+        return cast(
+            Redis,
+            RedisCluster.from_url(
+                settings.require_redis_url(),
+                socket_timeout=settings.redis_timeout_seconds + read_slack_seconds,
+                socket_connect_timeout=settings.redis_timeout_seconds,
+                # a connection error or timeout makes it reload the slot map and try again (a failover moves
+                # slots); a flush it sends twice queues its requests twice, which the drain stores once
+                cluster_error_retry_attempts=2,
+            ),
+        )
     client: Redis = Redis.from_url(
         settings.require_redis_url(),
         socket_timeout=settings.redis_timeout_seconds + read_slack_seconds,

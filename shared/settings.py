@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     max_queued_bytes: int = Field(8 * 1024 * 1024, ge=1024)
 
     # Redis behaviour.
+    # The queue is this many Redis streams, with hash-tagged keys (a cluster spreads them over its primaries).
+    stream_shards: int = Field(1, ge=1, le=256)
+    # REDIS_URL names a node of a Redis Cluster: redis-py's RedisCluster is used.
+    redis_cluster: bool = False
     redis_timeout_seconds: float = Field(5.0, gt=0)
     cache_ttl_seconds: int = Field(60, ge=1)
     idempotency_ttl_seconds: int = Field(86_400, ge=1)

@@ -33,6 +33,7 @@ from shared import keys, partitions, queries
 from shared.backlog import read_backlog
 from shared.codec import NotificationDoc, decode_entry
 from shared.heap import collector_paused
+from shared.ids import stem_and_index
 from shared.metrics import (
     BACKLOG,
     DEAD_LETTERS,
@@ -59,6 +60,14 @@ EXPIRE_CHUNK = 5000
 EXPIRE_KEYS = """
 for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
 return #KEYS
+"""
+
+# Acknowledge entries (ARGV[2..]) of group ARGV[1] on stream KEYS[1] and delete them, atomically: a worker dying in
+# between would leave acknowledged entries in the stream, counted in the backlog for ever. A script rather than
+# MULTI/EXEC, which redis-py's cluster client does not run.
+ACK_AND_DELETE = """
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
 """
 
 
@@ -155,20 +164,34 @@ def consumer_name() -> str:
 class Drain:
     """Moves notifications from the Redis stream into Postgres; one instance per worker process."""
 
-    def __init__(self, redis: Redis, engine: AsyncEngine, settings: Settings, consumer: str) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        engine: AsyncEngine,
+        settings: Settings,
+        consumer: str,
+        shard: keys.Shard | None = None,
+        observes_backlog: bool = True,
+    ) -> None:
         self.redis = redis
+        #: The stream this drain reads (a worker runs one drain per shard, side by side).
+        self.shard = shard or keys.layout_for(settings).shards[0]
+        self.stream = self.shard.stream
+        #: Whether this drain updates the backlog gauges (one drain of a worker does, for all shards).
+        self.observes_backlog = observes_backlog
         self.engine = engine
         self.settings = settings
         self.consumer = consumer
         self.stopping = asyncio.Event()
         self.stored = 0
         self._expire = redis.register_script(EXPIRE_KEYS)
+        self._ack_and_delete = redis.register_script(ACK_AND_DELETE)
         self._partitions: set[date] = set()  # days whose partition is known to exist
 
     async def ensure_group(self) -> None:
         """Create the stream and consumer group if missing; from id 0 so no queued entry is skipped."""
         try:
-            await self.redis.xgroup_create(keys.STREAM, keys.GROUP, id="0", mkstream=True)
+            await self.redis.xgroup_create(self.stream, keys.GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -178,7 +201,7 @@ class Drain:
         response = await self.redis.xreadgroup(
             keys.GROUP,
             self.consumer,
-            {keys.STREAM: ">"},
+            {self.stream: ">"},
             count=self.settings.drain_batch_entries,
             block=self.settings.drain_block_ms,
         )
@@ -190,7 +213,7 @@ class Drain:
         cursor: bytes | str = "0-0"
         while len(claimed) < self.settings.drain_batch_entries:
             reply = await self.redis.xautoclaim(
-                keys.STREAM,
+                self.stream,
                 keys.GROUP,
                 self.consumer,
                 self.settings.reclaim_idle_ms,
@@ -201,7 +224,7 @@ class Drain:
             claimed.extend(entries)
             # Redis >= 7 lists entries deleted from the stream but still pending separately: ack them.
             if len(reply) > 2 and reply[2]:
-                await self.redis.xack(keys.STREAM, keys.GROUP, *reply[2])
+                await self.redis.xack(self.stream, keys.GROUP, *reply[2])
             if cursor in (b"0-0", "0-0"):
                 break
         return claimed
@@ -218,7 +241,7 @@ class Drain:
             return claimed
         ids = [entry_id for entry_id, _ in claimed]
         pending = await self.redis.xpending_range(
-            keys.STREAM, keys.GROUP, min=min(ids), max=max(ids), count=len(ids) + 1000, consumername=self.consumer
+            self.stream, keys.GROUP, min=min(ids), max=max(ids), count=len(ids) + 1000, consumername=self.consumer
         )
         deliveries = {item["message_id"]: int(item["times_delivered"]) for item in pending}
         limit = self.settings.max_deliveries
@@ -230,10 +253,7 @@ class Drain:
                 error = f"delivered {deliveries[fetched.entry_id]} times (MAX_DELIVERIES={limit}): it may crash workers"
                 await self._dead_letter(fetched.entry_id, fetched.payload or b"", error, fetched.request_id)
         buried = {entry_id for entry_id, _ in over}
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(keys.STREAM, keys.GROUP, *buried)
-            pipe.xdel(keys.STREAM, *buried)
-            await pipe.execute()
+        await self._ack_and_delete(keys=[self.stream], args=[keys.GROUP, *buried])
         return [(entry_id, fields) for entry_id, fields in claimed if entry_id not in buried]
 
     async def drain_batch(self, raw: list[RawEntry], redelivered: bool = False) -> int:
@@ -316,7 +336,9 @@ class Drain:
             try:
                 docs = decode_entry(payload)
                 cache_key = fetched.cache_key or (
-                    keys.cache_key(str(docs[0]["service_id"]), str(docs[0]["id"])) if docs else None
+                    self.shard.request_key(str(docs[0]["service_id"]), stem_and_index(str(docs[0]["id"]))[0])
+                    if docs
+                    else None
                 )
                 # one request's ids share their millisecond: its first and last id name its day(s)
                 days = {partitions.day_of(docs[0]["id"]), partitions.day_of(docs[-1]["id"])} if docs else set()
@@ -443,10 +465,7 @@ class Drain:
         cache_keys = [entry.cache_key for entry in stored if entry.cache_key]
         for start in range(0, len(cache_keys), EXPIRE_CHUNK):
             await self._expire(keys=cache_keys[start : start + EXPIRE_CHUNK], args=[self.settings.cache_ttl_seconds])
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(keys.STREAM, keys.GROUP, *entry_ids)
-            pipe.xdel(keys.STREAM, *entry_ids)
-            await pipe.execute()
+        await self._ack_and_delete(keys=[self.stream], args=[keys.GROUP, *entry_ids])
 
     async def _dead_letter(self, entry_id: bytes, payload: bytes, error: str, request_id: str = "") -> None:
         logger.error(
@@ -458,7 +477,7 @@ class Drain:
         )
         DEAD_LETTERS.inc()
         await self.redis.xadd(
-            keys.DEAD_LETTER_STREAM,
+            self.shard.dead_letters,
             {
                 "entry": entry_id,
                 "payload": payload,
@@ -480,7 +499,9 @@ class Drain:
 
     async def observe_backlog(self) -> None:
         """Update the backlog gauges: stream length and the age of its oldest entry."""
-        backlog = await read_backlog(self.redis)
+        if not self.observes_backlog:
+            return
+        backlog = await read_backlog(self.redis, keys.layout_for(self.settings))
         BACKLOG.set(backlog.entries)
         OLDEST_PENDING_AGE.set(backlog.oldest_age_seconds)
 

@@ -42,19 +42,26 @@ async def startup(ctx: dict[str, Any]) -> None:
             start_http_server(settings.worker_metrics_port)
         except OSError as exc:  # several workers on one host (make run WORKERS=4): only the first serves
             logger.warning("metrics not served on port %d: %s", settings.worker_metrics_port, exc)
-    drain = Drain(redis, engine, settings, consumer_name())
-    ctx["drain"] = drain
-    ctx["drain_task"] = asyncio.create_task(drain.run(), name="drain")
+    consumer = consumer_name()
+    # one drain per shard, side by side: each blocks on its own stream only, so the worker idles only when all are
+    # empty, and no shard waits for another's batch
+    drains = [
+        Drain(redis, engine, settings, consumer, shard, observes_backlog=shard.index == 0)
+        for shard in keys.layout_for(settings).shards
+    ]
+    ctx["drain"], ctx["drains"] = drains[0], drains
+    ctx["drain_tasks"] = [asyncio.create_task(drain.run(), name=f"drain-{drain.shard.index}") for drain in drains]
     freeze_startup_objects()
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    """Let the drain finish its current batch, then close its connections."""
-    drain: Drain = ctx["drain"]
-    task: asyncio.Task[None] = ctx["drain_task"]
-    drain.stopping.set()
+    """Let the drains finish their current batches, then close their connections."""
+    drains: list[Drain] = ctx["drains"]
+    tasks: list[asyncio.Task[None]] = ctx["drain_tasks"]
+    for drain in drains:
+        drain.stopping.set()
     try:
-        await asyncio.wait_for(task, SHUTDOWN_GRACE_SECONDS)
+        await asyncio.wait_for(asyncio.gather(*tasks), SHUTDOWN_GRACE_SECONDS)
     except TimeoutError:
         logger.warning(
             "drain did not finish in %.0fs; its batch stays pending for another worker",
@@ -62,6 +69,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         )
     except Exception:
         logger.exception("drain failed")
+    drain = drains[0]  # the drains share the Redis client and the engine
     await drain.redis.aclose()
     await drain.engine.dispose()
 
@@ -85,9 +93,9 @@ return removed
 
 async def forget_idle_consumers(ctx: dict[str, Any], idle_ms: int = IDLE_CONSUMER_MS) -> int:
     """Remove consumers with nothing pending that have been silent for an hour (exited worker processes)."""
-    drain: Drain = ctx["drain"]
-    forget = drain.redis.register_script(FORGET_IDLE_CONSUMERS)
-    return int(await forget(keys=[keys.STREAM], args=[keys.GROUP, idle_ms]))
+    drains: list[Drain] = ctx["drains"]
+    forget = drains[0].redis.register_script(FORGET_IDLE_CONSUMERS)
+    return sum([int(await forget(keys=[drain.stream], args=[keys.GROUP, idle_ms])) for drain in drains])
 
 
 async def maintain_partitions(ctx: dict[str, Any]) -> None:

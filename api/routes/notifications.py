@@ -41,7 +41,7 @@ from api.template_cache import TemplateCache, TemplateVersion
 from api.writer import Idempotency, RateLimit, RateState
 from shared import keys, queries
 from shared.codec import encode_notification, join_array
-from shared.ids import notification_id_at, request_ids, stem_and_index
+from shared.ids import ids_of, new_stem, notification_id_at, stem_and_index
 from shared.metrics import ACCEPTED
 from shared.schemas import (
     BRIEF_EXAMPLE,
@@ -157,12 +157,13 @@ def _accept(
     service: str,
     templates: list[TemplateVersion | None],
     settings: Settings,
+    stem: str,
     *,
     listed: bool,
-) -> tuple[str, list[str], list[bytes]]:
-    """Give each notification its id and timestamps, render its template, and serialize it once.
+) -> tuple[list[str], list[bytes]]:
+    """Give each notification its id (of the request's `stem`) and timestamps, render its template, serialize it once.
 
-    Returns the request's id stem, the ids and the documents.
+    Returns the ids and the documents.
 
     Raises:
         RequestValidationError: a rendered subject and body together are longer than MAX_RENDERED_LENGTH (422).
@@ -171,7 +172,7 @@ def _accept(
     """
     max_rendered, max_queued = settings.max_rendered_length, settings.max_queued_bytes
     now = datetime.now(UTC).isoformat()  # formatted once for the whole request
-    stem, ids = request_ids(len(items))
+    ids = ids_of(stem, len(items))
     docs = []
     queued = 0
     for notification_id, item, template in zip(ids, items, templates, strict=True):
@@ -210,7 +211,7 @@ def _accept(
                 f"the request's notifications, rendered and encoded, would queue more than "
                 f"MAX_QUEUED_BYTES={max_queued} bytes"
             )
-    return stem, ids, docs
+    return ids, docs
 
 
 #: The route templates of the three notification routes (also the `route` label of the request metrics).
@@ -239,7 +240,7 @@ def _idempotency_key(value: bytes) -> str:
     return key
 
 
-async def _rate_limit(state: State, service_id: UUID, cost: int, *, keyed: bool) -> RateLimit | None:
+async def _rate_limit(state: State, service_id: UUID, cost: int, shard: keys.Shard, *, keyed: bool) -> RateLimit | None:
     """Return the request's place in its service's bucket (None: unlimited), or refuse it here.
 
     A `keyed` request (with an Idempotency-Key) is left to Redis: if it is a retry, its first answer is given again
@@ -258,10 +259,12 @@ async def _rate_limit(state: State, service_id: UUID, cost: int, *, keyed: bool)
             f"the request holds {cost} notifications, more than your service's whole rate limit of {per_minute} "
             "per minute: send at most that many per request"
         )
-    refused = None if keyed else limits.refused_before(service_id, cost)
+    refused = None if keyed else limits.refused_before(service_id, cost, shard.index)
     if refused is not None:
         raise _rate_limited(refused, cost)
-    return RateLimit(keys.rate_bucket_key(str(service_id)), per_minute, cost)
+    # each shard counts in a bucket of its own, refilled at its share of the limit
+    shards = state.writer.layout.count
+    return RateLimit(shard.bucket_key(str(service_id)), per_minute, cost, per_minute / shards)
 
 
 def _rate_limited(state: RateState, cost: int) -> RateLimitedError:
@@ -275,9 +278,18 @@ def _rate_limited(state: RateState, cost: int) -> RateLimitedError:
 
 
 async def _ingest(
-    state: State, service_id: UUID, body: bytes, request_id: str, idempotency_key: str | None, *, listed: bool
+    state: State,
+    service_id: UUID,
+    body: bytes,
+    request_id: str,
+    idempotency_key: str | None,
+    stem: str,
+    *,
+    listed: bool,
 ) -> tuple[bytes, str, bool, RateState | None]:
     """The write path after authentication: validate → templates → rate limit → ids → Redis.
+
+    The request's notification ids share `stem`, which also names the shard it is queued in.
 
     Returns the answer's body (the notification, or the array for `/multiple`), the first id, whether it is
     the first answer given again because `idempotency_key` was used before with the same body, and the service's
@@ -296,9 +308,10 @@ async def _ingest(
     except ValidationError as exc:
         raise _body_error(exc) from None
     resolved = await _templates_for(items, service_id, state.templates, listed=listed)
-    rate_limit = await _rate_limit(state, service_id, len(items), keyed=idempotency_key is not None)
+    shard = state.writer.layout.shard_of_stem(stem)
+    rate_limit = await _rate_limit(state, service_id, len(items), shard, keyed=idempotency_key is not None)
     service = str(service_id)
-    stem, ids, docs = _accept(items, service, resolved, settings, listed=listed)
+    ids, docs = _accept(items, service, resolved, settings, stem, listed=listed)
     entry = join_array(docs)
     answer = entry if listed else docs[0]
     idempotency = fingerprint = None
@@ -307,11 +320,13 @@ async def _ingest(
         digest = hashlib.sha256(b"M" if listed else b"S")
         digest.update(body)
         fingerprint = digest.hexdigest().encode()
-        record_key = keys.idempotency_key(service, idempotency_key)
+        record_key = shard.idempotency_key(service, idempotency_key)
         idempotency = Idempotency(record_key, fingerprint + answer, settings.idempotency_ttl_seconds)
     sent_at = time.monotonic()
     try:
-        written = await state.writer.write(entry, keys.request_key(service, stem), request_id, idempotency, rate_limit)
+        written = await state.writer.write(
+            entry, shard.request_key(service, stem), request_id, idempotency, rate_limit, shard.index
+        )
     except WriteOutcomeUnknownError as exc:
         retry = (
             "a retry with the same Idempotency-Key is safe"
@@ -324,7 +339,7 @@ async def _ingest(
             f"notifications were queued) and 404 if it was not; {retry}"
         ) from exc
     if written.rate is not None:
-        state.rate_limits.note(written.rate, service_id, sent_at)
+        state.rate_limits.note(written.rate, service_id, sent_at, shard.index)
         if not written.rate.allowed:
             raise _rate_limited(written.rate, len(ids))
     found = written.record
@@ -365,7 +380,8 @@ def _pick(request_json: bytes | None, stem: str, index: int) -> bytes | None:
 async def _lookup(state: State, service_id: UUID, notification_id: UUID) -> bytes:
     """Return a notification from the Redis cache or, once drained and expired there, from Postgres."""
     stem, index = stem_and_index(notification_id)
-    cached = await state.redis.get(keys.request_key(str(service_id), stem))
+    shard = state.writer.layout.shard_of_stem(stem)
+    cached = await state.redis.get(shard.request_key(str(service_id), stem))
     found = _pick(cached, stem, index)
     if found is None:
         async with state.engine.connect() as conn:
@@ -392,17 +408,25 @@ async def serve(
         elif name == b"idempotency-key" and idempotency_header is None:
             idempotency_header = value
     service_id = await service_for(state, authorization)
-    # not a single token: refused before its body is read (unless it may be a retry whose first answer Redis holds)
-    if route != ONE and idempotency_header is None and (refused := state.rate_limits.refused_before(service_id, 1)):
-        raise _rate_limited(refused, 1)
     if route == ONE:
         assert notification_id is not None
         status, body, headers = 200, await _lookup(state, service_id, notification_id), [_JSON_HEADER]
     else:
         idempotency_key = None if idempotency_header is None else _idempotency_key(idempotency_header)
+        layout = state.writer.layout
+        # the request's ids, and so its shard: every retry with the same Idempotency-Key goes to the same shard
+        stem = new_stem(
+            None if idempotency_key is None else layout.shard_for_idempotency_key(str(service_id), idempotency_key),
+            layout.count,
+        )
+        # not a single token: refused before its body is read (unless it may be a retry whose first answer Redis has)
+        if idempotency_key is None and (
+            refused := state.rate_limits.refused_before(service_id, 1, layout.shard_of_stem(stem).index)
+        ):
+            raise _rate_limited(refused, 1)
         raw = await read_json_body(content_type, receive, state.settings.max_body_bytes)
         body, first_id, replayed, rate = await _ingest(
-            state, service_id, raw, request_id, idempotency_key, listed=route == MULTIPLE
+            state, service_id, raw, request_id, idempotency_key, stem, listed=route == MULTIPLE
         )
         status, headers = 201, [_JSON_HEADER]
         if route == SINGLE:

@@ -60,7 +60,7 @@ async def ready(
     report: dict[str, Any] = {"redis": "ok", "postgres": "ok", "anonymous_service": settings.anonymous_service}
 
     async def probe_redis() -> None:
-        backlog = await read_backlog(redis)
+        backlog = await read_backlog(redis, request.app.state.writer.layout)
         report["backlog_entries"] = backlog.entries
         report["oldest_pending_age_seconds"] = round(backlog.oldest_age_seconds, 3)
         report["dead_letters"] = backlog.dead_letters

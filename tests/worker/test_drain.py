@@ -262,7 +262,7 @@ async def test_only_idle_consumers_with_nothing_pending_are_forgotten(
     before = {consumer["name"] for consumer in await redis.xinfo_consumers(keys.STREAM, keys.GROUP)}
     assert {b"holder", b"gone"} <= before
 
-    assert await forget_idle_consumers({"drain": drain}, idle_ms=10) == len(before) - 1  # all but "holder"
+    assert await forget_idle_consumers({"drains": [drain]}, idle_ms=10) == len(before) - 1  # all but "holder"
 
     names = {consumer["name"] for consumer in await redis.xinfo_consumers(keys.STREAM, keys.GROUP)}
     assert names == {b"holder"}
