@@ -11,7 +11,8 @@ secret kept in memory), at most `max_entries` of them.
 import secrets
 import time
 from collections import OrderedDict
-from typing import Annotated
+from collections.abc import Hashable
+from typing import Annotated, Generic, TypeVar
 from uuid import UUID
 
 from fastapi import Depends, Request
@@ -21,38 +22,45 @@ from starlette.datastructures import State
 from api.errors import AdminDisabledError, UnauthorizedError
 from shared import apikeys, tenancy
 
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
-class KeyCache:
-    """Bounded in-process memory of recent key checks: key hash → (service id or None, expiry)."""
+
+class KeyCache(Generic[K, V]):
+    """Bounded in-process memory of recent key lookups: what was looked up → (outcome, expiry).
+
+    The bearer check keeps key hash → service id or None (`KeyCache[str, UUID | None]`); the GOV.UK Notify check
+    keeps service id → its keys' secrets (`api.notify_auth.NotifyKeyCache`).
+    """
 
     def __init__(self, ttl_seconds: float, max_entries: int = 10_000) -> None:
         self.ttl = ttl_seconds
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[UUID | None, float]] = OrderedDict()
+        self._entries: OrderedDict[K, tuple[V | None, float]] = OrderedDict()
 
     def __len__(self) -> int:
         """How many outcomes are remembered."""
         return len(self._entries)
 
-    def get(self, key_hash: str) -> tuple[bool, UUID | None]:
-        """Return (known, service id); known is False when the key must be looked up."""
-        entry = self._entries.get(key_hash)
+    def get(self, key: K) -> tuple[bool, V | None]:
+        """Return (known, outcome); known is False when the key must be looked up."""
+        entry = self._entries.get(key)
         if entry is None or entry[1] < time.monotonic():
             return False, None
         return True, entry[0]
 
-    def put(self, key_hash: str, service_id: UUID | None) -> None:
+    def put(self, key: K, outcome: V | None) -> None:
         """Remember the outcome of a lookup for the TTL, evicting the oldest entries past the size bound."""
         if self.ttl <= 0:
             return
-        self._entries[key_hash] = (service_id, time.monotonic() + self.ttl)
-        self._entries.move_to_end(key_hash)
+        self._entries[key] = (outcome, time.monotonic() + self.ttl)
+        self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
 
 api_key_scheme = HTTPBearer(
-    auto_error=False, scheme_name="ApiKey", description="A service's API key: `Authorization: Bearer nk_...`"
+    auto_error=False, scheme_name="ApiKey", description="A service's API key: `Authorization: Bearer <key>`"
 )
 admin_scheme = HTTPBearer(auto_error=False, scheme_name="AdminToken", description="The ADMIN_TOKEN setting")
 
@@ -82,9 +90,9 @@ async def service_for(state: State, authorization: str | None) -> UUID:
     if key is None:
         raise UnauthorizedError("missing API key: send `Authorization: Bearer <api key>`")
     if not apikeys.looks_like_key(key):
-        raise UnauthorizedError("malformed API key: keys are `nk_` and 43 URL-safe characters")
+        raise UnauthorizedError(f"malformed API key: {apikeys.KEY_SHAPES}")
     key_hash = apikeys.hash_key(key)
-    cache: KeyCache = state.key_cache
+    cache: KeyCache[str, UUID | None] = state.key_cache
     known, service_id = cache.get(key_hash)
     if not known:
         service_id = await tenancy.service_for_hash(state.engine, state.redis, key_hash)

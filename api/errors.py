@@ -1,10 +1,13 @@
 """Every mapping from an error to an HTTP answer, in one place.
 
-Errors are JSON `{"detail": ...}` like FastAPI's own 422s. The tree of the service's own exceptions:
+Errors are JSON `{"detail": ...}` like FastAPI's own 422s; the GOV.UK Notify routes answer in Notify's shape
+instead, `{"status_code": N, "errors": [{"error": "AuthError", "message": "..."}]}`. The tree of the service's own
+exceptions:
 
     ApiError                      -> its `status_code`
     ├── UnauthorizedError         -> 401 (with `WWW-Authenticate: Bearer`)
     ├── AdminDisabledError        -> 403
+    ├── KeyIssuingDisabledError   -> 403
     ├── NotFoundError             -> 404
     ├── InvalidIdempotencyKeyError -> 400
     ├── ConflictError             -> 409
@@ -17,6 +20,9 @@ Errors are JSON `{"detail": ...}` like FastAPI's own 422s. The tree of the servi
         ├── BacklogFullError
         ├── RedisUnresponsiveError: nothing was queued
         └── WriteOutcomeUnknownError: the request may have been queued
+
+    NotifyError                   -> its `status_code`, in GOV.UK Notify's shape
+    └── NotifyAuthError           -> 401 (no token, not Bearer) or 403 (the rest), error `AuthError`
 
 Redis or Postgres being unreachable answers 503 with `Retry-After`, never a 500.
 """
@@ -69,6 +75,33 @@ class AdminDisabledError(ApiError):
     """The admin API is switched off (no ADMIN_TOKEN)."""
 
     status_code = 403
+
+
+class KeyIssuingDisabledError(ApiError):
+    """No API key can be issued: SECRET_KEY, which keeps the keys' secrets, is not set."""
+
+    status_code = 403
+
+
+class NotifyError(Exception):
+    """An error of the GOV.UK Notify routes: answered as `{"status_code", "errors": [{"error", "message"}]}`."""
+
+    status_code = 400
+    #: The `error` of Notify's body (the name of the exception class in Notify's own code).
+    error = "BadRequestError"
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status_code is not None:
+            self.status_code = status_code
+
+
+class NotifyAuthError(NotifyError):
+    """A GOV.UK Notify token that is missing or not valid (`api.notify_auth`): 401 or 403, with Notify's message."""
+
+    status_code = 403
+    error = "AuthError"
 
 
 class ConflictError(ApiError):
@@ -182,6 +215,17 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.detail, exc.status_code, exc.headers)
 
 
+def notify_error_response(status_code: int, error: str, message: str) -> Response:
+    """Return an error in GOV.UK Notify's shape, which its clients read (`message` of their `HTTPError`)."""
+    body = {"status_code": status_code, "errors": [{"error": error, "message": message}]}
+    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
+
+
+async def _notify_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, NotifyError)
+    return notify_error_response(exc.status_code, exc.error, exc.message)
+
+
 async def _unavailable(request: Request, exc: Exception) -> Response:
     logger.warning("dependency unavailable on %s %s: %r", request.method, request.url.path, exc)
     return error_response(
@@ -254,6 +298,7 @@ async def _redis_reply(request: Request, exc: Exception) -> Response:
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers above on the app."""
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(NotifyError, _notify_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(RedisResponseError, _redis_reply)

@@ -7,6 +7,7 @@ finally closes) the Redis client, the group-commit writer and the database engin
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from uuid import UUID
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp
@@ -16,6 +17,7 @@ from api.auth import KeyCache
 from api.body import BodyLimitMiddleware
 from api.errors import install_error_handlers
 from api.hotpath import HotPathMiddleware
+from api.notify_auth import NotifyKeyCache
 from api.ratelimit import RateLimits
 from api.routes import notifications, services, status, templates
 from api.template_cache import TemplateCache
@@ -24,7 +26,10 @@ from shared import keys, redis_client
 from shared.db import create_engine
 from shared.heap import freeze_startup_objects
 from shared.logs import configure_logging
+from shared.secretbox import secret_box
 from shared.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
 
 DESCRIPTION = """Write-behind notification ingestion: every accepted notification is in Redis when the 201 is sent,
 and arq workers drain it into Postgres in large batches. GET finds a notification in either place."""
@@ -55,7 +60,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis = redis = redis_client.connect(active)
         app.state.writer = writer = RedisWriter(redis, active.max_backlog_entries, layout=keys.layout_for(active))
         app.state.engine = engine = create_engine(active.require_database_url(), active.db_pool_size)
-        app.state.key_cache = KeyCache(active.auth_cache_seconds)
+        app.state.key_cache = KeyCache[str, UUID | None](active.auth_cache_seconds)
+        app.state.notify_keys = NotifyKeyCache(active.auth_cache_seconds)
+        app.state.secret_box = secret_box(active.secret_key)
+        if active.secret_key is None:
+            logger.warning("SECRET_KEY is not set: no API key can be issued, no GOV.UK Notify token verified")
         app.state.templates = TemplateCache(engine, active.template_cache_seconds)
         app.state.rate_limits = RateLimits(engine, redis, active.rate_limit_per_minute, active.auth_cache_seconds)
         freeze_startup_objects()

@@ -1,7 +1,8 @@
 """`make run`: the whole service in the foreground on one machine; Ctrl-C stops all of it.
 
 Starts an embedded PostgreSQL and Redis (data in `.data/`) unless DATABASE_URL / REDIS_URL are set, applies
-the migrations, then runs the API (uvicorn) and WORKERS drain workers (arq) as child processes.
+the migrations, then runs the API (uvicorn) and WORKERS drain workers (arq) as child processes. The ADMIN_TOKEN and
+the SECRET_KEY, unless set, are made once and kept in `.data/`.
 
 It uses only what is its own, so that two checkouts can run side by side (`PORT=` for the second API): an
 embedded server whose default port (55432, 56379) another process holds goes to a free port instead, and says so;
@@ -26,6 +27,7 @@ from shared.cli import DEV_SERVICE
 from shared.embedded import DataFolderInUse, EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError, PortInUse
 from shared.lifetime import die_with_parent
 from shared.local_server import port_is_free
+from shared.secretbox import new_secret_key
 from shared.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,12 +48,12 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def _saved_secret(path: Path) -> str:
-    """Return the secret kept in `path`, making one on first use."""
+def _saved_secret(path: Path, make: Callable[[], str] = lambda: secrets.token_urlsafe(24)) -> str:
+    """Return the secret kept in `path`, making one with `make` on first use."""
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(24)
+    secret = make()
     path.write_text(secret + "\n")
     path.chmod(0o600)
     return secret
@@ -128,6 +130,8 @@ def main() -> int | str:
         subprocess.run([_bin("alembic"), "upgrade", "head"], env=env, cwd=ROOT, check=True, preexec_fn=dies_with_us)
         if not settings.admin_token:
             env["ADMIN_TOKEN"] = _saved_secret(data / "admin-token")
+        if not settings.secret_key:  # seals the API keys' secrets: losing it makes every key unusable for JWTs
+            env["SECRET_KEY"] = _saved_secret(data / "secret-key", new_secret_key)
         dev_key = subprocess.run(
             [sys.executable, "-m", "shared.cli", "dev-key", "--file", str(data / "dev-api-key")],
             env=env,
@@ -148,10 +152,12 @@ def main() -> int | str:
         admin = (
             "as set in ADMIN_TOKEN" if settings.admin_token else f"{env['ADMIN_TOKEN']}  (in {data / 'admin-token'})"
         )
+        sealing = "as set in SECRET_KEY" if settings.secret_key else f"in {data / 'secret-key'}"
         print(
             f"API on http://{args.host}:{args.port} (docs at /docs), {args.workers} worker(s); Ctrl-C stops\n"
             f"API key of the `development` service: {dev_key}  (in {data / 'dev-api-key'})\n"
-            f"admin token: {admin}",
+            f"admin token: {admin}\n"
+            f"SECRET_KEY (seals the API keys' secrets): {sealing}",
             flush=True,
         )
         if anonymous:

@@ -59,6 +59,7 @@ from loadtest.stack import (
 from loadtest.sustained import find_sustained, parse_configs
 from shared.db import upgrade_database
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from shared.secretbox import new_secret_key
 from shared.settings import Settings
 
 RESULTS = ROOT / "loadtest" / "results"
@@ -274,7 +275,8 @@ def main() -> None:
         proxy = None
         try:
             upgrade_database(pg.url)
-            service_id, api_key = asyncio.run(make_tenant(pg.url, redis_server.url))
+            secret_key = new_secret_key()
+            service_id, api_key = asyncio.run(make_tenant(pg.url, redis_server.url, secret_key))
             database_url = pg.url
             if args.pg_delay_ms:
                 proxy_port = free_port()
@@ -291,6 +293,7 @@ def main() -> None:
                 "REDIS_URL": redis_server.url,
                 "BENCH_API_KEY": api_key,
                 "BENCH_SERVICE_ID": service_id,
+                "SECRET_KEY": secret_key,
                 "ACCESS_LOG": "false",
                 "LOG_LEVEL": "WARNING",
                 "PYTHONPATH": str(ROOT),

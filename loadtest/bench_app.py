@@ -29,6 +29,7 @@ from loadtest.servers import add_servers_flag, bench_servers
 from loadtest.stack import MODES
 from shared import tenancy
 from shared.db import create_engine
+from shared.secretbox import SecretBox, new_secret_key
 from shared.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "app.csv"
@@ -46,10 +47,12 @@ async def measure(
     redis = Redis.from_url(redis_url)
     await redis.flushdb()
     service = await tenancy.create_service(engine, f"bench-app-{time.time_ns()}")
-    key = (await tenancy.create_api_key(engine, redis, service.id, "bench")).secret
+    secret_key = new_secret_key()
+    key = (await tenancy.create_api_key(engine, redis, SecretBox(secret_key), service.id, "bench")).secret
     await engine.dispose()
     settings = Settings(
         database_url=database_url,
+        secret_key=secret_key,
         redis_url=redis_url,
         access_log=False,
         log_level="WARNING",

@@ -37,17 +37,18 @@ from loadtest.stack import BIN, DESIGNS, MULTIPLE, ROOT, SINGLE, spawn, stop, wa
 from shared import keys, ratelimits, tenancy
 from shared.db import create_engine
 from shared.embedded import free_port
+from shared.secretbox import SecretBox, new_secret_key
 
 RESULTS = ROOT / "loadtest" / "results"
 
 
-async def _tenants(database_url: str, redis_url: str) -> dict[str, tuple[UUID, str]]:
+async def _tenants(database_url: str, redis_url: str, secret_key: str) -> dict[str, tuple[UUID, str]]:
     engine = create_engine(database_url, pool_size=1)
     redis = Redis.from_url(redis_url)
     made = {}
     for name in ("calm", "flood"):
         service = await tenancy.create_service(engine, f"fairness-{name}-{time.time_ns()}")
-        key = await tenancy.create_api_key(engine, redis, service.id, "bench")
+        key = await tenancy.create_api_key(engine, redis, SecretBox(secret_key), service.id, "bench")
         made[name] = (service.id, key.secret)
     await redis.aclose()
     await engine.dispose()
@@ -102,7 +103,8 @@ def main() -> None:
 
     with bench_servers(args.use_configured_servers) as (database_url, redis_url), tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
-        tenants = asyncio.run(_tenants(database_url, redis_url))
+        secret_key = new_secret_key()
+        tenants = asyncio.run(_tenants(database_url, redis_url, secret_key))
         (_, calm_key), (flood_id, flood_key) = tenants["calm"], tenants["flood"]
         env = {
             **os.environ,
@@ -111,6 +113,7 @@ def main() -> None:
             "ACCESS_LOG": "false",
             "LOG_LEVEL": "WARNING",
             "AUTH_CACHE_SECONDS": "1",
+            "SECRET_KEY": secret_key,
             "PYTHONPATH": str(ROOT),
             "WORKER_METRICS_PORT": "0",
         }

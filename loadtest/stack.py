@@ -19,6 +19,7 @@ from sqlalchemy import text
 
 from shared import tenancy
 from shared.db import create_engine
+from shared.secretbox import SecretBox
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -76,12 +77,12 @@ async def sql(url: str, query: str, **params: Any) -> list[Any]:
         await engine.dispose()
 
 
-async def make_tenant(database_url: str, redis_url: str) -> tuple[str, str]:
-    """Create the `bench` service and an API key of it; return (service id, key)."""
+async def make_tenant(database_url: str, redis_url: str, secret_key: str) -> tuple[str, str]:
+    """Create the `bench` service and an API key of it (its secret sealed with `secret_key`); return (id, key)."""
     engine = create_engine(database_url, pool_size=1)
     redis = Redis.from_url(redis_url)
     service = await tenancy.create_service(engine, "bench")
-    key = await tenancy.create_api_key(engine, redis, service.id, "bench")
+    key = await tenancy.create_api_key(engine, redis, SecretBox(secret_key), service.id, "bench")
     await redis.aclose()
     await engine.dispose()
     return str(service.id), key.secret

@@ -6,13 +6,14 @@
     python -m shared.cli keys create SERVICE_ID NAME     # prints the secret once
     python -m shared.cli keys list SERVICE_ID
     python -m shared.cli keys revoke SERVICE_ID KEY_ID
+    python -m shared.cli keys reseal                     # seal every key's secret again with SECRET_KEY's first key
     python -m shared.cli dev-key [--file PATH]           # a key of the `development` service (make run)
     python -m shared.cli dead-letters list [--count N]
     python -m shared.cli dead-letters replay [ID ...]    # all when no id is given
     python -m shared.cli partitions list                 # day partitions of notifications: name, range, ~rows
     python -m shared.cli partitions maintain             # make the coming days' partitions, drop expired ones
 
-Connects to DATABASE_URL and REDIS_URL.
+Connects to DATABASE_URL and REDIS_URL; creating keys needs SECRET_KEY too.
 """
 
 import argparse
@@ -30,13 +31,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared import deadletters, keys, partitions, ratelimits, redis_client, tenancy
 from shared.db import create_engine
 from shared.schemas import MAX_RATE_LIMIT
+from shared.secretbox import NO_SECRET_KEY, InvalidToken, SecretBox, secret_box
 from shared.settings import get_settings
 
 DEV_SERVICE = "development"
 
 
 def _row(row: Any) -> str:
-    return "  ".join(f"{key}={value}" for key, value in row._mapping.items() if key != "secret_hash")
+    hidden = ("secret_hash", "secret_ciphertext")
+    return "  ".join(f"{key}={value}" for key, value in row._mapping.items() if key not in hidden)
+
+
+def _secret_box() -> SecretBox:
+    box = secret_box(get_settings().secret_key)
+    if box is None:
+        raise SystemExit(NO_SECRET_KEY)
+    return box
 
 
 async def _services_create(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
@@ -74,7 +84,7 @@ async def _services_rate_limit(engine: AsyncEngine, redis: Redis, args: argparse
 
 async def _keys_create(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
     try:
-        created = await tenancy.create_api_key(engine, redis, args.service_id, args.name)
+        created = await tenancy.create_api_key(engine, redis, _secret_box(), args.service_id, args.name)
     except tenancy.ServiceNotFoundError:
         print(f"no service {args.service_id}", file=sys.stderr)
         return 1
@@ -106,12 +116,22 @@ async def _keys_revoke(engine: AsyncEngine, redis: Redis, args: argparse.Namespa
 async def _dev_key(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
     path = Path(args.file)
     saved = path.read_text().strip() if path.exists() else None
-    key, created = await tenancy.ensure_dev_key(engine, redis, DEV_SERVICE, saved)
+    key, created = await tenancy.ensure_dev_key(engine, redis, _secret_box(), DEV_SERVICE, saved)
     if created:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(key + "\n")
         path.chmod(0o600)
     print(key)
+    return 0
+
+
+async def _keys_reseal(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
+    try:
+        resealed = await tenancy.reseal_secrets(engine, redis, _secret_box())
+    except InvalidToken:
+        print("a key's secret opens with none of SECRET_KEY's keys: add the key it was sealed with", file=sys.stderr)
+        return 1
+    print(f"{resealed} key secret(s) sealed again with the first key of SECRET_KEY; the others can now be dropped")
     return 0
 
 
@@ -181,6 +201,9 @@ def parser() -> argparse.ArgumentParser:
     revoke.add_argument("service_id", type=UUID)
     revoke.add_argument("key_id", type=UUID)
     revoke.set_defaults(run=_keys_revoke)
+    api_keys.add_parser(
+        "reseal", help="seal every key's secret again with the first key of SECRET_KEY (before dropping an old one)"
+    ).set_defaults(run=_keys_reseal)
     dev = groups.add_parser("dev-key", help="print a key of the development service, creating it if needed")
     dev.add_argument("--file", default=".data/dev-api-key", help="where the key is kept between runs")
     dev.set_defaults(run=_dev_key)

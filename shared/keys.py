@@ -65,9 +65,26 @@ DEAD_LETTER_STREAM = "notify:dead"
 #: Hash of the API keys that are valid now: field = SHA-256 of the key, value = service id. The API checks it
 #: before Postgres (so ingestion keeps going while Postgres is down); revoking a key deletes its field.
 API_KEYS_HASH = "notify:apikeys"
-#: Field of API_KEYS_HASH present once the hash holds every valid key (loaded from Postgres): from then on a key
-#: not in the hash is refused without asking Postgres. Lost with the hash (a Redis without persistence restarted).
-API_KEYS_COMPLETE_FIELD = "complete"
+#: Field of API_KEYS_HASH present once the registry holds every valid key, and every key's sealed secret in
+#: API_KEY_SECRETS_PREFIX (loaded from Postgres): from then on a key or a service not in it is refused without asking
+#: Postgres. Lost with the hash (a Redis without persistence restarted). A registry that an older version completed
+#: (field `complete`) holds no secrets, so it is loaded again once.
+API_KEYS_COMPLETE_FIELD = "complete:secrets"
+
+#: Per service, a hash of its keys' secrets sealed with SECRET_KEY (`shared.secretbox`; never the plain secret), for
+#: checking GOV.UK Notify JWTs without Postgres: field = key id, value = `v:<ciphertext>` for a valid key,
+#: `r<unix time of revocation>:<ciphertext>` for a revoked one; an empty ciphertext is a key issued before secrets
+#: were kept (it cannot sign).
+API_KEY_SECRETS_PREFIX = "notify:apikeys:"
+#: How long a revoked key stays in its service's hash, so that a token it signed is told "API key revoked" rather
+#: than "not found" (GOV.UK Notify looks at keys revoked in the last 7 days too).
+REVOKED_KEY_GRACE_SECONDS = 7 * 86_400
+
+
+def api_key_secrets_key(service_id: object) -> str:
+    """Return the Redis key of a service's sealed key secrets."""
+    return f"{API_KEY_SECRETS_PREFIX}{service_id}"
+
 
 #: Per-service rate limits that differ from RATE_LIMIT_PER_MINUTE: field = service id, value = notifications per
 #: minute (0: unlimited). Mirrors `services.rate_limit_per_minute` so that the API reads limits without Postgres.

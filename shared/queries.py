@@ -179,14 +179,22 @@ async def own_rate_limits(conn: AsyncConnection) -> list[Row[Any]]:
 
 
 async def insert_api_key(
-    conn: AsyncConnection, key_id: UUID, service_id: UUID, name: str, prefix: str, secret_hash: str, now: datetime
+    conn: AsyncConnection,
+    key_id: UUID,
+    service_id: UUID,
+    name: str,
+    prefix: str,
+    secret_hash: str,
+    secret_ciphertext: str | None,
+    now: datetime,
 ) -> Row[Any]:
-    """Insert an API key (its hash only)."""
+    """Insert an API key (its hash, and its secret sealed with SECRET_KEY)."""
     return (
         await conn.execute(
             text(
-                "INSERT INTO api_keys (id, service_id, name, prefix, secret_hash, created_at) "
-                f"VALUES (:id, :service_id, :name, :prefix, :secret_hash, :now) RETURNING {API_KEY_COLUMNS}"
+                "INSERT INTO api_keys (id, service_id, name, prefix, secret_hash, secret_ciphertext, created_at) "
+                "VALUES (:id, :service_id, :name, :prefix, :secret_hash, :secret_ciphertext, :now) "
+                f"RETURNING {API_KEY_COLUMNS}"
             ),
             {
                 "id": key_id,
@@ -194,6 +202,7 @@ async def insert_api_key(
                 "name": name,
                 "prefix": prefix,
                 "secret_hash": secret_hash,
+                "secret_ciphertext": secret_ciphertext,
                 "now": now,
             },
         )
@@ -207,24 +216,38 @@ async def list_api_keys(conn: AsyncConnection, service_id: UUID) -> list[Row[Any
 
 
 async def revoke_api_key(conn: AsyncConnection, service_id: UUID, key_id: UUID, now: datetime) -> Row[Any] | None:
-    """Mark a key revoked (keeping the first revocation time); return it with its hash, or None if unknown."""
+    """Mark a key revoked (keeping the first revocation time); return it with its hash and sealed secret, or None."""
     query = text(
         "UPDATE api_keys SET revoked_at = coalesce(revoked_at, :now) WHERE id = :id AND service_id = :service_id "
-        f"RETURNING {API_KEY_COLUMNS}, secret_hash"
+        f"RETURNING {API_KEY_COLUMNS}, secret_hash, secret_ciphertext"
     )
     return (await conn.execute(query, {"id": key_id, "service_id": service_id, "now": now})).one_or_none()
 
 
 async def valid_api_keys(conn: AsyncConnection) -> list[Row[Any]]:
-    """Return (secret_hash, service_id) of every key not revoked."""
-    query = text("SELECT secret_hash, service_id FROM api_keys WHERE revoked_at IS NULL")
+    """Return (id, service_id, secret_hash, secret_ciphertext) of every key not revoked."""
+    query = text("SELECT id, service_id, secret_hash, secret_ciphertext FROM api_keys WHERE revoked_at IS NULL")
     return list(await conn.execute(query))
 
 
-async def revoked_api_key_hashes(conn: AsyncConnection) -> list[str]:
-    """Return the hashes of every revoked key."""
-    query = text("SELECT secret_hash FROM api_keys WHERE revoked_at IS NOT NULL")
-    return list((await conn.execute(query)).scalars())
+async def revoked_api_keys(conn: AsyncConnection) -> list[Row[Any]]:
+    """Return (id, service_id, secret_hash, secret_ciphertext, revoked_at) of every revoked key."""
+    query = text(
+        "SELECT id, service_id, secret_hash, secret_ciphertext, revoked_at FROM api_keys WHERE revoked_at IS NOT NULL"
+    )
+    return list(await conn.execute(query))
+
+
+async def sealed_api_keys(conn: AsyncConnection) -> list[Row[Any]]:
+    """Return (id, secret_ciphertext) of every key whose secret is kept (for sealing them again)."""
+    query = text("SELECT id, secret_ciphertext FROM api_keys WHERE secret_ciphertext IS NOT NULL ORDER BY id")
+    return list(await conn.execute(query))
+
+
+async def set_api_key_ciphertext(conn: AsyncConnection, key_id: UUID, old: str, new: str) -> bool:
+    """Replace a key's sealed secret, if it is still `old`; return whether it was."""
+    query = text("UPDATE api_keys SET secret_ciphertext = :new WHERE id = :id AND secret_ciphertext = :old")
+    return bool((await conn.execute(query, {"id": key_id, "old": old, "new": new})).rowcount)
 
 
 # --- templates ------------------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.secretbox import parse_secret_key
+
 
 class Settings(BaseSettings):
     """Service settings; each field maps to the upper-case environment variable of the same name."""
@@ -22,6 +24,8 @@ class Settings(BaseSettings):
 
     # Tenancy.
     admin_token: SecretStr | None = None
+    # Fernet key(s), comma-separated, the first one sealing: encrypts API keys' secrets (shared.secretbox).
+    secret_key: SecretStr | None = None
     # Requests without an Authorization header act as this service (unset: they get 401). For local use only.
     anonymous_service: str | None = None
     auth_cache_seconds: float = Field(5.0, ge=0)
@@ -81,6 +85,14 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("secret_key")
+    @classmethod
+    def _fernet_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        parse_secret_key(value.get_secret_value())  # a wrong key stops the process at start, saying how to fix it
+        return value
 
     @field_validator("redis_url")
     @classmethod

@@ -1,20 +1,23 @@
 """Services (tenants) and their API keys: the operations behind the admin routes, the CLI and `make run`.
 
-Postgres is the record; the hash `keys.API_KEYS_HASH` in Redis mirrors the valid keys so that the API can check a
-key without Postgres. Creating a key registers it in Redis before its row commits (a Redis that cannot be reached
-fails the creation: nothing is made); revoking removes the Redis field before the revocation commits and again
-after, so a revoked key can never stay valid in Redis.
+Postgres is the record; Redis mirrors the valid keys so that the API can check a key without Postgres: the hash
+`keys.API_KEYS_HASH` (key hash → service id) for bearer keys, and per service a hash of its keys' secrets, sealed
+with SECRET_KEY (`keys.api_key_secrets_key`: ciphertext only, and whether the key is revoked), for GOV.UK Notify's
+JWTs. Creating a key registers it in Redis before its row commits (a Redis that cannot be reached fails the
+creation: nothing is made); revoking removes the bearer field and marks the secret revoked before the revocation
+commits and again after, so a revoked key can never stay valid in Redis.
 
-Once the hash holds every valid key it carries the field `keys.API_KEYS_COMPLETE_FIELD`, and a key not in it is
-refused without a Postgres query: random keys cost one Redis lookup, never a database connection. A hash without
-the field (a Redis without persistence restarted, or a database from before the field existed) is loaded again
+Once the registry holds every key it carries the field `keys.API_KEYS_COMPLETE_FIELD`, and a key (or a service) not
+in it is refused without a Postgres query: random keys cost one Redis lookup, never a database connection. A
+registry without the field (a Redis without persistence restarted, or one an older version filled) is loaded again
 from Postgres on the first miss, once per process at a time.
 """
 
 import asyncio
 import logging
+import time
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -22,10 +25,12 @@ from uuid import UUID
 
 import uuid_utils
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import apikeys, keys, queries
+from shared.secretbox import SecretBox
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +44,39 @@ def new_id() -> UUID:
     return UUID(bytes=uuid_utils.uuid7().bytes)
 
 
-async def _register(redis: Redis, secret_hash: str, service_id: UUID) -> None:
-    await cast(Awaitable[int], redis.hset(keys.API_KEYS_HASH, secret_hash, str(service_id)))
+@dataclass(frozen=True)
+class SealedSecret:
+    """A key's secret as the registry holds it: sealed (None: a key issued before secrets were kept)."""
+
+    key_id: UUID
+    ciphertext: str | None
+    revoked: bool
 
 
-async def _unregister(redis: Redis, secret_hash: str) -> None:
-    await cast(Awaitable[int], redis.hdel(keys.API_KEYS_HASH, secret_hash))
+def _secret_entry(ciphertext: str | None, revoked_at: datetime | None) -> str:
+    state = "v" if revoked_at is None else f"r{int(revoked_at.timestamp())}"
+    return f"{state}:{ciphertext or ''}"
+
+
+def _parse_secret_entry(key_id: bytes, entry: bytes) -> tuple[SealedSecret, float | None]:
+    """Return a registry entry and, for a revoked key, when it was revoked (unix time)."""
+    state, _, ciphertext = entry.decode().partition(":")
+    revoked_at = float(state[1:]) if state.startswith("r") else None
+    return SealedSecret(UUID(key_id.decode()), ciphertext or None, revoked_at is not None), revoked_at
+
+
+def _register(pipe: Pipeline, service_id: UUID, key_id: UUID, secret_hash: str, ciphertext: str | None) -> None:
+    pipe.hset(keys.API_KEYS_HASH, secret_hash, str(service_id))
+    pipe.hset(keys.api_key_secrets_key(service_id), str(key_id), _secret_entry(ciphertext, None))
+
+
+def _unregister(pipe: Pipeline, record: Row[Any]) -> None:
+    pipe.hdel(keys.API_KEYS_HASH, record.secret_hash)
+    entries = keys.api_key_secrets_key(record.service_id)
+    if time.time() - record.revoked_at.timestamp() < keys.REVOKED_KEY_GRACE_SECONDS:
+        pipe.hset(entries, str(record.id), _secret_entry(record.secret_ciphertext, record.revoked_at))
+    else:
+        pipe.hdel(entries, str(record.id))
 
 
 #: One registry load at a time per event loop: a burst of unknown keys while the hash is incomplete loads it once.
@@ -52,25 +84,40 @@ _registry_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lo
 REGISTRY_CHUNK = 1000
 
 
-async def load_registry(engine: AsyncEngine, redis: Redis) -> int:
-    """Register every valid key in Redis, then mark the registry complete; return how many keys it holds.
+async def _in_chunks(redis: Redis, rows: list[Row[Any]], write: Callable[[Pipeline, Row[Any]], None]) -> None:
+    for start in range(0, len(rows), REGISTRY_CHUNK):
+        async with redis.pipeline(transaction=False) as pipe:
+            for row in rows[start : start + REGISTRY_CHUNK]:
+                write(pipe, row)
+            await pipe.execute()
 
-    A key revoked while this runs may have been read as valid: the revoked keys are read again after the
-    registration and removed, before the registry is marked complete (a revocation committed later removes its
-    field itself, after its commit).
+
+async def load_registry(engine: AsyncEngine, redis: Redis) -> int:
+    """Register every valid key (and every key revoked within the grace) in Redis, then mark the registry complete.
+
+    Return how many valid keys it holds. A key revoked while this runs may have been read as valid: the revoked
+    keys are read again after the registration and unregistered, before the registry is marked complete (a
+    revocation committed later unregisters the key itself, after its commit).
     """
     async with engine.connect() as conn:
         valid = await queries.valid_api_keys(conn)
-    for start in range(0, len(valid), REGISTRY_CHUNK):
-        chunk = {row.secret_hash: str(row.service_id) for row in valid[start : start + REGISTRY_CHUNK]}
-        await cast(Awaitable[int], redis.hset(keys.API_KEYS_HASH, mapping=chunk))
+    await _in_chunks(
+        redis, valid, lambda pipe, row: _register(pipe, row.service_id, row.id, row.secret_hash, row.secret_ciphertext)
+    )
     async with engine.connect() as conn:
-        revoked = await queries.revoked_api_key_hashes(conn)
-    for start in range(0, len(revoked), REGISTRY_CHUNK):
-        await cast(Awaitable[int], redis.hdel(keys.API_KEYS_HASH, *revoked[start : start + REGISTRY_CHUNK]))
+        revoked = await queries.revoked_api_keys(conn)
+    await _in_chunks(redis, revoked, _unregister)
     await cast(Awaitable[int], redis.hset(keys.API_KEYS_HASH, keys.API_KEYS_COMPLETE_FIELD, "1"))
     logger.info("API key registry loaded into Redis from Postgres: %d valid keys", len(valid))
     return len(valid)
+
+
+async def _complete_registry(engine: AsyncEngine, redis: Redis) -> None:
+    """Load the registry from Postgres unless another task of this process just did."""
+    lock = _registry_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    async with lock:
+        if not await cast(Awaitable[bool], redis.hexists(keys.API_KEYS_HASH, keys.API_KEYS_COMPLETE_FIELD)):
+            await load_registry(engine, redis)
 
 
 def utc_now() -> datetime:
@@ -99,31 +146,33 @@ async def list_services(engine: AsyncEngine) -> list[Row[Any]]:
 
 @dataclass(frozen=True)
 class CreatedKey:
-    """A new API key: its record, and the secret, which is shown this once and never stored."""
+    """A new API key: its record, and the key itself, which is shown this once and stored only hashed and sealed."""
 
     record: Row[Any]
     secret: str
 
 
-async def create_api_key(engine: AsyncEngine, redis: Redis, service_id: UUID, name: str) -> CreatedKey:
-    """Create an API key for a service, registered in Redis before its row commits.
+async def create_api_key(engine: AsyncEngine, redis: Redis, box: SecretBox, service_id: UUID, name: str) -> CreatedKey:
+    """Create an API key for a service (its secret sealed in `box`), registered in Redis before its row commits.
 
     Raises:
         ServiceNotFoundError: no such service.
         redis.exceptions.RedisError, OSError: Redis cannot be reached; no key was made.
     """
-    secret = apikeys.new_key()
-    secret_hash = apikeys.hash_key(secret)
+    key, secret = apikeys.new_key(name, service_id)
+    secret_hash, ciphertext = apikeys.hash_key(key), box.seal(secret)
     async with engine.begin() as conn:
         if await queries.get_service(conn, service_id) is None:
             raise ServiceNotFoundError(str(service_id))
         record = await queries.insert_api_key(
-            conn, new_id(), service_id, name, apikeys.shown_prefix(secret), secret_hash, utc_now()
+            conn, new_id(), service_id, name, apikeys.shown_prefix(key), secret_hash, ciphertext, utc_now()
         )
         # Before the commit: a complete registry refuses a key it does not hold. Should the commit fail after this,
-        # the field names a secret nobody was ever shown.
-        await _register(redis, secret_hash, service_id)
-    return CreatedKey(record, secret)
+        # the fields name a key nobody was ever shown.
+        async with redis.pipeline(transaction=True) as pipe:
+            _register(pipe, service_id, record.id, secret_hash, ciphertext)
+            await pipe.execute()
+    return CreatedKey(record, key)
 
 
 async def list_api_keys(engine: AsyncEngine, service_id: UUID) -> list[Row[Any]]:
@@ -134,15 +183,36 @@ async def list_api_keys(engine: AsyncEngine, service_id: UUID) -> list[Row[Any]]
         return await queries.list_api_keys(conn, service_id)
 
 
+async def _unregister_now(redis: Redis, record: Row[Any]) -> None:
+    async with redis.pipeline(transaction=True) as pipe:
+        _unregister(pipe, record)
+        await pipe.execute()
+
+
 async def revoke_api_key(engine: AsyncEngine, redis: Redis, service_id: UUID, key_id: UUID) -> Row[Any] | None:
     """Revoke a key; return its record, or None if the service has no such key."""
     async with engine.begin() as conn:
         record = await queries.revoke_api_key(conn, service_id, key_id, utc_now())
         if record is not None:  # fails the revocation (rollback) if Redis cannot be told
-            await _unregister(redis, record.secret_hash)
-    if record is not None:  # again after the commit: a lookup racing with us may have re-registered it
-        await _unregister(redis, record.secret_hash)
+            await _unregister_now(redis, record)
+    if record is not None:  # again after the commit: a registry load racing with us may have registered it again
+        await _unregister_now(redis, record)
+        await _forget_old_revocations(redis, service_id)
     return record
+
+
+async def _forget_old_revocations(redis: Redis, service_id: UUID) -> None:
+    """Drop a service's keys revoked longer ago than the grace (only revocations add entries: this bounds them)."""
+    entries = keys.api_key_secrets_key(service_id)
+    registered = await cast(Awaitable[dict[bytes, bytes]], redis.hgetall(entries))
+    since = time.time() - keys.REVOKED_KEY_GRACE_SECONDS
+    old = [
+        key_id.decode()
+        for key_id, entry in registered.items()
+        if (_parse_secret_entry(key_id, entry)[1] or since) < since
+    ]
+    if old:
+        await cast(Awaitable[int], redis.hdel(entries, *old))
 
 
 async def service_for_key(engine: AsyncEngine, redis: Redis, secret: str) -> UUID | None:
@@ -164,19 +234,63 @@ async def service_for_hash(engine: AsyncEngine, redis: Redis, secret_hash: str) 
             return UUID(found.decode())
         if complete is not None:
             return None
-        lock = _registry_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
-        async with lock:
-            if not await cast(Awaitable[bool], redis.hexists(keys.API_KEYS_HASH, keys.API_KEYS_COMPLETE_FIELD)):
-                await load_registry(engine, redis)
+        await _complete_registry(engine, redis)
     return None
 
 
-async def ensure_dev_key(engine: AsyncEngine, redis: Redis, service_name: str, saved: str | None) -> tuple[str, bool]:
-    """Return a valid key of the development service, reusing `saved` when still valid; True if newly made."""
-    if saved and await service_for_key(engine, redis, saved) is not None:
+async def sealed_secrets(engine: AsyncEngine, redis: Redis, service_id: UUID) -> list[SealedSecret] | None:
+    """Return the sealed secrets of a service's keys, valid ones first; None if the service has no key.
+
+    Keys revoked longer ago than `keys.REVOKED_KEY_GRACE_SECONDS` are left out. One Redis round trip while the
+    registry is complete; otherwise the registry is loaded from Postgres first.
+    """
+    for _ in range(2):
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.hget(keys.API_KEYS_HASH, keys.API_KEYS_COMPLETE_FIELD)
+            pipe.hgetall(keys.api_key_secrets_key(service_id))
+            complete, registered = await pipe.execute()
+        if complete is not None:  # else some of the service's keys may be missing: load them all first
+            return _current(registered.items())
+        await _complete_registry(engine, redis)
+    return None
+
+
+def _current(registered: Iterable[tuple[bytes, bytes]]) -> list[SealedSecret] | None:
+    since = time.time() - keys.REVOKED_KEY_GRACE_SECONDS
+    parsed = [_parse_secret_entry(key_id, entry) for key_id, entry in registered]
+    current = [secret for secret, revoked_at in parsed if revoked_at is None or revoked_at >= since]
+    return sorted(current, key=lambda secret: secret.revoked) or None
+
+
+async def reseal_secrets(engine: AsyncEngine, redis: Redis, box: SecretBox) -> int:
+    """Seal every kept secret again with the first key of SECRET_KEY, in Postgres and Redis; return how many.
+
+    Raises:
+        cryptography.fernet.InvalidToken: a secret that none of SECRET_KEY's keys opens (nothing after it changed).
+    """
+    async with engine.connect() as conn:
+        sealed = await queries.sealed_api_keys(conn)
+    resealed = 0
+    for row in sealed:
+        async with engine.begin() as conn:
+            resealed += await queries.set_api_key_ciphertext(
+                conn, row.id, row.secret_ciphertext, box.reseal(row.secret_ciphertext)
+            )
+    await load_registry(engine, redis)  # the registry's ciphertexts, from the record (revocations stay as they are)
+    return resealed
+
+
+async def ensure_dev_key(
+    engine: AsyncEngine, redis: Redis, box: SecretBox, service_name: str, saved: str | None
+) -> tuple[str, bool]:
+    """Return a valid key of the development service, reusing `saved` when still valid; True if newly made.
+
+    A saved key of the older `nk_` shape is replaced (not revoked), since it cannot sign GOV.UK Notify's JWTs.
+    """
+    if saved and not apikeys.is_legacy_key(saved) and await service_for_key(engine, redis, saved):
         return saved, False
     async with engine.connect() as conn:
         service = await queries.get_service_by_name(conn, service_name)
     service_id = service.id if service is not None else (await create_service(engine, service_name)).id
-    created = await create_api_key(engine, redis, service_id, "make run")
+    created = await create_api_key(engine, redis, box, service_id, "make run")
     return created.secret, True

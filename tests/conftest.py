@@ -6,6 +6,7 @@ its ASGI interface with the lifespan running, so the same connections a server w
 
 import asyncio
 import os
+import secrets
 import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -23,9 +24,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.main import create_app
-from shared import tenancy
+from shared import apikeys, queries, tenancy
 from shared.db import create_engine, upgrade_database
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis
+from shared.secretbox import SecretBox, new_secret_key
 from shared.settings import Settings
 from worker.drain import Drain
 
@@ -101,6 +103,10 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
             server.stop()
 
 
+#: The SECRET_KEY of the test settings, which `make_tenant` seals its keys' secrets with too.
+TEST_SECRET_KEY = new_secret_key()
+
+
 @pytest.fixture(scope="session")
 def settings(servers: Servers) -> Settings:
     """Settings pointing at the test servers; the drain blocks briefly so tests do not wait on it."""
@@ -109,6 +115,7 @@ def settings(servers: Servers) -> Settings:
         redis_url=servers.redis_url,
         drain_block_ms=20,
         admin_token="test-admin-token",
+        secret_key=TEST_SECRET_KEY,
         _env_file=None,  # type: ignore[call-arg]
     )
 
@@ -123,6 +130,7 @@ def worker_env(servers: Servers) -> dict[str, str]:
         RECLAIM_IDLE_MS="500",
         RECLAIM_INTERVAL_SECONDS="1",
         WORKER_METRICS_PORT="0",
+        SECRET_KEY=TEST_SECRET_KEY,
         PYTHONPATH=str(ROOT),
     )
     return env
@@ -178,8 +186,22 @@ class Tenant:
 async def make_tenant(engine: AsyncEngine, redis: Redis, name: str) -> Tenant:
     """Create a service with one API key."""
     service = await tenancy.create_service(engine, name)
-    created = await tenancy.create_api_key(engine, redis, service.id, "test")
+    created = await tenancy.create_api_key(engine, redis, SecretBox(TEST_SECRET_KEY), service.id, "test")
     return Tenant(service.id, created.secret, created.record.id)
+
+
+async def insert_legacy_key(engine: AsyncEngine, redis: Redis, service_name: str) -> str:
+    """Give a service (made if needed) a key of the older `nk_` shape, as an older version stored it; return it."""
+    key = "nk_" + secrets.token_urlsafe(32)
+    service_id = await tenancy.service_id_by_name(engine, service_name)
+    if service_id is None:
+        service_id = (await tenancy.create_service(engine, service_name)).id
+    async with engine.begin() as conn:
+        await queries.insert_api_key(
+            conn, tenancy.new_id(), service_id, "legacy", key[:10], apikeys.hash_key(key), None, tenancy.utc_now()
+        )
+    await tenancy.load_registry(engine, redis)  # as the registry of that version held it
+    return key
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -54,6 +54,7 @@ def test_app_services_share_one_image_built_from_deploy(compose: dict[str, Any])
         assert service["build"]["dockerfile"] == "deploy/Dockerfile"
         assert service["environment"]["DATABASE_URL"].startswith("postgresql://")
         assert service["environment"]["REDIS_URL"].startswith("redis://")
+        assert service["environment"]["SECRET_KEY"] == "${SECRET_KEY:-}"  # the operator's, from the environment
     assert (ROOT / "deploy" / "Dockerfile").exists()
 
 

@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from shared import keys
+from shared.secretbox import new_secret_key
 from shared.settings import Settings
 from worker.main import SHUTDOWN_GRACE_SECONDS
 
@@ -142,10 +144,20 @@ def test_secret_has_placeholder_urls_and_token(k8s: list[Doc]) -> None:
     secret = _one(k8s, "Secret", SECRET)
     assert "data" not in secret
     values = secret["stringData"]
-    assert set(values) == {"DATABASE_URL", "REDIS_URL", "ADMIN_TOKEN"}
+    assert set(values) == {"DATABASE_URL", "REDIS_URL", "ADMIN_TOKEN", "SECRET_KEY"}
     assert values["DATABASE_URL"] == "postgresql://notify:CHANGE_ME@postgres.example.internal:5432/notify"
     assert values["REDIS_URL"] == "redis://redis.example.internal:6379/0"
     assert values["ADMIN_TOKEN"]
+    assert values["SECRET_KEY"] == "CHANGE_ME"
+
+
+def test_the_placeholder_secret_key_stops_the_service_saying_how_to_make_one(
+    k8s: list[Doc], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SECRET_KEY", _one(k8s, "Secret", SECRET)["stringData"]["SECRET_KEY"])
+
+    with pytest.raises(ValidationError, match=r"Fernet\.generate_key"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
 
 
 def test_config_and_secret_are_accepted_by_the_service_settings(
@@ -154,6 +166,7 @@ def test_config_and_secret_are_accepted_by_the_service_settings(
     environment = {**_one(k8s, "ConfigMap", CONFIG_MAP)["data"], **_one(k8s, "Secret", SECRET)["stringData"]}
     for name in [name.upper() for name in Settings.model_fields]:
         monkeypatch.delenv(name, raising=False)
+    environment["SECRET_KEY"] = new_secret_key()  # the operator's, in place of the placeholder (refused, above)
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     settings = Settings(_env_file=None)
@@ -162,6 +175,7 @@ def test_config_and_secret_are_accepted_by_the_service_settings(
     assert settings.max_backlog_entries == int(environment["MAX_BACKLOG_ENTRIES"])
     assert settings.require_database_url() == environment["DATABASE_URL"]
     assert settings.admin_token is not None
+    assert settings.secret_key is not None
 
 
 def test_keda_redis_address_is_the_redis_of_redis_url(k8s: list[Doc]) -> None:

@@ -6,15 +6,16 @@ Thin handlers over `shared.tenancy` and `shared.ratelimits`, which the CLI (`pyt
 from typing import Any
 from uuid import UUID
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
 
 from api.auth import AdminDep
 from api.deps import EngineDep, RedisDep, SettingsDep
-from api.errors import ConflictError, NotFoundError
+from api.errors import ConflictError, KeyIssuingDisabledError, NotFoundError
 from shared import ratelimits, tenancy
 from shared.schemas import ApiKeyCreated, ApiKeyIn, ApiKeyOut, ServiceIn, ServiceOut, ServicePatch
+from shared.secretbox import NO_SECRET_KEY, SecretBox
 from shared.settings import Settings
 
 router = APIRouter(prefix="/services/v1", tags=["administration"], dependencies=[AdminDep])
@@ -62,11 +63,24 @@ async def update_service(
     return _service_out(row, settings)
 
 
-@router.post("/{service_id}/api-keys", status_code=201, responses={**_ERRORS, 404: {"description": "No such service"}})
-async def create_api_key(service_id: UUID, body: ApiKeyIn, engine: EngineDep, redis: RedisDep) -> ApiKeyCreated:
-    """Create an API key; its secret `key` is in this answer only."""
+@router.post(
+    "/{service_id}/api-keys",
+    status_code=201,
+    responses={
+        **_ERRORS,
+        403: {"description": "Admin API disabled (no ADMIN_TOKEN), or keys cannot be issued (no SECRET_KEY)"},
+        404: {"description": "No such service"},
+    },
+)
+async def create_api_key(
+    service_id: UUID, body: ApiKeyIn, engine: EngineDep, redis: RedisDep, request: Request
+) -> ApiKeyCreated:
+    """Create an API key, also a GOV.UK Notify key: `{key_name}-{service_id}-{secret}`, in this answer only."""
+    box: SecretBox | None = request.app.state.secret_box
+    if box is None:
+        raise KeyIssuingDisabledError(NO_SECRET_KEY)
     try:
-        created = await tenancy.create_api_key(engine, redis, service_id, body.name)
+        created = await tenancy.create_api_key(engine, redis, box, service_id, body.name)
     except tenancy.ServiceNotFoundError:
         raise NotFoundError(f"service {service_id} not found") from None
     return ApiKeyCreated.model_validate({**created.record._mapping, "key": created.secret})

@@ -1,6 +1,7 @@
 """API keys on the notification routes, and the admin routes behind ADMIN_TOKEN; limits on what a request may hold."""
 
 from collections.abc import AsyncIterator
+from uuid import UUID, uuid4
 
 import httpx
 import pytest
@@ -15,11 +16,19 @@ from shared import apikeys, keys, tenancy
 from shared.db import create_engine
 from shared.embedded import free_port
 from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
+from shared.secretbox import SecretBox
 from shared.settings import Settings
-from tests.conftest import Tenant, drain_all, make_tenant
+from tests.conftest import TEST_SECRET_KEY, Tenant, drain_all, insert_legacy_key, make_tenant
 from worker.drain import Drain
 
 BASE = "/notifications/v1"
+
+
+def random_key() -> str:
+    """A key of the right shape that nobody issued."""
+    return apikeys.new_key("made up", uuid4())[0]
+
+
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 ANY_ID = "0190b8a4-6c1e-7000-8000-000000000000"
 
@@ -81,17 +90,20 @@ async def test_valid_key_works_when_redis_lost_the_registry(
 
     assert response.status_code == 201
     registry = await redis.hgetall(keys.API_KEYS_HASH)  # loaded again from Postgres, and marked complete
-    assert registry == {apikeys.hash_key(tenant.key).encode(): str(tenant.service_id).encode(), b"complete": b"1"}
+    assert registry == {
+        apikeys.hash_key(tenant.key).encode(): str(tenant.service_id).encode(),
+        keys.API_KEYS_COMPLETE_FIELD.encode(): b"1",
+    }
 
 
 async def test_unknown_keys_are_refused_without_postgres_once_the_registry_is_complete(
     anonymous: httpx.AsyncClient, app: FastAPI, redis: Redis, tenant: Tenant
 ) -> None:
-    assert await tenancy.service_for_key(app.state.engine, redis, apikeys.new_key()) is None  # completes the registry
+    assert await tenancy.service_for_key(app.state.engine, redis, random_key()) is None  # completes the registry
     working_engine = app.state.engine
     app.state.engine = create_engine(f"postgresql://nobody@127.0.0.1:{free_port()}/none")
     try:
-        unknown = [{"Authorization": f"Bearer {apikeys.new_key()}"} for _ in range(20)]
+        unknown = [{"Authorization": f"Bearer {random_key()}"} for _ in range(20)]
         responses = [await anonymous.post(f"{BASE}/", json={"to": "me"}, headers=headers) for headers in unknown]
         valid = await anonymous.post(f"{BASE}/", json={"to": "me"}, headers=tenant.headers)
     finally:
@@ -105,7 +117,19 @@ async def test_unknown_keys_are_refused_without_postgres_once_the_registry_is_co
 async def test_tokens_not_shaped_like_a_key_are_refused_before_any_lookup_or_caching(
     anonymous: httpx.AsyncClient, app: FastAPI
 ) -> None:
-    malformed = ["nk_short", "nk_" + "a" * 44, "nk_" + "a" * 42 + "!", "x" * 8000, "nk_" + "a" * 43 + " trailing"]
+    service, secret = "0190b8a4-6c1e-7000-8000-000000000000", "3d5c1c7e-8b9a-4f0e-9d2c-1a2b3c4d5e6f"
+    malformed = [
+        *["nk_short", "nk_" + "a" * 44, "nk_" + "a" * 42 + "!", "x" * 8000, "nk_" + "a" * 43 + " trailing"],
+        f"-{service}-{secret}",  # no name
+        f"Prod-{service}-{secret}",  # not made safe
+        f"my-key-{service}-{secret}",
+        f"{'a' * 65}-{service}-{secret}",  # a longer name than a key holds
+        f"prod-{service.upper()}-{secret}",
+        f"prod-{service}-{secret[:-1]}",
+        f"prod-{service}-{secret.replace('-4f0e-', '-1f0e-')}",  # the secret is a UUID4
+        f"prod-{service}",
+        f"prod-{service}-{secret} x",
+    ]
     working_redis = app.state.redis
     app.state.redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")  # any lookup would be a 503
     try:
@@ -119,7 +143,8 @@ async def test_tokens_not_shaped_like_a_key_are_refused_before_any_lookup_or_cac
 
     assert [response.status_code for response in responses] == [401] * len(malformed)
     assert {response.json()["detail"] for response in responses} == {
-        "malformed API key: keys are `nk_` and 43 URL-safe characters"
+        "malformed API key: keys are `{key_name}-{service_id}-{secret}` (lowercase a-z, 0-9 and `_`, then two UUIDs), "
+        "or, issued before, `nk_` and 43 URL-safe characters"
     }
     assert len(app.state.key_cache) == 0
 
@@ -127,7 +152,7 @@ async def test_tokens_not_shaped_like_a_key_are_refused_before_any_lookup_or_cac
 def test_the_key_cache_stays_within_its_bound() -> None:
     cache = KeyCache(60, max_entries=100)
     for _ in range(1000):
-        cache.put(apikeys.hash_key(apikeys.new_key()), None)
+        cache.put(apikeys.hash_key(random_key()), None)
 
     assert len(cache) == 100
 
@@ -145,7 +170,7 @@ async def test_a_key_cannot_be_made_while_redis_is_unreachable(engine: AsyncEngi
     unreachable = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
     try:
         with pytest.raises(RedisConnectionError):
-            await tenancy.create_api_key(engine, unreachable, service.id, "outage")
+            await tenancy.create_api_key(engine, unreachable, SecretBox(TEST_SECRET_KEY), service.id, "outage")
     finally:
         await unreachable.aclose()
 
@@ -209,8 +234,10 @@ async def test_admin_creates_service_and_key_that_works(anonymous: httpx.AsyncCl
     created = await anonymous.post(f"/services/v1/{service_id}/api-keys", json={"name": "prod"}, headers=ADMIN)
     assert created.status_code == 201
     key = created.json()["key"]
-    assert key.startswith("nk_")
-    assert created.json()["prefix"] == key[:10]
+    assert key == f"prod-{service_id}-{key[-36:]}"  # GOV.UK Notify's shape: the client reads both ids from the end
+    assert (key[-73:-37], str(UUID(key[-36:]))) == (service_id, key[-36:])
+    assert UUID(key[-36:]).version == 4
+    assert created.json()["prefix"] == key[:-32]  # up to the first 4 characters of the secret
     assert created.json()["revoked_at"] is None
 
     listed = await anonymous.get(f"/services/v1/{service_id}/api-keys", headers=ADMIN)
@@ -224,6 +251,56 @@ async def test_admin_creates_service_and_key_that_works(anonymous: httpx.AsyncCl
 
     names = [item["name"] for item in (await anonymous.get("/services/v1/", headers=ADMIN)).json()]
     assert "newsletter" in names
+
+
+async def test_without_secret_key_no_key_is_issued_and_the_admin_is_told_why(
+    settings: Settings, engine: AsyncEngine, redis: Redis
+) -> None:
+    service = await tenancy.create_service(engine, "no secret key")
+    app = create_app(settings.model_copy(update={"secret_key": None}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=ADMIN) as http:
+            response = await http.post(f"/services/v1/{service.id}/api-keys", json={"name": "prod"})
+
+    assert response.status_code == 403
+    assert response.json()["detail"].startswith("SECRET_KEY is not set: API keys cannot be issued")
+    assert await tenancy.list_api_keys(engine, service.id) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("prod", "prod"),
+        ("My Production Key!", "my_production_key"),
+        ("  --Zoë's key--  ", "zo_s_key"),
+        ("snake_case_99", "snake_case_99"),
+        ("!!!", "key"),
+        ("é", "key"),
+        ("x" * 63 + " y", "x" * 63),
+        ("a" * 200, "a" * 64),
+    ],
+)
+def test_a_key_holds_its_name_made_safe(name: str, shown: str) -> None:
+    service_id = UUID(ANY_ID)
+
+    key, secret = apikeys.new_key(name, service_id)
+
+    assert key == f"{shown}-{service_id}-{secret}"
+    assert apikeys.looks_like_key(key)
+
+
+async def test_keys_issued_before_still_work_on_the_native_routes(
+    anonymous: httpx.AsyncClient, engine: AsyncEngine, redis: Redis, tenant: Tenant
+) -> None:
+    legacy = await insert_legacy_key(engine, redis, "tenant-a")
+
+    created = await anonymous.post(f"{BASE}/", json={"to": "me"}, headers={"Authorization": f"Bearer {legacy}"})
+    found = await anonymous.get(f"{BASE}/{created.json()['id']}", headers=tenant.headers)  # the same service
+
+    assert created.status_code == 201
+    assert created.json()["service_id"] == str(tenant.service_id)
+    assert found.status_code == 200
 
 
 async def test_admin_404s(anonymous: httpx.AsyncClient, tenant: Tenant) -> None:
@@ -275,7 +352,7 @@ async def test_without_a_key_requests_act_as_the_anonymous_service_when_one_is_n
             found = await http.get(f"{BASE}/{single.json()['id']}")
             wrong_key = await http.post(f"{BASE}/", json=BRIEF_EXAMPLE, headers={"Authorization": "Bearer nk_wrong"})
             unknown_key = await http.post(
-                f"{BASE}/", json=BRIEF_EXAMPLE, headers={"Authorization": f"Bearer {apikeys.new_key()}"}
+                f"{BASE}/", json=BRIEF_EXAMPLE, headers={"Authorization": f"Bearer {random_key()}"}
             )
             others = await http.get(f"{BASE}/{single.json()['id']}", headers=tenant.headers)
             ready = await http.get("/status/ready")

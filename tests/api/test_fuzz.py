@@ -21,6 +21,7 @@ from api.main import create_app
 from shared import tenancy
 from shared.db import create_engine
 from shared.embedded import free_port
+from shared.secretbox import SecretBox
 from tests.conftest import ROOT
 
 schema = schemathesis.openapi.from_dict(create_app().openapi())
@@ -37,7 +38,7 @@ def server(worker_env: dict[str, str], venv_bin: Path) -> Iterator[tuple[str, st
         engine = create_engine(worker_env["DATABASE_URL"])
         redis = Redis.from_url(worker_env["REDIS_URL"])
         service = await tenancy.create_service(engine, f"fuzz-{os.getpid()}-{time.monotonic_ns()}")
-        created = await tenancy.create_api_key(engine, redis, service.id, "fuzz")
+        created = await tenancy.create_api_key(engine, redis, SecretBox(worker_env["SECRET_KEY"]), service.id, "fuzz")
         await redis.aclose()
         await engine.dispose()
         return created.secret

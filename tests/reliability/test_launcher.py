@@ -18,11 +18,22 @@ import psutil
 import pytest
 
 from deploy import local
+from shared import apikeys
 from shared.embedded import EmbeddedRedis, free_port, port_is_free
+from shared.secretbox import SecretBox
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 #: What a user's shell may hold that would point the launcher elsewhere.
-UNSET = ("DATABASE_URL", "REDIS_URL", "ADMIN_TOKEN", "EMBEDDED_PG_PORT", "EMBEDDED_REDIS_PORT", "PORT", "HOST")
+UNSET = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "ADMIN_TOKEN",
+    "SECRET_KEY",
+    "EMBEDDED_PG_PORT",
+    "EMBEDDED_REDIS_PORT",
+    "PORT",
+    "HOST",
+)
 
 
 class Launcher:
@@ -123,6 +134,12 @@ def test_two_launchers_side_by_side_each_use_their_own_servers_and_leave_nothing
         assert _post_and_get(first, first.headers) == (201, 200)
         assert _post_and_get(second, second.headers) == (201, 200)
         assert _post_and_get(first, second.headers)[0] == 401  # each registry holds only its own keys
+        secret_key = first.folder / "data" / "secret-key"  # made once, kept like the admin token
+        assert secret_key.stat().st_mode & 0o777 == 0o600
+        SecretBox(secret_key.read_text().strip())  # a valid SECRET_KEY
+        dev_key = first.headers["Authorization"].removeprefix("Bearer ")
+        assert apikeys.looks_like_key(dev_key)
+        assert not apikeys.is_legacy_key(dev_key)  # also a GOV.UK Notify key
 
         _assert_killed_leaves_nothing(first)
         assert _post_and_get(second, second.headers) == (201, 200)  # the other stack did not notice

@@ -5,7 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared import keys, tenancy
+from shared.secretbox import InvalidToken, SecretBox, new_secret_key
+from tests.conftest import ROOT, Tenant, insert_legacy_key
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -24,11 +31,14 @@ def test_service_key_lifecycle(worker_env: dict[str, str], engine: object, redis
 
     key = cli(worker_env, "keys", "create", service_id, "laptop")
     assert key.returncode == 0, key.stderr
-    secret = re.search(r"key=(nk_\S+)", key.stdout).group(1)  # type: ignore[union-attr]
+    secret = re.search(r"key=(\S+)", key.stdout).group(1)  # type: ignore[union-attr]
+    assert secret.startswith(f"laptop-{service_id}-")
     key_id = re.search(r"^id=(\S+)", key.stdout).group(1)  # type: ignore[union-attr]
+    assert "secret_ciphertext" not in key.stdout
     listed = cli(worker_env, "keys", "list", service_id).stdout
     assert key_id in listed
     assert secret not in listed
+    assert secret[-36:] not in listed
 
     revoked = cli(worker_env, "keys", "revoke", service_id, key_id)
     assert revoked.returncode == 0
@@ -45,6 +55,55 @@ def test_dev_key_is_made_once_and_reused(
     second = cli(worker_env, "dev-key", "--file", str(file))
 
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip().startswith("nk_")
+    assert first.stdout.strip().startswith("make_run-")
     assert second.stdout == first.stdout
     assert file.read_text().strip() == first.stdout.strip()
+
+
+async def test_a_saved_dev_key_of_the_older_shape_is_replaced_by_one_that_is_also_a_notify_key(
+    worker_env: dict[str, str], tmp_path: Path, engine: AsyncEngine, redis: Redis
+) -> None:
+    legacy = await insert_legacy_key(engine, redis, "development")
+    file = tmp_path / "dev-api-key"
+    file.write_text(legacy + "\n")
+
+    made = cli(worker_env, "dev-key", "--file", str(file))
+
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip().startswith("make_run-")
+    assert file.read_text().strip() == made.stdout.strip()
+    assert await tenancy.service_for_key(engine, redis, legacy) is not None  # not revoked: it may be in use
+
+
+def test_keys_cannot_be_made_without_secret_key(worker_env: dict[str, str], engine: object, redis: object) -> None:
+    service_id = re.search(r"id=(\S+)", cli(worker_env, "services", "create", "no-secret").stdout).group(1)  # type: ignore[union-attr]
+    env = {**worker_env, "SECRET_KEY": ""}
+
+    refused = cli(env, "keys", "create", service_id, "laptop")
+
+    assert refused.returncode == 1
+    assert "SECRET_KEY is not set" in refused.stderr
+    assert "Fernet.generate_key()" in refused.stderr
+    assert "key=" not in refused.stdout
+
+
+async def test_reseal_seals_every_secret_with_the_new_first_key_in_postgres_and_redis(
+    worker_env: dict[str, str], engine: AsyncEngine, redis: Redis, tenant: Tenant
+) -> None:
+    new_key = new_secret_key()
+    rotated = {**worker_env, "SECRET_KEY": f"{new_key},{worker_env['SECRET_KEY']}"}
+
+    resealed = cli(rotated, "keys", "reseal")
+
+    assert resealed.returncode == 0, resealed.stderr
+    assert resealed.stdout.startswith("1 key secret(s) sealed again")
+    only_new = SecretBox(new_key)
+    async with engine.connect() as conn:
+        stored = (
+            await conn.execute(text("SELECT secret_ciphertext FROM api_keys WHERE id = :id"), {"id": tenant.key_id})
+        ).scalar_one()
+    registered = await redis.hget(keys.api_key_secrets_key(tenant.service_id), str(tenant.key_id))
+    assert only_new.open(stored) == tenant.key[-36:]
+    assert registered == f"v:{stored}".encode()
+    with pytest.raises(InvalidToken):
+        SecretBox(worker_env["SECRET_KEY"]).open(stored)  # the old key can be dropped now
