@@ -200,9 +200,13 @@ class EmbeddedRedis(LocalServer):
     what = "Redis"
     program = "redis-server"
 
-    def __init__(self, datadir: Path, port: int | None = None, appendfsync: str = "everysec") -> None:
+    def __init__(
+        self, datadir: Path, port: int | None = None, appendfsync: str = "everysec", cluster: bool = False
+    ) -> None:
         super().__init__(datadir, port)
         self.appendfsync = appendfsync
+        #: Run as a node of a Redis Cluster (its bus on port + 10000; see shared.embedded_cluster).
+        self.cluster = cluster
         self.log = self.datadir / "redis.log"
 
     @property
@@ -234,6 +238,15 @@ class EmbeddedRedis(LocalServer):
             "--save", "",
             "--logfile", str(self.log),
         ]  # fmt: skip
+        if self.cluster:
+            args += [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ]
         offset = log_size(self.log)
         process = subprocess.Popen(
             args,

@@ -10,6 +10,7 @@ stores each notification id once, inserts nothing twice.
 from typing import cast
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -48,3 +49,17 @@ def connect(settings: Settings, read_slack_seconds: float = 0.0) -> Redis:
         health_check_interval=30,
     )
     return client
+
+
+def is_cluster(redis: Redis) -> bool:
+    """Return whether `redis` is a cluster client (made by `connect` with REDIS_CLUSTER)."""
+    return isinstance(redis, RedisCluster)
+
+
+def transaction_if_possible(redis: Redis) -> Pipeline:
+    """Return a MULTI/EXEC pipeline, or on a cluster (whose client runs no MULTI/EXEC) a plain one.
+
+    For writes that should go together but whose keys live in different slots of a cluster, where no transaction
+    could hold them anyway: each caller says what a partial write there means.
+    """
+    return redis.pipeline(transaction=not is_cluster(redis))

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     stream_shards: int = Field(1, ge=1, le=256)
     # REDIS_URL names a node of a Redis Cluster: redis-py's RedisCluster is used.
     redis_cluster: bool = False
+    # The plain Redis of arq's scheduler (the workers' housekeeping crons); unset: REDIS_URL. Required with
+    # REDIS_CLUSTER: arq's queue runs MULTI/EXEC over keys a cluster puts in different slots.
+    arq_redis_url: str | None = None
     redis_timeout_seconds: float = Field(5.0, gt=0)
     cache_ttl_seconds: int = Field(60, ge=1)
     idempotency_ttl_seconds: int = Field(86_400, ge=1)
@@ -94,7 +97,7 @@ class Settings(BaseSettings):
         parse_secret_key(value.get_secret_value())  # a wrong key stops the process at start, saying how to fix it
         return value
 
-    @field_validator("redis_url")
+    @field_validator("redis_url", "arq_redis_url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):

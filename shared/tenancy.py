@@ -29,7 +29,7 @@ from redis.asyncio.client import Pipeline
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import apikeys, keys, queries
+from shared import apikeys, keys, queries, redis_client
 from shared.secretbox import SecretBox
 
 logger = logging.getLogger(__name__)
@@ -168,8 +168,9 @@ async def create_api_key(engine: AsyncEngine, redis: Redis, box: SecretBox, serv
             conn, new_id(), service_id, name, apikeys.shown_prefix(key), secret_hash, ciphertext, utc_now()
         )
         # Before the commit: a complete registry refuses a key it does not hold. Should the commit fail after this,
-        # the fields name a key nobody was ever shown.
-        async with redis.pipeline(transaction=True) as pipe:
+        # the fields name a key nobody was ever shown. (On a cluster the two hashes are in different slots and are
+        # written one after the other: should the second write fail, the creation fails, with the same outcome.)
+        async with redis_client.transaction_if_possible(redis) as pipe:
             _register(pipe, service_id, record.id, secret_hash, ciphertext)
             await pipe.execute()
     return CreatedKey(record, key)
@@ -184,7 +185,7 @@ async def list_api_keys(engine: AsyncEngine, service_id: UUID) -> list[Row[Any]]
 
 
 async def _unregister_now(redis: Redis, record: Row[Any]) -> None:
-    async with redis.pipeline(transaction=True) as pipe:
+    async with redis_client.transaction_if_possible(redis) as pipe:
         _unregister(pipe, record)
         await pipe.execute()
 

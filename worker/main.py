@@ -18,7 +18,7 @@ from shared import keys, partitions, redis_client
 from shared.db import create_engine
 from shared.heap import freeze_startup_objects
 from shared.logs import configure_logging
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 from worker.drain import Drain, consumer_name
 
 logger = logging.getLogger(__name__)
@@ -106,13 +106,25 @@ async def maintain_partitions(ctx: dict[str, Any]) -> None:
         logger.info("partition maintenance skipped: another process holds it")
 
 
+def _arq_redis_url(settings: Settings) -> str:
+    """Return the Redis of arq's scheduler: ARQ_REDIS_URL, else REDIS_URL (not a cluster's: arq cannot use one)."""
+    if settings.arq_redis_url:
+        return settings.arq_redis_url
+    if settings.redis_cluster:
+        raise RuntimeError(
+            "REDIS_CLUSTER is set: set ARQ_REDIS_URL to a plain Redis for arq's scheduler (it only carries the "
+            "housekeeping crons; arq's MULTI/EXEC spans keys a cluster keeps in different slots)"
+        )
+    return settings.require_redis_url()
+
+
 def _worker_settings() -> type:
     settings = get_settings()
 
     class WorkerSettings:
         """arq settings: the drain runs beside arq's scheduler, which only runs housekeeping."""
 
-        redis_settings = RedisSettings.from_dsn(settings.require_redis_url())
+        redis_settings = RedisSettings.from_dsn(_arq_redis_url(settings))
         functions: list[Any] = []
         cron_jobs = [
             cron(forget_idle_consumers, minute=set(range(0, 60, 10)), run_at_startup=False),

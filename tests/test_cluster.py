@@ -1,0 +1,201 @@
+"""REDIS_CLUSTER: the service on a real Redis Cluster (3 primaries of the embedded redis-server), sharded stream.
+
+The write path (group commit per shard), GET from the cluster and from Postgres, the drain of every shard,
+idempotency keys, rate limits, readiness, the key registry and dead letters, each through redis-py's RedisCluster.
+"""
+
+import asyncio
+import re
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+from redis.crc import key_slot
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from api.main import create_app
+from shared import deadletters, keys, ratelimits, redis_client
+from shared.embedded_cluster import EmbeddedRedisCluster
+from shared.ids import stem_and_index
+from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
+from shared.settings import Settings
+from tests.conftest import ROOT, Servers, Tenant, count_rows, make_tenant
+from worker.drain import Drain
+
+BASE = "/notifications/v1"
+SHARDS = 3
+LAYOUT = keys.layout(SHARDS, cluster=True)
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedisCluster]:
+    """Three primaries, started once for this module (~2 s)."""
+    cluster = EmbeddedRedisCluster(Path(tmp_path_factory.mktemp("cluster"))).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_settings(settings: Settings, redis_cluster: EmbeddedRedisCluster) -> Settings:
+    """The test settings on the cluster, with three shards."""
+    return settings.model_copy(update={"redis_url": redis_cluster.url, "redis_cluster": True, "stream_shards": SHARDS})
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def cluster_redis(cluster_settings: Settings, engine: AsyncEngine) -> AsyncIterator[Redis]:
+    """A RedisCluster client on an empty cluster (`engine` empties the database)."""
+    client = redis_client.connect(cluster_settings)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def cluster_tenant(engine: AsyncEngine, cluster_redis: Redis) -> Tenant:
+    """A service whose key is registered in the cluster."""
+    return await make_tenant(engine, cluster_redis, "cluster-tenant")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def http(cluster_settings: Settings, cluster_tenant: Tenant) -> AsyncIterator[httpx.AsyncClient]:
+    """The API on the cluster, through its ASGI interface with its lifespan running."""
+    app = create_app(cluster_settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://test", headers=cluster_tenant.headers
+        ) as client:
+            yield client
+
+
+async def _drain_every_shard(redis: Redis, engine: AsyncEngine, settings: Settings) -> int:
+    stored = 0
+    for shard in LAYOUT.shards:
+        drain = Drain(redis, engine, settings, "cluster-consumer", shard)
+        await drain.ensure_group()
+        while batch := await drain.read_new():
+            stored += await drain.drain_batch(batch)
+    return stored
+
+
+async def _slots_of_primaries(redis: Redis) -> list[tuple[int, int]]:
+    slots = cast(dict[str, Any], await redis.cluster_slots())  # type: ignore[attr-defined]
+    return sorted((int(low), int(high)) for low, high in slots)
+
+
+async def test_shards_spread_over_the_primaries(cluster_redis: Redis) -> None:
+    ranges = await _slots_of_primaries(cluster_redis)
+    assert len(ranges) == 3
+    owners = set()
+    for shard in LAYOUT.shards:
+        slot = key_slot(shard.stream.encode())
+        owners.add(next(n for n, (low, high) in enumerate(ranges) if low <= slot <= high))
+    assert owners == {0, 1, 2}  # one shard on each primary
+
+
+async def test_accept_get_drain_and_get_again_on_a_cluster(
+    http: httpx.AsyncClient, cluster_redis: Redis, engine: AsyncEngine, cluster_settings: Settings
+) -> None:
+    singles = [(await http.post(f"{BASE}/", json=BRIEF_EXAMPLE)).json() for _ in range(30)]
+    many = (await http.post(f"{BASE}/multiple", json=BRIEF_MULTIPLE_EXAMPLE)).json()
+    accepted = singles + many
+    assert all([await cluster_redis.xlen(shard.stream) > 0 for shard in LAYOUT.shards])
+    assert [(await http.get(f"{BASE}/{item['id']}")).json() for item in accepted] == accepted
+    ready = (await http.get("/status/ready")).json()
+    assert ready["redis"] == "ok"
+    assert ready["backlog_entries"] == 31
+
+    assert await _drain_every_shard(cluster_redis, engine, cluster_settings) == len(accepted)
+
+    assert await count_rows(engine) == len(accepted)
+    for item in accepted:  # the cache gone: GET must ask Postgres
+        shard = LAYOUT.shard_of_id(item["id"])
+        await cluster_redis.delete(shard.request_key(item["service_id"], stem_and_index(item["id"])[0]))
+    assert [(await http.get(f"{BASE}/{item['id']}")).json() for item in accepted] == accepted
+    assert (await http.get("/status/ready")).json()["backlog_entries"] == 0
+
+
+async def test_idempotency_keys_on_a_cluster(http: httpx.AsyncClient, cluster_redis: Redis) -> None:
+    for n in range(6):
+        keyed = {"Idempotency-Key": f"cluster-{n}"}
+        first = await http.post(f"{BASE}/", json=BRIEF_EXAMPLE, headers=keyed)
+        again = await http.post(f"{BASE}/", json=BRIEF_EXAMPLE, headers=keyed)
+        assert (first.status_code, again.status_code) == (201, 201)
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.json() == first.json()
+    assert sum([await cluster_redis.xlen(shard.stream) for shard in LAYOUT.shards]) == 6
+
+
+async def test_rate_limits_on_a_cluster(
+    http: httpx.AsyncClient, cluster_redis: Redis, engine: AsyncEngine, cluster_tenant: Tenant
+) -> None:
+    await ratelimits.set_rate_limit(engine, cluster_redis, cluster_tenant.service_id, 2)
+    limited = [await http.post(f"{BASE}/", json=BRIEF_EXAMPLE) for _ in range(30)]
+    assert {answer.status_code for answer in limited} == {201, 429}
+    assert 2 <= len([answer for answer in limited if answer.status_code == 201]) <= 2 * SHARDS
+
+
+async def test_an_unknown_key_is_refused_by_the_registry_on_the_cluster(http: httpx.AsyncClient) -> None:
+    answer = await http.post(f"{BASE}/", json=BRIEF_EXAMPLE, headers={"Authorization": "Bearer nk_" + "x" * 43})
+    assert answer.status_code == 401
+
+
+async def test_dead_letters_are_listed_and_replayed_per_shard(cluster_redis: Redis) -> None:
+    shard = LAYOUT.shards[1]
+    await cluster_redis.xadd(shard.dead_letters, {"entry": "1-1", "payload": b"[]", "error": "test"})
+
+    listed = await deadletters.list_dead_letters(cluster_redis, layout=LAYOUT)
+    assert [letter.error for letter in listed] == ["test"]
+    assert await deadletters.replay(cluster_redis, layout=LAYOUT) == 1
+    assert await cluster_redis.xlen(shard.dead_letters) == 0
+    assert await cluster_redis.xlen(shard.stream) == 1
+
+
+async def test_a_real_worker_drains_every_shard_of_the_cluster(
+    http: httpx.AsyncClient,
+    engine: AsyncEngine,
+    redis_cluster: EmbeddedRedisCluster,
+    servers: Servers,
+    worker_env: dict[str, str],
+    venv_bin: Path,
+    tmp_path: Path,
+) -> None:
+    accepted = [(await http.post(f"{BASE}/", json=BRIEF_EXAMPLE)).json() for _ in range(30)]
+    env = {
+        **worker_env,
+        "REDIS_URL": redis_cluster.url,
+        "REDIS_CLUSTER": "true",
+        "STREAM_SHARDS": str(SHARDS),
+        "ARQ_REDIS_URL": servers.redis_url,  # arq's scheduler on the plain Redis
+    }
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything else runs
+            [str(venv_bin / "arq"), "worker.main.WorkerSettings"], env=env, cwd=ROOT, stdout=out, stderr=out
+        )
+    try:
+        for _ in range(300):
+            if await count_rows(engine) == len(accepted):
+                break
+            await asyncio.sleep(0.1)
+        assert await count_rows(engine) == len(accepted), log.read_text()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+    assert len(re.findall(r"drain \S+ stopped after storing", log.read_text())) == SHARDS  # one loop per shard
+
+
+def test_without_arq_redis_url_a_cluster_worker_says_what_to_set(worker_env: dict[str, str], venv_bin: Path) -> None:
+    env = {**worker_env, "REDIS_CLUSTER": "true"}
+    env.pop("ARQ_REDIS_URL", None)
+    done = subprocess.run(
+        [str(venv_bin / "arq"), "worker.main.WorkerSettings"], env=env, cwd=ROOT, capture_output=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert b"set ARQ_REDIS_URL" in done.stderr + done.stdout
