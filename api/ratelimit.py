@@ -47,16 +47,23 @@ class RateLimits:
         self.default = default_per_minute
         self.ttl = ttl_seconds
         self.max_entries = max_entries
-        self._limits: OrderedDict[UUID, tuple[int, float]] = OrderedDict()
+        self._limits: OrderedDict[int, tuple[int, float]] = OrderedDict()  # UUID.int → (limit, expiry)
         #: (service, shard) → (monotonic time, the most tokens its bucket can have held then, capacity, refill/min)
-        self._known: OrderedDict[tuple[UUID, int], tuple[float, float, int, float]] = OrderedDict()
+        self._known: OrderedDict[tuple[int, int], tuple[float, float, int, float]] = OrderedDict()
+
+    def known_limit(self, service_id: UUID) -> int | None:
+        """Return the service's limit if this process knows it (for AUTH_CACHE_SECONDS), else None: no await."""
+        known = self._limits.get(service_id.int)  # an int hashes in C; a UUID's __hash__ is Python
+        if known is not None and known[1] >= time.monotonic():
+            return known[0]
+        return None
 
     async def limit_for(self, service_id: UUID) -> int:
-        """Return the service's limit in notifications per minute (0: unlimited)."""
+        """Return the service's limit in notifications per minute (0: unlimited), asking Redis if not known."""
+        known = self.known_limit(service_id)
+        if known is not None:
+            return known
         now = time.monotonic()
-        known = self._limits.get(service_id)
-        if known is not None and known[1] >= now:
-            return known[0]
         try:
             own = await ratelimits.own_rate_limit(self._engine, self._redis, service_id)
         except SQLAlchemyError as exc:  # Redis lost the limits and Postgres cannot give them: accept on the default
@@ -64,8 +71,8 @@ class RateLimits:
             own = None
         limit = self.default if own is None else own
         if self.ttl > 0:
-            self._limits[service_id] = (limit, now + self.ttl)
-            self._limits.move_to_end(service_id)
+            self._limits[service_id.int] = (limit, now + self.ttl)
+            self._limits.move_to_end(service_id.int)
             while len(self._limits) > self.max_entries:
                 self._limits.popitem(last=False)
         return limit
@@ -76,14 +83,16 @@ class RateLimits:
         Known from Redis's last answer for the service: the bucket held at most what that answer said, plus what it
         gained since the write was handed over (Redis counted it later); other processes only take tokens away.
         """
-        known = self._known.get((service_id, shard))
+        if not self._known:  # no rate-limited service has written through this process lately
+            return None
+        known = self._known.get((service_id.int, shard))
         if known is None:
             return None
         at, tokens, limit, refill_per_minute = known
         per_second = refill_per_minute / 60
         most = tokens + (time.monotonic() - at) * per_second
         if most >= limit:  # the bucket may be full again: nothing more is known
-            del self._known[(service_id, shard)]
+            del self._known[(service_id.int, shard)]
             return None
         if cost <= most:
             return None
@@ -93,7 +102,7 @@ class RateLimits:
     def note(self, state: RateState, service_id: UUID, handed_at: float, shard: int = 0) -> None:
         """Remember what Redis answered for a write of the service handed to the writer at monotonic `handed_at`."""
         most = (state.milli_tokens + 1) / 1000
-        self._known[(service_id, shard)] = (handed_at, most, state.limit, state.refill_per_minute)
-        self._known.move_to_end((service_id, shard))
+        self._known[(service_id.int, shard)] = (handed_at, most, state.limit, state.refill_per_minute)
+        self._known.move_to_end((service_id.int, shard))
         while len(self._known) > self.max_entries:
             self._known.popitem(last=False)

@@ -267,14 +267,11 @@ class RedisWriter:
         self._shards = [_ShardQueue(shard) for shard in self.layout.shards]
         self._flushers: set[asyncio.Task[None]] = set()
         self.max_backlog = max_backlog
+        #: Requests in the streams not yet stored, as last known (all shards).
+        self.backlog = 0
         self._backlog_read_at = 0.0
         self._recheck_lock = asyncio.Lock()
         self._keys_in_flight: set[str] = set()  # idempotency record keys of the writes not yet answered
-
-    @property
-    def backlog(self) -> int:
-        """Requests in the streams not yet stored, as last known (all shards)."""
-        return sum(shard.backlog for shard in self._shards)
 
     async def _admit(self) -> None:
         """Refuse new writes while the streams hold MAX_BACKLOG_ENTRIES or more."""
@@ -291,6 +288,7 @@ class RedisWriter:
             )
 
     def _set_backlog(self, queue: _ShardQueue, length: int) -> None:
+        self.backlog += length - queue.backlog
         queue.backlog = length
         BACKLOG.set(self.backlog)
         self._backlog_read_at = time.monotonic()
@@ -390,6 +388,10 @@ class RedisWriter:
 
     def _settle_all(self, batch: list[_PendingWrite], reply: list[Any]) -> None:
         """Tell each write of a flush how it went, from the script's reply."""
+        if len(reply) == 2:  # every request queued: no record found, none rate-limited
+            for item in batch:
+                self._settle(item, _QUEUED)
+            return
         after_records = 2 + 2 * reply[1]
         found = {reply[n]: reply[n + 1] for n in range(2, after_records, 2)}
         rates = {reply[n]: (reply[n + 1] == 1, reply[n + 2], reply[n + 3]) for n in range(after_records, len(reply), 4)}

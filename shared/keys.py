@@ -7,7 +7,7 @@ Postgres, acks and deletes the entries, and gives each cache key a short TTL, af
 
 import hashlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
@@ -121,6 +121,10 @@ class Shard:
     def _name(self, name: str) -> str:
         return f"notify:{name}" if self.tag is None else f"notify:{{{self.tag}}}:{name}"
 
+    @cached_property
+    def _request_prefix(self) -> str:
+        return self._name("r:")
+
     @property
     def stream(self) -> str:
         """The shard's stream of accepted, not yet stored requests."""
@@ -133,7 +137,7 @@ class Shard:
 
     def request_key(self, service_id: str, stem: str) -> str:
         """Return the cache key of a service's request, by the stem its notification ids share."""
-        return f"{self._name('r')}:{service_id}:{stem}"
+        return f"{self._request_prefix}{service_id}:{stem}"
 
     def idempotency_key(self, service_id: str, key: str) -> str:
         """Return the key of a service's idempotency record for an Idempotency-Key (hashed: any length, no `:`)."""
@@ -159,14 +163,15 @@ class Layout:
 
     shards: tuple[Shard, ...]
 
-    @property
+    @cached_property
     def count(self) -> int:
         """How many shards there are."""
         return len(self.shards)
 
     def shard_of_stem(self, stem: str) -> Shard:
         """Return the shard of the request with this stem (hex): its last byte modulo the shard count."""
-        return self.shards[int(stem[-2:], 16) % len(self.shards)]
+        shards = self.shards
+        return shards[0] if len(shards) == 1 else shards[int(stem[-2:], 16) % len(shards)]
 
     def shard_of_id(self, notification_id: str) -> Shard:
         """Return the shard of a notification's request."""

@@ -38,7 +38,7 @@ from api.errors import (
 )
 from api.ratelimit import RateLimits
 from api.template_cache import TemplateCache, TemplateVersion
-from api.writer import Idempotency, RateLimit, RateState
+from api.writer import Idempotency, RateLimit, RateState, RedisWriter
 from shared import keys, queries
 from shared.codec import encode_notification, join_array
 from shared.ids import ids_of, new_stem, notification_id_at, stem_and_index
@@ -240,8 +240,10 @@ def _idempotency_key(value: bytes) -> str:
     return key
 
 
-async def _rate_limit(state: State, service_id: UUID, cost: int, shard: keys.Shard, *, keyed: bool) -> RateLimit | None:
-    """Return the request's place in its service's bucket (None: unlimited), or refuse it here.
+def _rate_limit(
+    limits: RateLimits, per_minute: int, service_id: UUID, cost: int, shard: keys.Shard, shards: int, *, keyed: bool
+) -> RateLimit:
+    """Return the request's place in the bucket of its service, limited to `per_minute`, or refuse it here.
 
     A `keyed` request (with an Idempotency-Key) is left to Redis: if it is a retry, its first answer is given again
     whatever the bucket holds.
@@ -250,10 +252,6 @@ async def _rate_limit(state: State, service_id: UUID, cost: int, shard: keys.Sha
         PayloadTooLargeError: the request holds more notifications than the whole limit (413: it never fits).
         RateLimitedError: Redis refused the service lately and its bucket cannot hold `cost` tokens yet (429).
     """
-    limits: RateLimits = state.rate_limits
-    per_minute = await limits.limit_for(service_id)
-    if not per_minute:
-        return None
     if cost > per_minute:
         raise PayloadTooLargeError(
             f"the request holds {cost} notifications, more than your service's whole rate limit of {per_minute} "
@@ -263,7 +261,6 @@ async def _rate_limit(state: State, service_id: UUID, cost: int, shard: keys.Sha
     if refused is not None:
         raise _rate_limited(refused, cost)
     # each shard counts in a bucket of its own, refilled at its share of the limit
-    shards = state.writer.layout.count
     return RateLimit(shard.bucket_key(str(service_id)), per_minute, cost, per_minute / shards)
 
 
@@ -284,12 +281,13 @@ async def _ingest(
     request_id: str,
     idempotency_key: str | None,
     stem: str,
+    shard: keys.Shard,
     *,
     listed: bool,
 ) -> tuple[bytes, str, bool, RateState | None]:
     """The write path after authentication: validate → templates → rate limit → ids → Redis.
 
-    The request's notification ids share `stem`, which also names the shard it is queued in.
+    The request's notification ids share `stem`, which also names `shard`, the one it is queued in.
 
     Returns the answer's body (the notification, or the array for `/multiple`), the first id, whether it is
     the first answer given again because `idempotency_key` was used before with the same body, and the service's
@@ -308,8 +306,16 @@ async def _ingest(
     except ValidationError as exc:
         raise _body_error(exc) from None
     resolved = await _templates_for(items, service_id, state.templates, listed=listed)
-    shard = state.writer.layout.shard_of_stem(stem)
-    rate_limit = await _rate_limit(state, service_id, len(items), shard, keyed=idempotency_key is not None)
+    limits: RateLimits = state.rate_limits
+    writer: RedisWriter = state.writer
+    per_minute = limits.known_limit(service_id)
+    if per_minute is None:
+        per_minute = await limits.limit_for(service_id)
+    rate_limit = None
+    if per_minute:
+        rate_limit = _rate_limit(
+            limits, per_minute, service_id, len(items), shard, writer.layout.count, keyed=idempotency_key is not None
+        )
     service = str(service_id)
     ids, docs = _accept(items, service, resolved, settings, stem, listed=listed)
     entry = join_array(docs)
@@ -324,7 +330,7 @@ async def _ingest(
         idempotency = Idempotency(record_key, fingerprint + answer, settings.idempotency_ttl_seconds)
     sent_at = time.monotonic()
     try:
-        written = await state.writer.write(
+        written = await writer.write(
             entry, shard.request_key(service, stem), request_id, idempotency, rate_limit, shard.index
         )
     except WriteOutcomeUnknownError as exc:
@@ -339,7 +345,7 @@ async def _ingest(
             f"notifications were queued) and 404 if it was not; {retry}"
         ) from exc
     if written.rate is not None:
-        state.rate_limits.note(written.rate, service_id, sent_at, shard.index)
+        limits.note(written.rate, service_id, sent_at, shard.index)
         if not written.rate.allowed:
             raise _rate_limited(written.rate, len(ids))
     found = written.record
@@ -413,20 +419,19 @@ async def serve(
         status, body, headers = 200, await _lookup(state, service_id, notification_id), [_JSON_HEADER]
     else:
         idempotency_key = None if idempotency_header is None else _idempotency_key(idempotency_header)
-        layout = state.writer.layout
+        layout: keys.Layout = state.writer.layout
         # the request's ids, and so its shard: every retry with the same Idempotency-Key goes to the same shard
         stem = new_stem(
             None if idempotency_key is None else layout.shard_for_idempotency_key(str(service_id), idempotency_key),
             layout.count,
         )
+        shard = layout.shard_of_stem(stem)
         # not a single token: refused before its body is read (unless it may be a retry whose first answer Redis has)
-        if idempotency_key is None and (
-            refused := state.rate_limits.refused_before(service_id, 1, layout.shard_of_stem(stem).index)
-        ):
+        if idempotency_key is None and (refused := state.rate_limits.refused_before(service_id, 1, shard.index)):
             raise _rate_limited(refused, 1)
         raw = await read_json_body(content_type, receive, state.settings.max_body_bytes)
         body, first_id, replayed, rate = await _ingest(
-            state, service_id, raw, request_id, idempotency_key, stem, listed=route == MULTIPLE
+            state, service_id, raw, request_id, idempotency_key, stem, shard, listed=route == MULTIPLE
         )
         status, headers = 201, [_JSON_HEADER]
         if route == SINGLE:
