@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 
-.PHONY: install run test check format migrate loadtest bench bench-drain bench-fairness bench-app bench-worker-start clean
+.PHONY: install run test check format migrate loadtest bench bench-drain bench-fairness bench-app bench-worker-start bench-redis clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ bench-app: install  ## CPU per request of the app alone, in-process (steadier th
 
 bench-worker-start: install  ## seconds from starting `arq worker.main.WorkerSettings` to its first stored row
 	$(BIN)/python -m loadtest.bench_worker_start $(ARGS)
+
+bench-redis: install  ## one Redis process: the group-commit script from redis-py, AOF always/everysec/off, + redis-benchmark
+	command -v redis-benchmark >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-tools)
+	$(BIN)/python -m loadtest.bench_redis $(ARGS)
 
 migrate: install
 	$(BIN)/alembic upgrade head

@@ -12,7 +12,8 @@ before the clock starts, so only Postgres's ingest is timed):
 - `jsonb` / `json` / `arrays`: one row per notification, personalization as a map (`jsonb`, `json`) or as two
   parallel `text[]` columns, primary key only;
 - `service`: this project's `notifications` table (day partitions, jsonb map, check constraint) — what the drain
-  writes, without the drain.
+  writes, without the drain. For it the run also reports the WAL Postgres wrote and the bytes the table and its
+  index hold per notification (the disk side of docs/scaling.md).
 
     .venv/bin/python -m loadtest.bench_drain --notifications 200000 --per-entry 100
 
@@ -122,10 +123,17 @@ async def _timed(step: Callable[[], Awaitable[None]]) -> float:
     return time.perf_counter() - started
 
 
-async def copy_layouts(database_url: str, docs: list[NotificationDoc], per_transaction: int) -> dict[str, float]:
-    """Raw COPY of `docs` into each layout (and into the service's own table); return notifications/s each."""
+async def copy_layouts(
+    database_url: str, docs: list[NotificationDoc], per_transaction: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Raw COPY of `docs` into each layout (and into the service's own table); return notifications/s each.
+
+    Also returns, for the service's table, the WAL written and the bytes stored (heap, TOAST and primary-key index
+    of every partition), each per notification.
+    """
     engine = create_engine(database_url)
     rates: dict[str, float] = {}
+    disk: dict[str, float] = {}
     async with engine.connect() as conn:
         raw: Any = (await conn.get_raw_connection()).driver_connection
         await raw.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
@@ -155,11 +163,22 @@ async def copy_layouts(database_url: str, docs: list[NotificationDoc], per_trans
                     await raw.copy_records_to_table("notifications", records=rows, columns=queries.NOTIFICATION_COLUMNS)
 
         await raw.execute("TRUNCATE notifications")
+        await raw.execute("CHECKPOINT")  # full-page images then count as they would in steady state, once per page
+        wal_from = await raw.fetchval("SELECT pg_current_wal_lsn()")
         rates["service"] = len(docs) / await _timed(copy_service)
-        print(f"  raw COPY into the service's notifications: {rates['service']:,.0f} notifications/s", flush=True)
+        wal = await raw.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1)", wal_from)
+        stored = await raw.fetchval(
+            "SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('notifications') WHERE isleaf"
+        )
+        disk = {"wal_bytes": float(wal) / len(docs), "stored_bytes": float(stored) / len(docs)}
+        print(
+            f"  raw COPY into the service's notifications: {rates['service']:,.0f} notifications/s,"
+            f" {disk['wal_bytes']:.0f} bytes of WAL and {disk['stored_bytes']:.0f} bytes stored per notification",
+            flush=True,
+        )
         await raw.execute("TRUNCATE notifications")
     await engine.dispose()
-    return rates
+    return rates, disk
 
 
 async def drain_backlog(settings: Settings, total: int, per_entry: int) -> tuple[float, list[NotificationDoc]]:
@@ -210,14 +229,15 @@ def main() -> None:
             drain_block_ms=10,
             _env_file=None,
         )
-        drain_rate, copies = 0.0, dict[str, float]()
+        drain_rate, copies, disk = 0.0, dict[str, float](), dict[str, float]()
         for round_ in range(1, args.rounds + 1):
             print(f"round {round_}: draining {args.notifications:,} notifications with one worker…", flush=True)
             rate, docs = asyncio.run(drain_backlog(settings, args.notifications, args.per_entry))
             print(f"  drain: {rate:,.0f} notifications/s", flush=True)
             drain_rate = max(drain_rate, rate)
             per_transaction = args.per_entry * args.batch_entries
-            for layout, rate in asyncio.run(copy_layouts(database_url, docs, per_transaction)).items():
+            rates, disk = asyncio.run(copy_layouts(database_url, docs, per_transaction))
+            for layout, rate in rates.items():
                 copies[layout] = max(copies.get(layout, 0.0), rate)
     when = datetime.now(UTC).isoformat(timespec="seconds")
     figures = {
@@ -233,6 +253,9 @@ def main() -> None:
         "ratio_bare_rows": round(drain_rate / copies["rows"], 3),
         "copy_bare_jsonb_per_s": round(copies["jsonb"]),
         "copy_service_table_per_s": round(copies["service"]),
+        # the last round's (they hardly vary: the same rows)
+        "service_wal_bytes_per_notification": round(disk["wal_bytes"]),
+        "service_stored_bytes_per_notification": round(disk["stored_bytes"]),
     }
     print(figures)
     append_csv(RESULTS / "drain.csv", [figures])
