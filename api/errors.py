@@ -20,6 +20,7 @@ exceptions:
         ├── BacklogFullError
         ├── RedisUnresponsiveError: nothing was queued
         └── WriteOutcomeUnknownError: the request may have been queued
+            └── ReplicasUnconfirmedError: queued, but not yet on REDIS_WAIT_REPLICAS replicas
 
     NotifyError                   -> its `status_code`, in GOV.UK Notify's shape
     └── NotifyAuthError           -> 401 (no token, not Bearer) or 403 (the rest), error `AuthError`
@@ -166,6 +167,15 @@ class WriteOutcomeUnknownError(RetryLaterError):
     )
 
 
+class ReplicasUnconfirmedError(WriteOutcomeUnknownError):
+    """Redis applied the write, but fewer than REDIS_WAIT_REPLICAS replicas confirmed it in time."""
+
+    default_detail = (
+        "Redis applied the write, but fewer than REDIS_WAIT_REPLICAS replicas confirmed it within "
+        "REDIS_TIMEOUT_SECONDS: a failover now could lose it"
+    )
+
+
 class NotFoundError(ApiError):
     """The requested resource does not exist."""
 
@@ -257,7 +267,9 @@ async def _invalid(request: Request, exc: Exception) -> Response:
 #: many connections), operator intervention (shutdown, recovery).
 UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
 #: Redis error replies that mean "cannot serve now" (loading, failed AOF write, read-only replica, out of memory).
-UNAVAILABLE_REDIS_REPLIES = ("LOADING", "MISCONF", "READONLY", "OOM", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+UNAVAILABLE_REDIS_REPLIES = (
+    "LOADING", "MISCONF", "READONLY", "OOM", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK",
+)  # fmt: skip
 
 
 async def _database_error(request: Request, exc: Exception) -> Response:
@@ -280,17 +292,19 @@ def _is_connection_error(error: BaseException | None) -> bool:
 #: Redis before 7 wraps the error reply of a command that a script called in its own message:
 #: `Error running script (call to f_...): @user_script:3: @user_script: 3: -OOM command not allowed ...`.
 _SCRIPT_ERROR = re.compile(r"Error running script .*?: -(?P<reply>[A-Z]+ .*)", re.DOTALL)
+#: redis-py's wording for an error reply to a command of a pipeline.
+_PIPELINE_ERROR = re.compile(r"Command # \d+ \(.*\) of pipeline caused error: \('(?P<reply>[A-Z]+.*)", re.DOTALL)
 
 
-def _reply_code(exc: Exception) -> str:
-    """The error code of a Redis reply (`OOM`, `MISCONF`…), also when Redis < 7 wrapped it in a script error."""
+def reply_code(exc: Exception) -> str:
+    """The error code of a Redis reply (`OOM`, `MISCONF`…), also when wrapped in a script or a pipeline error."""
     message = str(exc)
-    found = _SCRIPT_ERROR.match(message)
+    found = _SCRIPT_ERROR.match(message) or _PIPELINE_ERROR.match(message)
     return (found["reply"] if found else message).split(" ", 1)[0]
 
 
 async def _redis_reply(request: Request, exc: Exception) -> Response:
-    if _reply_code(exc) in UNAVAILABLE_REDIS_REPLIES:
+    if reply_code(exc) in UNAVAILABLE_REDIS_REPLIES:
         return await _unavailable(request, exc)
     raise exc
 

@@ -58,7 +58,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_logging(active.log_level, active.log_format)
         logging.getLogger("api.access").setLevel(logging.INFO if active.access_log else logging.WARNING)
         app.state.redis = redis = redis_client.connect(active)
-        app.state.writer = writer = RedisWriter(redis, active.max_backlog_entries, layout=keys.layout_for(active))
+        app.state.writer = writer = RedisWriter(
+            redis,
+            active.max_backlog_entries,
+            layout=keys.layout_for(active),
+            wait_replicas=active.redis_wait_replicas,
+            timeout_seconds=active.redis_timeout_seconds,
+        )
         app.state.engine = engine = create_engine(active.require_database_url(), active.db_pool_size)
         app.state.key_cache = KeyCache[str, UUID | None](active.auth_cache_seconds)
         app.state.notify_keys = NotifyKeyCache(active.auth_cache_seconds)

@@ -38,18 +38,29 @@ at most once a second, so writes resume by themselves as the workers drain the s
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from api.errors import BacklogFullError, IdempotencyKeyInFlightError, RedisUnresponsiveError, WriteOutcomeUnknownError
+from api.errors import (
+    BacklogFullError,
+    IdempotencyKeyInFlightError,
+    RedisUnresponsiveError,
+    ReplicasUnconfirmedError,
+    WriteOutcomeUnknownError,
+    reply_code,
+)
 from shared import keys
 from shared.metrics import BACKLOG
+from shared.redis_client import is_cluster
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +68,8 @@ logger = logging.getLogger(__name__)
 BACKLOG_RECHECK_SECONDS = 1.0
 #: While Redis is not answering, how often the writer PINGs it to find out whether it answers again.
 PROBE_INTERVAL_SECONDS = 0.5
+#: Error replies of a cluster that did not run the script (the slot is elsewhere or not served yet): a retry is safe.
+NOT_APPLIED_REPLIES = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN")
 #: Errors after which nobody can tell whether Redis applied a flush, and that suggest it is not answering.
 UNRESPONSIVE_ERRORS = (RedisTimeoutError, RedisConnectionError, OSError)
 
@@ -258,8 +271,16 @@ class RedisWriter:
         max_requests_per_flush: int = 256,
         max_flushes_in_flight: int = 2,
         layout: keys.Layout | None = None,
+        wait_replicas: int = 0,
+        timeout_seconds: float = 5.0,
     ) -> None:
         self._redis = redis
+        #: REDIS_WAIT_REPLICAS: replicas that must confirm a flush before its requests are answered.
+        self.wait_replicas = wait_replicas
+        self.timeout_seconds = timeout_seconds
+        #: How long WAIT waits, within the socket's REDIS_TIMEOUT_SECONDS.
+        self.wait_timeout_ms = max(1, int(timeout_seconds * 1000 * 0.8))
+        self._node_clients: dict[str, Redis] = {}
         self._flush = redis.register_script(FLUSH)
         self._max = max_requests_per_flush
         self._max_in_flight = max_flushes_in_flight
@@ -373,18 +394,64 @@ class RedisWriter:
             args += limits
             args[0] = f"{len(batch)} {len(records)} {len(buckets)}"
             try:
-                reply = await self._flush(keys=keys_, args=args)
+                reply = await self._send(queue.shard, keys_, args)
             except Exception as exc:  # every waiter learns the outcome, whatever it was
                 failure: BaseException = exc
                 if isinstance(exc, UNRESPONSIVE_ERRORS):
                     failure = WriteOutcomeUnknownError()
                     failure.__cause__ = exc
                     self._redis_unresponsive(queue, exc)
+                elif isinstance(exc, ResponseError) and reply_code(exc) in NOT_APPLIED_REPLIES:
+                    # not applied: the slot is elsewhere now (a failover) or the cluster cannot serve it yet
+                    failure = RedisUnresponsiveError("the Redis Cluster is failing over: nothing was queued; retry")
+                    failure.__cause__ = exc
+                    await self._reload_slots()
                 for item in batch:
                     self._settle(item, failure)
             else:
                 self._set_backlog(queue, reply[0])
                 self._settle_all(batch, reply)
+
+    async def _send(self, shard: keys.Shard, keys_: list[str], args: list[bytes | str]) -> list[Any]:
+        """Run the flush script; with REDIS_WAIT_REPLICAS, then WAIT on the same connection for the replicas.
+
+        Raises:
+            ReplicasUnconfirmedError: the script ran, but fewer replicas than asked confirmed it in time.
+        """
+        if not self.wait_replicas:
+            return cast(list[Any], await self._flush(keys=keys_, args=args))
+        # WAIT counts the writes of its own connection: script and WAIT go down one connection, to the shard's node
+        client = self._node_client(shard) if is_cluster(self._redis) else self._redis
+        async with client.pipeline(transaction=False) as pipe:
+            await self._flush(keys=keys_, args=args, client=pipe)
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            reply, acknowledged = await pipe.execute()
+        if acknowledged < self.wait_replicas:
+            raise ReplicasUnconfirmedError(
+                f"Redis applied the write, but {acknowledged} of the REDIS_WAIT_REPLICAS={self.wait_replicas} "
+                "replicas confirmed it within REDIS_TIMEOUT_SECONDS: a failover now could lose it"
+            )
+        return cast(list[Any], reply)
+
+    def _node_client(self, shard: keys.Shard) -> Redis:
+        """A plain client of the cluster node that holds the shard's slot now (one per node, kept)."""
+        node = cast(RedisCluster, self._redis).get_node_from_key(shard.stream)
+        if node is None:
+            raise RedisConnectionError(f"no node of the cluster holds {shard.stream}")
+        client = self._node_clients.get(node.name)
+        if client is None:
+            client = self._node_clients[node.name] = Redis(
+                host=node.host,
+                port=int(node.port),
+                socket_timeout=self.timeout_seconds,
+                socket_connect_timeout=self.timeout_seconds,
+            )
+        return client
+
+    async def _reload_slots(self) -> None:
+        if is_cluster(self._redis):
+            with contextlib.suppress(Exception):  # the next command tries again anyway
+                await cast(RedisCluster, self._redis).nodes_manager.initialize()
 
     def _settle_all(self, batch: list[_PendingWrite], reply: list[Any]) -> None:
         """Tell each write of a flush how it went, from the script's reply."""
@@ -451,3 +518,5 @@ class RedisWriter:
         for queue in self._shards:
             if queue.probe is not None:
                 queue.probe.cancel()
+        for client in self._node_clients.values():
+            await client.aclose()

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     stream_shards: int = Field(1, ge=1, le=256)
     # REDIS_URL names a node of a Redis Cluster: redis-py's RedisCluster is used.
     redis_cluster: bool = False
+    # A 201 only once this many replicas confirmed the write (WAIT after each flush); 0: once the primary has it.
+    redis_wait_replicas: int = Field(0, ge=0, le=16)
     # The plain Redis of arq's scheduler (the workers' housekeeping crons); unset: REDIS_URL. Required with
     # REDIS_CLUSTER: arq's queue runs MULTI/EXEC over keys a cluster puts in different slots.
     arq_redis_url: str | None = None

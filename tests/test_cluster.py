@@ -199,3 +199,89 @@ def test_without_arq_redis_url_a_cluster_worker_says_what_to_set(worker_env: dic
     )
     assert done.returncode != 0
     assert b"set ARQ_REDIS_URL" in done.stderr + done.stdout
+
+
+async def test_with_wait_replicas_and_no_replica_a_write_is_applied_but_never_answered_201(
+    settings: Settings, redis: Redis, tenant: Tenant
+) -> None:
+    waiting = settings.model_copy(update={"redis_wait_replicas": 1, "redis_timeout_seconds": 0.5})
+    app = create_app(waiting)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=tenant.headers) as client:
+            answer = await client.post(f"{BASE}/", json=BRIEF_EXAMPLE)
+            assert answer.status_code == 503
+            assert "0 of the REDIS_WAIT_REPLICAS=1 replicas confirmed it" in answer.json()["detail"]
+            found = re.search(r"GET /notifications/v1/(\S+) answers", answer.json()["detail"])
+            assert found is not None
+            first_id = found.group(1)
+            assert (await client.get(f"{BASE}/{first_id}")).status_code == 200  # applied, on the primary only
+    assert await redis.xlen(keys.STREAM) == 1
+
+
+@pytest.fixture
+def replicated_cluster(tmp_path: Path) -> Iterator[EmbeddedRedisCluster]:
+    """Three primaries with a replica each (this test kills one primary: the cluster is its own)."""
+    cluster = EmbeddedRedisCluster(tmp_path / "replicated", primaries=3, replicas=1).start()
+    yield cluster
+    cluster.stop()
+
+
+async def test_a_primary_killed_under_load_gives_503s_then_recovers_and_loses_no_accepted_notification(
+    settings: Settings, engine: AsyncEngine, replicated_cluster: EmbeddedRedisCluster
+) -> None:
+    on_cluster = settings.model_copy(
+        update={
+            "redis_url": replicated_cluster.url,
+            "redis_cluster": True,
+            "stream_shards": SHARDS,
+            "redis_wait_replicas": 1,
+            "redis_timeout_seconds": 1.0,
+        }
+    )
+    client = redis_client.connect(on_cluster)
+    tenant = await make_tenant(engine, client, "failover")
+    app = create_app(on_cluster)
+    statuses: list[int] = []
+    accepted: list[str] = []
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=tenant.headers) as http:
+
+            async def send(seconds: float) -> None:
+                deadline = asyncio.get_running_loop().time() + seconds
+                while asyncio.get_running_loop().time() < deadline:
+                    answer = await http.post(f"{BASE}/", json=BRIEF_EXAMPLE)
+                    statuses.append(answer.status_code)
+                    if answer.status_code == 201:
+                        accepted.append(answer.json()["id"])
+                    else:
+                        await asyncio.sleep(0.05)
+
+            await asyncio.gather(*(send(1.0) for _ in range(8)))
+            before = len(accepted)
+            address = cast(Any, client).get_node_from_key(LAYOUT.shards[0].stream)
+            victim = next(node for node in replicated_cluster.nodes if node.port == address.port)
+            victim.stop(kill=True)
+            await asyncio.gather(*(send(8.0) for _ in range(8)))
+            during = list(statuses[before:])
+            # its replica is now the primary, with no replica left to confirm writes (REDIS_WAIT_REPLICAS=1): the
+            # killed node comes back and joins as the replica of the new primary
+            victim.start()
+            await asyncio.gather(*(send(8.0) for _ in range(8)))
+            recent = statuses[-40:]
+
+    assert before > 50
+    assert set(statuses) <= {201, 503}, sorted(set(statuses))  # never a 500
+    assert 503 in during  # the seconds the cluster needed (and the shard without a replica to confirm)
+    assert 201 in during  # the other shards' writes went on once the cluster was up again
+    assert recent.count(201) == len(recent)  # recovered by itself: every shard takes writes again
+    assert len(set(accepted)) == len(accepted)
+    # every notification answered 201 survived the failover: its request is in its shard's stream (none drained)
+    await cast(Any, client).nodes_manager.initialize()
+    queued = set()
+    for shard in LAYOUT.shards:
+        for _, fields in await client.xrange(shard.stream):
+            queued.add(fields[keys.STREAM_KEY_FIELD].decode().rsplit(":", 1)[1])  # the cache key ends with the stem
+    assert {stem_and_index(notification_id)[0] for notification_id in accepted} <= queued
+    await client.aclose()

@@ -34,6 +34,7 @@ from api.errors import (
     NotFoundError,
     PayloadTooLargeError,
     RateLimitedError,
+    ReplicasUnconfirmedError,
     WriteOutcomeUnknownError,
 )
 from api.ratelimit import RateLimits
@@ -339,6 +340,10 @@ async def _ingest(
             if idempotency_key is not None
             else "a plain retry may queue it twice"
         )
+        if isinstance(exc, ReplicasUnconfirmedError):  # it is queued, perhaps not safely yet
+            raise ReplicasUnconfirmedError(
+                f"{exc.detail}. GET {router.prefix}/{ids[0]} answers 200 while Redis has it; {retry}"
+            ) from exc
         raise WriteOutcomeUnknownError(
             "Redis did not confirm the write within REDIS_TIMEOUT_SECONDS: the request may or may not have been "
             f"queued. GET {router.prefix}/{ids[0]} answers 200 once Redis has it (then all {len(ids)} of its "
