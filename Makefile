@@ -38,10 +38,11 @@ format: install
 loadtest: install  ## locust, the brief's settings (60 users, 10/s, 30 s), against a running `make run`
 	$(BIN)/python -m loadtest.run_locust $(ARGS)
 
-bench: install  ## the service vs the naive and direct baselines, its sustained rates, then again with 2 ms added to Postgres
+bench: install  ## the service vs the naive and direct baselines, its sustained rates, again with 2 ms added to Postgres, then the app on a local Redis Cluster (WAIT 0 and 1) beside a single Redis
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m loadtest.bench $(ARGS)
 	$(BIN)/python -m loadtest.bench --pg-delay-ms 2 --label pg-delay-2ms --skip-extras --skip-sustained $(ARGS)
+	$(BIN)/python -m loadtest.bench_app --cluster --label bench-cluster
 
 bench-drain: install  ## one worker draining a 200k backlog vs a raw COPY of the same rows
 	$(BIN)/python -m loadtest.bench_drain --notifications 200000 $(ARGS)

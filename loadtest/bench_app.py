@@ -6,7 +6,7 @@ validation, ids, serialization, the group commit to a real Redis — by calling 
 concurrent callers, and reports the process's CPU time per request, which is steadier. Use it to compare two
 versions of the hot path; use `make bench` for the figures that matter to a producer.
 
-    .venv/bin/python -m loadtest.bench_app [--requests 20000] [--label ...] [--idempotency-keys]
+    .venv/bin/python -m loadtest.bench_app [--requests 20000] [--label ...] [--idempotency-keys] [--cluster]
 
 Runs on embedded servers of its own; with --use-configured-servers on those DATABASE_URL / REDIS_URL name (data
 is thrown away). Appends to loadtest/results/app.csv.
@@ -15,20 +15,27 @@ is thrown away). Appends to loadtest/results/app.csv.
 import argparse
 import asyncio
 import itertools
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import psutil
+from pydantic import SecretStr
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from starlette.types import Message
 
 from api.main import create_app
 from loadtest.bench_report import append_csv
 from loadtest.servers import add_servers_flag, bench_servers
 from loadtest.stack import MODES
-from shared import tenancy
+from shared import redis_client, tenancy
 from shared.db import create_engine
+from shared.embedded_cluster import EmbeddedRedisCluster
 from shared.secretbox import SecretBox, new_secret_key
 from shared.settings import Settings
 
@@ -37,29 +44,40 @@ CALLERS = 50
 
 
 async def measure(
-    database_url: str, redis_url: str, mode: str, requests: int, *, keyed: bool = False
+    database_url: str,
+    redis_url: str,
+    mode: str,
+    requests: int,
+    *,
+    keyed: bool = False,
+    cluster: bool = False,
+    shards: int = 1,
+    wait_replicas: int = 0,
 ) -> dict[str, Any]:
     """Send `requests` requests of `mode` through the app in-process; return CPU and wall time per request.
 
     `keyed`: each request carries an Idempotency-Key of its own (a producer that may retry; none does here).
+    `cluster`, `shards`, `wait_replicas`: REDIS_CLUSTER, STREAM_SHARDS and REDIS_WAIT_REPLICAS of the app.
     """
     engine = create_engine(database_url, pool_size=1)
-    redis = Redis.from_url(redis_url)
+    settings = Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        access_log=False,
+        log_level="WARNING",
+        max_backlog_entries=10**9,
+        redis_cluster=cluster,
+        stream_shards=shards,
+        redis_wait_replicas=wait_replicas,
+        _env_file=None,
+    )
+    redis = redis_client.connect(settings)
     await redis.flushdb()
     service = await tenancy.create_service(engine, f"bench-app-{time.time_ns()}")
     secret_key = new_secret_key()
     key = (await tenancy.create_api_key(engine, redis, SecretBox(secret_key), service.id, "bench")).secret
     await engine.dispose()
-    settings = Settings(
-        database_url=database_url,
-        secret_key=secret_key,
-        redis_url=redis_url,
-        access_log=False,
-        log_level="WARNING",
-        max_backlog_entries=10**9,
-        _env_file=None,
-    )
-    app = create_app(settings)
+    app = create_app(settings.model_copy(update={"secret_key": SecretStr(secret_key)}))
     path, body, per_request = MODES[mode]
     headers = [
         (b"host", b"localhost"),
@@ -95,21 +113,39 @@ async def measure(
         for _ in range(count):
             await call()
 
+    servers = [psutil.Process(pid) for pid in await _redis_pids(redis, cluster)]
     async with app.router.lifespan_context(app):
         await asyncio.gather(*(caller(20) for _ in range(CALLERS)))  # warm up
+        redis_cpu = sum(_cpu_seconds(server) for server in servers)
         cpu, wall = time.process_time(), time.perf_counter()
         await asyncio.gather(*(caller(requests // CALLERS) for _ in range(CALLERS)))
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        redis_cpu = sum(_cpu_seconds(server) for server in servers) - redis_cpu
     await redis.flushdb()
     await redis.aclose()
     done = requests // CALLERS * CALLERS
     return {
         "mode": f"{mode}+key" if keyed else mode,
+        "redis": f"cluster of {len(servers)} nodes, {shards} shards, wait {wait_replicas}" if cluster else "single",
         "requests": done,
         "cpu_us_per_request": round(1e6 * cpu / done, 1),
+        "redis_cpu_us_per_request": round(1e6 * redis_cpu / done, 1),
         "cpu_us_per_notification": round(1e6 * cpu / done / per_request, 2),
         "requests_per_s": round(done / wall),
     }
+
+
+async def _redis_pids(redis: Redis, cluster: bool) -> list[int]:
+    """The process ids of the Redis server, or of every node of the cluster (all on this machine here)."""
+    if not cluster:
+        return [int((await redis.info("server"))["process_id"])]
+    per_node = await cast(Any, redis).info("server", target_nodes=RedisCluster.ALL_NODES)
+    return [int(info["process_id"]) for info in per_node.values()]
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
 
 
 def main() -> None:
@@ -120,21 +156,47 @@ def main() -> None:
     parser.add_argument(
         "--idempotency-keys", action="store_true", help="also measure both with an Idempotency-Key on every request"
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also run on a local Redis Cluster (3 primaries with a replica each, 3 shards), with "
+        "REDIS_WAIT_REPLICAS 0 and 1, beside the single Redis",
+    )
     add_servers_flag(parser)
     args = parser.parse_args()
     when = datetime.now(UTC).isoformat(timespec="seconds")
     rows = []
-    with bench_servers(args.use_configured_servers) as (database_url, redis_url):
-        runs = [
-            (mode, requests, keyed)
-            for mode, requests in (("single", args.requests), ("multiple", args.requests // 10))
+    modes = (("single", args.requests), ("multiple", args.requests // 10))
+    with bench_servers(args.use_configured_servers) as (database_url, redis_url), ExitStack() as stack:
+        runs: list[tuple[str, int, dict[str, Any]]] = [
+            (mode, requests, {"keyed": keyed})
+            for mode, requests in modes
             for keyed in ((False, True) if args.idempotency_keys else (False,))
         ]
-        for mode, requests, keyed in runs:
-            figures = asyncio.run(measure(database_url, redis_url, mode, requests, keyed=keyed))
+        cluster_url = ""
+        if args.cluster:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            cluster_url = stack.enter_context(_cluster(folder)).url
+            runs += [
+                (mode, requests, {"cluster": True, "shards": 3, "wait_replicas": wait})
+                for mode, requests in modes
+                for wait in (0, 1)
+            ]
+        for mode, requests, options in runs:
+            url = cluster_url if options.get("cluster") else redis_url
+            figures = asyncio.run(measure(database_url, url, mode, requests, **options))
             rows.append({"when": when, "label": args.label, **figures})
             print(rows[-1], flush=True)
     append_csv(RESULTS, rows)
+
+
+@contextmanager
+def _cluster(folder: Path) -> Iterator[EmbeddedRedisCluster]:
+    cluster = EmbeddedRedisCluster(folder, primaries=3, replicas=1).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 if __name__ == "__main__":
