@@ -162,15 +162,11 @@ def test_cluster_apps_run_the_app_on_the_cluster(compose: dict[str, Any]) -> Non
     assert "container_name" not in services["worker-cluster"]
 
 
-#: Settings of issue 14 being built on main, which the profile sets already (the service ignores unknown names).
-PENDING_SETTINGS = {"REDIS_WAIT_REPLICAS"}
-
-
 def test_cluster_environment_names_settings_of_the_service(compose: dict[str, Any]) -> None:
     settings = {name.upper() for name in Settings.model_fields}
     for name in CLUSTER_APPS:
         unknown = set(compose["services"][name]["environment"]) - settings
-        assert sorted(unknown - PENDING_SETTINGS) == [], name
+        assert sorted(unknown) == [], name
 
 
 def test_cluster_environment_is_accepted_by_the_service_settings(
