@@ -15,6 +15,8 @@ class Backlog:
     entries: int
     oldest_age_seconds: float
     dead_letters: int
+    #: Requests waiting in each shard's stream, in shard order.
+    by_shard: tuple[int, ...] = ()
 
 
 def entry_age_seconds(entry_id: bytes) -> float:
@@ -37,4 +39,4 @@ async def read_backlog(redis: Redis, layout: keys.Layout | None = None) -> Backl
     entries = sum(replies[0::3])
     oldest = [first[0][0] for first in replies[1::3] if first]
     age = max((entry_age_seconds(entry_id) for entry_id in oldest), default=0.0)
-    return Backlog(entries, age, sum(replies[2::3]))
+    return Backlog(entries, age, sum(replies[2::3]), tuple(replies[0::3]))

@@ -21,6 +21,12 @@ HTTP_REQUESTS = Counter(
 )
 ACCEPTED = Counter("notify_notifications_accepted", "Notifications accepted (answered 201)")
 BACKLOG = Gauge("notify_backlog_entries", "Stream entries (requests) not yet stored", multiprocess_mode="max")
+BACKLOG_BY_SHARD = Gauge(
+    "notify_backlog_entries_by_shard",
+    "Stream entries (requests) not yet stored, per shard of STREAM_SHARDS",
+    ["shard"],
+    multiprocess_mode="max",
+)
 OLDEST_PENDING_AGE = Gauge(
     "notify_oldest_pending_age_seconds", "Age of the oldest entry not yet stored", multiprocess_mode="max"
 )

@@ -110,6 +110,8 @@ async def test_accept_get_drain_and_get_again_on_a_cluster(
     ready = (await http.get("/status/ready")).json()
     assert ready["redis"] == "ok"
     assert ready["backlog_entries"] == 31
+    assert len(ready["backlog_entries_by_shard"]) == SHARDS
+    assert sum(ready["backlog_entries_by_shard"]) == 31
 
     assert await _drain_every_shard(cluster_redis, engine, cluster_settings) == len(accepted)
 

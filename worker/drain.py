@@ -36,6 +36,7 @@ from shared.heap import collector_paused
 from shared.ids import stem_and_index
 from shared.metrics import (
     BACKLOG,
+    BACKLOG_BY_SHARD,
     DEAD_LETTERS,
     DRAIN_BATCH_SECONDS,
     DRAIN_BATCH_SIZE,
@@ -503,6 +504,8 @@ class Drain:
             return
         backlog = await read_backlog(self.redis, keys.layout_for(self.settings))
         BACKLOG.set(backlog.entries)
+        for shard, entries in enumerate(backlog.by_shard):
+            BACKLOG_BY_SHARD.labels(str(shard)).set(entries)
         OLDEST_PENDING_AGE.set(backlog.oldest_age_seconds)
 
     async def _linger(self, seconds: float) -> None:

@@ -62,6 +62,8 @@ async def ready(
     async def probe_redis() -> None:
         backlog = await read_backlog(redis, request.app.state.writer.layout)
         report["backlog_entries"] = backlog.entries
+        if len(backlog.by_shard) > 1:
+            report["backlog_entries_by_shard"] = list(backlog.by_shard)
         report["oldest_pending_age_seconds"] = round(backlog.oldest_age_seconds, 3)
         report["dead_letters"] = backlog.dead_letters
         report["accepting"] = backlog.entries < writer.max_backlog
