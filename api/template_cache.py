@@ -21,6 +21,8 @@ class TemplateVersion:
 
     template_id: UUID
     service_id: UUID
+    #: `email` or `sms` (the template's, the same for all its versions).
+    type: str
     version: int
     subject: str | None
     body: str
@@ -50,7 +52,13 @@ class TemplateCache:
         if row is None:
             return None
         resolved = TemplateVersion(
-            row.id, row.service_id, row.version, row.subject, row.body, tuple(placeholders(row.subject, row.body))
+            row.id,
+            row.service_id,
+            row.type,
+            row.version,
+            row.subject,
+            row.body,
+            tuple(placeholders(row.subject, row.body)),
         )
         self._versions[(template_id, row.version)] = resolved
         while len(self._versions) > self.max_versions:

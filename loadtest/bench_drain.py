@@ -15,7 +15,7 @@ before the clock starts, so only Postgres's ingest is timed):
   writes, without the drain. For it the run also reports the WAL Postgres wrote and the bytes the table and its
   index hold per notification (the disk side of docs/scaling.md).
 
-    .venv/bin/python -m loadtest.bench_drain --notifications 200000 --per-entry 100
+    .venv/bin/python -m loadtest.bench_drain --notifications 200000 --per-entry 100 [--kind native|email]
 
 Everything is measured --rounds times (default 2) in turn and the best of each is kept. Prints the figures and
 appends them to loadtest/results/drain.csv (one row per run) and drain-layouts.csv (one
@@ -71,9 +71,14 @@ LAYOUTS: dict[str, list[str]] = {
 }
 
 
-async def fill(redis: Redis, total: int, per_entry: int) -> None:
-    """Queue `total` notifications in requests of `per_entry`, as the API's /multiple would (cache key + entry)."""
+async def fill(redis: Redis, total: int, per_entry: int, kind: str = "native") -> None:
+    """Queue `total` notifications in requests of `per_entry`, as the API's /multiple would (cache key + entry).
+
+    `kind` "email": as the Notify v2 route makes them (type `email`, a reference each), so that they enter the
+    listing indexes of migration 0005, which the native routes' notifications (type and reference NULL) do not.
+    """
     now = datetime.now(UTC)
+    v2 = kind == "email"
     async with redis.pipeline(transaction=False) as pipe:
         for start in range(0, total, per_entry):
             docs = [
@@ -83,6 +88,8 @@ async def fill(redis: Redis, total: int, per_entry: int) -> None:
                     f"user{n}@example.com",
                     {"band": "Incubus", "city": f"City {n % 100}"},
                     now,
+                    notification_type="email" if v2 else None,
+                    reference=f"order-{n}" if v2 else None,
                 )
                 for n in range(start, min(start + per_entry, total))
             ]
@@ -181,7 +188,9 @@ async def copy_layouts(
     return rates, disk
 
 
-async def drain_backlog(settings: Settings, total: int, per_entry: int) -> tuple[float, list[NotificationDoc]]:
+async def drain_backlog(
+    settings: Settings, total: int, per_entry: int, kind: str = "native"
+) -> tuple[float, list[NotificationDoc]]:
     """Warm a drain up on a small backlog, then time it storing `total`; return notifications/s and the docs."""
     redis = Redis.from_url(settings.require_redis_url())
     engine = create_engine(settings.require_database_url())
@@ -193,7 +202,7 @@ async def drain_backlog(settings: Settings, total: int, per_entry: int) -> tuple
                 text("INSERT INTO services VALUES (:id, 'default', now()) ON CONFLICT DO NOTHING"), {"id": SERVICE_ID}
             )
         await redis.flushdb()
-        await fill(redis, count, per_entry)
+        await fill(redis, count, per_entry, kind)
         await drain.ensure_group()
         names = [fields[keys.STREAM_KEY_FIELD] for _, fields in await redis.xrange(keys.STREAM)]
         payloads: list[bytes] = await redis.mget(names)  # decoded after the clock stops: no extra objects for GC
@@ -217,6 +226,12 @@ def main() -> None:
     parser.add_argument("--per-entry", type=int, default=100)
     parser.add_argument("--batch-entries", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=2, help="measure everything this many times; keep the best")
+    parser.add_argument(
+        "--kind",
+        choices=("native", "email"),
+        default="native",
+        help="notifications as the native routes make them, or as POST /v2/notifications/email (type, reference)",
+    )
     parser.add_argument("--label", default="")
     add_servers_flag(parser)
     args = parser.parse_args()
@@ -232,7 +247,7 @@ def main() -> None:
         drain_rate, copies, disk = 0.0, dict[str, float](), dict[str, float]()
         for round_ in range(1, args.rounds + 1):
             print(f"round {round_}: draining {args.notifications:,} notifications with one worker…", flush=True)
-            rate, docs = asyncio.run(drain_backlog(settings, args.notifications, args.per_entry))
+            rate, docs = asyncio.run(drain_backlog(settings, args.notifications, args.per_entry, args.kind))
             print(f"  drain: {rate:,.0f} notifications/s", flush=True)
             drain_rate = max(drain_rate, rate)
             per_transaction = args.per_entry * args.batch_entries
@@ -243,6 +258,7 @@ def main() -> None:
     figures = {
         "when": when,
         "label": args.label,
+        "kind": args.kind,
         "notifications": args.notifications,
         "per_entry": args.per_entry,
         "batch_entries": args.batch_entries,

@@ -6,7 +6,7 @@ cache value (which the stream entry names) and of the response. The drain decode
 """
 
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 from uuid import UUID
 
 import orjson
@@ -32,6 +32,10 @@ class NotificationDoc(TypedDict):
     created_at: str
     updated_at: str
     sent_at: str | None
+    # only in notifications of the GOV.UK Notify v2 routes (the native routes' documents are as they were)
+    type: NotRequired[str]
+    reference: NotRequired[str | None]
+    status: NotRequired[str]
 
 
 def encode_notification(
@@ -46,22 +50,30 @@ def encode_notification(
     body: str | None = None,
     updated_at: datetime | str | None = None,
     sent_at: datetime | None = None,
+    notification_type: str | None = None,
+    reference: str | None = None,
+    status: str = "created",
 ) -> bytes:
-    """Serialize one notification to its JSON document (timestamps as datetimes or ISO-8601 strings)."""
-    return orjson.dumps(
-        {
-            "id": str(notification_id),
-            "service_id": str(service_id),
-            "to": to,
-            "personalization": personalization,
-            "template": template,
-            "subject": subject,
-            "body": body,
-            "created_at": created_at,
-            "updated_at": updated_at or created_at,
-            "sent_at": sent_at,
-        }
-    )
+    """Serialize one notification to its JSON document (timestamps as datetimes or ISO-8601 strings).
+
+    A notification of the Notify v2 routes has a `notification_type` (`email`, `sms`): its document also carries
+    `type`, `reference` and `status`; the native routes' documents do not, so their answers stay as they were.
+    """
+    doc: dict[str, Any] = {
+        "id": str(notification_id),
+        "service_id": str(service_id),
+        "to": to,
+        "personalization": personalization,
+        "template": template,
+        "subject": subject,
+        "body": body,
+        "created_at": created_at,
+        "updated_at": updated_at or created_at,
+        "sent_at": sent_at,
+    }
+    if notification_type is not None:
+        doc["type"], doc["reference"], doc["status"] = notification_type, reference, status
+    return orjson.dumps(doc)
 
 
 def join_array(documents: list[bytes]) -> bytes:

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     Table,
@@ -83,6 +84,24 @@ notifications = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("sent_at", DateTime(timezone=True), nullable=True),
+    # GOV.UK Notify v2 (migration 0005): `email` or `sms`; NULL for the native routes' notifications
+    Column("type", Text, nullable=True),
+    Column("reference", Text, nullable=True),
+    Column("status", Text, nullable=False, server_default="created"),
     CheckConstraint("(template_id IS NULL) = (template_version IS NULL)", name="notifications_template_check"),
+    CheckConstraint("type IN ('email', 'sms')", name="notifications_type_check"),
+    # GET /v2/notifications: a service's Notify notifications newest first, and by reference
+    Index(
+        "notifications_service_newest_idx",
+        "service_id",
+        "id",
+        postgresql_where=text("type IS NOT NULL"),
+    ),
+    Index(
+        "notifications_service_reference_idx",
+        "service_id",
+        "reference",
+        postgresql_where=text("reference IS NOT NULL"),
+    ),
     postgresql_partition_by="RANGE (id)",
 )

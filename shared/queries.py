@@ -22,21 +22,23 @@ from shared.templating import render
 # --- notifications (drain and GET) -------------------------------------------------------------------------------
 
 #: Columns of `notifications` in the order the drain's COPY writes them.
+#: `status` is left to its default (`created`): this service does not deliver, so no notification has another yet.
 NOTIFICATION_COLUMNS = [
     "id", "service_id", "to", "personalization", "template_id", "template_version", "created_at", "updated_at",
-    "sent_at",
+    "sent_at", "type", "reference",
 ]  # fmt: skip
 
 INSERT_NOTIFICATIONS = text(
     """
     INSERT INTO notifications (id, service_id, "to", personalization, template_id, template_version,
-                               created_at, updated_at, sent_at)
+                               created_at, updated_at, sent_at, type, reference)
     SELECT x.id, x.service_id, x."to", coalesce(x.personalization, '{}'::jsonb),
-           (x.template->>'id')::uuid, (x.template->>'version')::int, x.created_at, x.updated_at, x.sent_at
+           (x.template->>'id')::uuid, (x.template->>'version')::int, x.created_at, x.updated_at, x.sent_at,
+           x.type, x.reference
     FROM unnest(CAST(:payloads AS text[])) AS e(payload),
          json_to_recordset(e.payload::json) AS x(
            id uuid, service_id uuid, "to" text, personalization jsonb, template json,
-           created_at timestamptz, updated_at timestamptz, sent_at timestamptz)
+           created_at timestamptz, updated_at timestamptz, sent_at timestamptz, type text, reference text)
     WHERE x.id >= CAST(:kept_from AS uuid)
     ON CONFLICT (id) DO NOTHING
     """
@@ -45,7 +47,7 @@ INSERT_NOTIFICATIONS = text(
 SELECT_NOTIFICATION = text(
     """
     SELECT n.id, n.service_id, n."to", n.created_at, n.updated_at, n.sent_at, n.personalization::text,
-           n.template_id, n.template_version, tv.subject, tv.body
+           n.template_id, n.template_version, n.type, n.reference, n.status, tv.subject, tv.body
     FROM notifications AS n
     LEFT JOIN template_versions AS tv ON tv.template_id = n.template_id AND tv.version = n.template_version
     WHERE n.id = :id AND n.service_id = :service_id
@@ -69,8 +71,11 @@ async def insert_notifications(conn: AsyncConnection, payloads: list[str], kept_
 async def fetch_notification(conn: AsyncConnection, notification_id: UUID, service_id: UUID) -> bytes | None:
     """Return the JSON document of a stored notification of `service_id`, or None."""
     row = (await conn.execute(SELECT_NOTIFICATION, {"id": notification_id, "service_id": service_id})).one_or_none()
-    if row is None:
-        return None
+    return None if row is None else _document(row)
+
+
+def _document(row: Row[Any]) -> bytes:
+    """Rebuild a stored notification's JSON document, the same bytes the API queued (templates rendered again)."""
     personalization: dict[str, str] = orjson.loads(row.personalization)
     template: TemplateRef | None = None
     if row.template_id is not None:
@@ -86,6 +91,9 @@ async def fetch_notification(conn: AsyncConnection, notification_id: UUID, servi
         body=render(row.body, personalization),
         updated_at=row.updated_at,
         sent_at=row.sent_at,
+        notification_type=row.type,
+        reference=row.reference,
+        status=row.status,
     )
 
 
@@ -116,6 +124,8 @@ def copy_rows(docs: list[NotificationDoc]) -> list[tuple[Any, ...]]:
                 _timestamp(doc["created_at"], parsed),
                 _timestamp(doc["updated_at"], parsed),
                 _timestamp(doc["sent_at"], parsed),
+                doc.get("type"),
+                doc.get("reference"),
             )
         )
     return rows
@@ -253,19 +263,29 @@ async def set_api_key_ciphertext(conn: AsyncConnection, key_id: UUID, old: str, 
 # --- templates ------------------------------------------------------------------------------------------------------
 
 TEMPLATE_VERSION_SELECT = """
-    SELECT t.id, t.service_id, t.name, t.created_at AS template_created_at,
+    SELECT t.id, t.service_id, t.name, t.type, t.created_at AS template_created_at,
            v.version, v.subject, v.body, v.created_at
     FROM templates AS t JOIN template_versions AS v ON v.template_id = t.id
 """
 
 
 async def insert_template(
-    conn: AsyncConnection, template_id: UUID, service_id: UUID, name: str, subject: str | None, body: str, now: datetime
+    conn: AsyncConnection,
+    template_id: UUID,
+    service_id: UUID,
+    name: str,
+    subject: str | None,
+    body: str,
+    now: datetime,
+    template_type: str = "email",
 ) -> Row[Any]:
     """Create a template with its version 1; raises IntegrityError when the service has one of that name."""
     await conn.execute(
-        text("INSERT INTO templates (id, service_id, name, created_at) VALUES (:id, :service_id, :name, :now)"),
-        {"id": template_id, "service_id": service_id, "name": name, "now": now},
+        text(
+            "INSERT INTO templates (id, service_id, name, type, created_at) "
+            "VALUES (:id, :service_id, :name, :type, :now)"
+        ),
+        {"id": template_id, "service_id": service_id, "name": name, "type": template_type, "now": now},
     )
     await conn.execute(
         text(
@@ -279,16 +299,22 @@ async def insert_template(
     return row
 
 
-async def add_template_version(
-    conn: AsyncConnection, service_id: UUID, template_id: UUID, subject: str | None, body: str, now: datetime
-) -> Row[Any] | None:
-    """Add the next version of a template (serialized per template by a row lock); None if no such template."""
+async def lock_template(conn: AsyncConnection, service_id: UUID, template_id: UUID) -> str | None:
+    """Lock a template of `service_id` until the transaction ends; return its type, or None if no such template.
+
+    Versions of one template are added one at a time, each under this lock.
+    """
     locked = await conn.execute(
-        text("SELECT id FROM templates WHERE id = :id AND service_id = :service_id FOR UPDATE"),
+        text("SELECT type FROM templates WHERE id = :id AND service_id = :service_id FOR UPDATE"),
         {"id": template_id, "service_id": service_id},
     )
-    if locked.one_or_none() is None:
-        return None
+    return locked.scalar_one_or_none()
+
+
+async def add_template_version(
+    conn: AsyncConnection, service_id: UUID, template_id: UUID, subject: str | None, body: str, now: datetime
+) -> Row[Any]:
+    """Add the next version of a template the transaction locked (`lock_template`)."""
     version = (
         await conn.execute(
             text(
@@ -299,7 +325,9 @@ async def add_template_version(
             {"id": template_id, "subject": subject, "body": body, "now": now},
         )
     ).scalar_one()
-    return await get_template_version(conn, service_id, template_id, version)
+    row = await get_template_version(conn, service_id, template_id, version)
+    assert row is not None  # the transaction holds the template's lock
+    return row
 
 
 async def get_template_version(
@@ -317,14 +345,15 @@ async def get_template_version(
     return (await conn.execute(query, params)).one_or_none()
 
 
-async def list_templates(conn: AsyncConnection, service_id: UUID) -> list[Row[Any]]:
-    """Return the latest version of each of a service's templates, by name."""
+async def list_templates(conn: AsyncConnection, service_id: UUID, template_type: str | None = None) -> list[Row[Any]]:
+    """Return the latest version of each of a service's templates (of `template_type`, if given), by name."""
     query = text(
         "SELECT DISTINCT ON (t.name) * FROM ("
         + TEMPLATE_VERSION_SELECT
-        + "WHERE t.service_id = :service_id) AS t ORDER BY t.name, t.version DESC"
+        + "WHERE t.service_id = :service_id AND (CAST(:type AS text) IS NULL OR t.type = :type)) AS t "
+        "ORDER BY t.name, t.version DESC"
     )
-    return list(await conn.execute(query, {"service_id": service_id}))
+    return list(await conn.execute(query, {"service_id": service_id, "type": template_type}))
 
 
 async def list_template_versions(conn: AsyncConnection, service_id: UUID, template_id: UUID) -> list[Row[Any]]:

@@ -9,7 +9,7 @@ constraints that pydantic checks in Rust: a Python validator per item would cost
 
 from datetime import datetime
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -237,6 +237,19 @@ class ApiKeyCreated(ApiKeyOut):
     key: str
 
 
+#: What a template is for: `email` (with a subject) or `sms` (without).
+TemplateType = Literal["email", "sms"]
+
+
+def subject_error(template_type: str, subject: str | None) -> str | None:
+    """Return why `subject` does not suit a template of `template_type` (None if it does)."""
+    if template_type == "email" and subject is None:
+        return "an email template needs a subject"
+    if template_type == "sms" and subject is not None:
+        return "an sms template has no subject"
+    return None
+
+
 class TemplateIn(BaseModel):
     """A template to create (its version 1); placeholders are written `((name))`."""
 
@@ -246,12 +259,20 @@ class TemplateIn(BaseModel):
     )
 
     name: Name
+    type: TemplateType = Field("email", description="`email` needs a subject, `sms` has none.")
     subject: TemplateText | None = None
     body: TemplateText
 
+    @model_validator(mode="after")
+    def _subject_suits_type(self) -> "TemplateIn":
+        error = subject_error(self.type, self.subject)
+        if error is not None:
+            raise ValueError(error)
+        return self
+
 
 class TemplateUpdate(BaseModel):
-    """The text of a template's next version."""
+    """The text of a template's next version (a subject if and only if it is an email template)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -265,6 +286,7 @@ class TemplateOut(BaseModel):
     id: UUID
     service_id: UUID
     name: str
+    type: TemplateType
     version: int
     subject: str | None
     body: str

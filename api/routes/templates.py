@@ -1,12 +1,14 @@
 """Templates of the caller's service: create (version 1), update (a new version), get (latest or a version), list.
 
-Versions are immutable, so a notification always shows the text it was rendered from.
+Versions are immutable, so a notification always shows the text it was rendered from. A template's type (`email`,
+with a subject; `sms`, without) is set when it is created and holds for all its versions.
 """
 
 from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Query
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
 
@@ -14,7 +16,7 @@ from api.auth import ServiceId
 from api.deps import EngineDep
 from api.errors import ConflictError, NotFoundError
 from shared import queries
-from shared.schemas import INT4_MAX, TemplateIn, TemplateOut, TemplateUpdate
+from shared.schemas import INT4_MAX, TemplateIn, TemplateOut, TemplateUpdate, subject_error
 from shared.templating import placeholders
 from shared.tenancy import new_id, utc_now
 
@@ -38,7 +40,7 @@ async def create_template(body: TemplateIn, service_id: ServiceId, engine: Engin
     try:
         async with engine.begin() as conn:
             row = await queries.insert_template(
-                conn, new_id(), service_id, body.name, body.subject, body.body, utc_now()
+                conn, new_id(), service_id, body.name, body.subject, body.body, utc_now(), body.type
             )
     except IntegrityError:
         raise ConflictError(f"your service has a template named {body.name!r} already") from None
@@ -58,9 +60,21 @@ async def update_template(
 ) -> TemplateOut:
     """Add a new version of a template; earlier versions stay as they were."""
     async with engine.begin() as conn:
+        template_type = await queries.lock_template(conn, service_id, template_id)
+        if template_type is None:
+            raise NotFoundError(f"template {template_id} not found")
+        error = subject_error(template_type, body.subject)
+        if error is not None:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "value_error",
+                        "loc": ("body", "subject"),
+                        "msg": f"{error} ({template_id} is {template_type})",
+                    }
+                ]
+            )
         row = await queries.add_template_version(conn, service_id, template_id, body.subject, body.body, utc_now())
-    if row is None:
-        raise NotFoundError(f"template {template_id} not found")
     return _out(row)
 
 

@@ -289,12 +289,12 @@ async def test_huge_numbers_are_reported_not_crashed_on(client: httpx.AsyncClien
 
 async def _template(client: httpx.AsyncClient, engine: AsyncEngine, tenant: Tenant, body: str) -> str:
     """A template of `tenant`'s service; stored directly when the API would refuse its text (made before it did)."""
-    response = await client.post("/templates/v1/", json={"name": "t", "body": body})
+    response = await client.post("/templates/v1/", json={"name": "t", "type": "sms", "body": body})
     if response.status_code == 201:
         return str(response.json()["id"])
     template_id = new_id()
     async with engine.begin() as conn:
-        await queries.insert_template(conn, template_id, tenant.service_id, "t", None, body, utc_now())
+        await queries.insert_template(conn, template_id, tenant.service_id, "t", None, body, utc_now(), "sms")
     return str(template_id)
 
 

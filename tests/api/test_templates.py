@@ -20,10 +20,11 @@ async def test_create_update_get_list_versions(client: httpx.AsyncClient) -> Non
     assert first["version"] == 1
     assert first["placeholders"] == ["band", "name", "city", "day"]
 
-    updated = await client.put(f"{T}/{first['id']}", json={"body": "((band)) tonight!"})
+    updated = await client.put(f"{T}/{first['id']}", json={"subject": "Tonight", "body": "((band)) tonight!"})
     assert updated.status_code == 200
     assert updated.json()["version"] == 2
-    assert updated.json()["subject"] is None
+    assert updated.json()["subject"] == "Tonight"
+    assert updated.json()["type"] == "email"
     assert updated.json()["placeholders"] == ["band"]
 
     assert (await client.get(f"{T}/{first['id']}")).json()["version"] == 2
@@ -75,7 +76,7 @@ async def test_missing_personalization_is_422_naming_all(client: httpx.AsyncClie
 
 
 async def test_multiple_reports_every_item_with_missing_values(client: httpx.AsyncClient) -> None:
-    template = (await client.post(f"{T}/", json={"name": "t", "body": "((a)) ((b))"})).json()
+    template = (await client.post(f"{T}/", json={"name": "t", "type": "sms", "body": "((a)) ((b))"})).json()
     items = [
         {"to": "1", "template_id": template["id"], "personalization": {"a": "x", "b": "y"}},
         {"to": "2", "template_id": template["id"], "personalization": {"a": "x"}},
@@ -96,7 +97,7 @@ async def test_rendered_notification_before_and_after_drain(
     client: httpx.AsyncClient, redis: Redis, engine: AsyncEngine, drain: Drain
 ) -> None:
     template = (await client.post(f"{T}/", json=GIG)).json()
-    await client.put(f"{T}/{template['id']}", json={"body": "v2 ((band))"})
+    await client.put(f"{T}/{template['id']}", json={"subject": "v2", "body": "v2 ((band))"})
     values = {"band": "Incubus", "name": "Ann", "city": "Oslo", "day": "Friday", "campaign": "autumn"}
 
     pinned = await client.post(
@@ -127,7 +128,7 @@ async def test_rendered_notification_before_and_after_drain(
 
 
 async def test_unknown_template_and_version_are_422(client: httpx.AsyncClient) -> None:
-    template = (await client.post(f"{T}/", json={"name": "t", "body": "plain"})).json()
+    template = (await client.post(f"{T}/", json={"name": "t", "type": "sms", "body": "plain"})).json()
 
     unknown = await client.post(f"{N}/", json={"to": "me", "template_id": "0190b8a4-6c1e-7000-8000-000000000000"})
     no_version = await client.post(f"{N}/", json={"to": "me", "template_id": template["id"], "template_version": 9})
@@ -139,7 +140,7 @@ async def test_unknown_template_and_version_are_422(client: httpx.AsyncClient) -
 
 
 async def test_versions_beyond_postgres_integer_are_422(client: httpx.AsyncClient) -> None:
-    template = (await client.post(f"{T}/", json={"name": "t", "body": "plain"})).json()
+    template = (await client.post(f"{T}/", json={"name": "t", "type": "sms", "body": "plain"})).json()
 
     sent = await client.post(f"{N}/", json={"to": "me", "template_id": template["id"], "template_version": 2**31})
     fetched = await client.get(f"{T}/{template['id']}", params={"version": 2**31})
@@ -148,7 +149,7 @@ async def test_versions_beyond_postgres_integer_are_422(client: httpx.AsyncClien
 
 
 async def test_rendering_cannot_blow_up_past_the_limit(client: httpx.AsyncClient, redis: Redis) -> None:
-    template = (await client.post(f"{T}/", json={"name": "echo", "body": "((v))" * 100})).json()
+    template = (await client.post(f"{T}/", json={"name": "echo", "type": "sms", "body": "((v))" * 100})).json()
 
     small = await client.post(f"{N}/", json={"to": "me", "template_id": template["id"], "personalization": {"v": "ab"}})
     huge = await client.post(
@@ -167,7 +168,7 @@ async def test_template_routes_report_errors_like_the_notification_routes(client
     unparsable = await client.post(
         f"{T}/", content=b'{"name": "x", "body": ' + b"9" * 1000, headers={"content-type": "application/json"}
     )
-    nul = await client.post(f"{T}/", json={"name": "a\u0000b", "body": "x"})
+    nul = await client.post(f"{T}/", json={"name": "a\u0000b", "type": "sms", "body": "x"})
 
     assert unparsable.status_code == nul.status_code == 422
     assert "input" not in unparsable.json()["detail"][0]  # the body is not echoed back
@@ -175,10 +176,10 @@ async def test_template_routes_report_errors_like_the_notification_routes(client
 
 
 async def test_template_text_with_control_characters_is_422(client: httpx.AsyncClient) -> None:
-    created = await client.post(f"{T}/", json={"name": "fine", "body": "Hi ((name)),\n\tsee you.\r\n"})
-    bells = await client.post(f"{T}/", json={"name": "bells", "body": "\u0007" * 10_000})
+    created = await client.post(f"{T}/", json={"name": "fine", "subject": "Hi", "body": "Hi ((name)),\n\tsee you.\r\n"})
+    bells = await client.post(f"{T}/", json={"name": "bells", "type": "sms", "body": "\u0007" * 10_000})
     escape = await client.put(f"{T}/{created.json()['id']}", json={"subject": "\u001b[31mred", "body": "x"})
-    c1 = await client.post(f"{T}/", json={"name": "c1", "body": "next\u0085line"})
+    c1 = await client.post(f"{T}/", json={"name": "c1", "type": "sms", "body": "next\u0085line"})
 
     assert created.status_code == 201
     assert bells.status_code == escape.status_code == c1.status_code == 422
@@ -186,3 +187,26 @@ async def test_template_text_with_control_characters_is_422(client: httpx.AsyncC
     assert escape.json()["detail"][0]["loc"] == ["body", "subject"]
     assert bells.json()["detail"][0]["msg"].startswith("must not contain control characters")
     assert (await client.get(f"{T}/{created.json()['id']}")).json()["version"] == 1
+
+
+async def test_a_template_has_a_type_email_with_a_subject_or_sms_without(client: httpx.AsyncClient) -> None:
+    email = await client.post(f"{T}/", json={"name": "e", "subject": "Hi", "body": "x"})
+    sms = await client.post(f"{T}/", json={"name": "s", "type": "sms", "body": "x"})
+    email_without_subject = await client.post(f"{T}/", json={"name": "e2", "type": "email", "body": "x"})
+    default_without_subject = await client.post(f"{T}/", json={"name": "e3", "body": "x"})
+    sms_with_subject = await client.post(f"{T}/", json={"name": "s2", "type": "sms", "subject": "Hi", "body": "x"})
+    letter = await client.post(f"{T}/", json={"name": "l", "type": "letter", "subject": "Hi", "body": "x"})
+
+    assert email.status_code == sms.status_code == 201
+    assert (email.json()["type"], sms.json()["type"]) == ("email", "sms")
+    for refused in (email_without_subject, default_without_subject, sms_with_subject, letter):
+        assert refused.status_code == 422
+    assert "needs a subject" in email_without_subject.json()["detail"][0]["msg"]
+    assert "has no subject" in sms_with_subject.json()["detail"][0]["msg"]
+    # a new version keeps the template's type: a subject if and only if it is an email template
+    sms_id, email_id = sms.json()["id"], email.json()["id"]
+    assert (await client.put(f"{T}/{sms_id}", json={"subject": "Hi", "body": "y"})).status_code == 422
+    assert (await client.put(f"{T}/{email_id}", json={"body": "y"})).status_code == 422
+    assert (await client.put(f"{T}/{sms_id}", json={"body": "y"})).json()["type"] == "sms"
+    assert (await client.get(f"{T}/{email_id}")).json()["version"] == 1
+    assert sorted(t["type"] for t in (await client.get(f"{T}/")).json()) == ["email", "sms"]

@@ -1,6 +1,8 @@
 """The drain in-process: POST → drain → rows in Postgres → GET from Postgres; idempotence; poison entries."""
 
 import asyncio
+from datetime import UTC, datetime
+from uuid import UUID
 
 import httpx
 import orjson
@@ -9,8 +11,11 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import keys
+from shared import keys, partitions, queries
+from shared.codec import encode_notification, join_array
+from shared.ids import request_ids
 from shared.schemas import BRIEF_MULTIPLE_EXAMPLE
+from shared.tenancy import new_id
 from tests.conftest import count_rows, drain_all
 from worker.drain import Drain
 from worker.main import forget_idle_consumers
@@ -290,3 +295,36 @@ async def test_an_entry_delivered_too_often_is_dead_lettered_not_handed_on(
     assert (await redis.xpending(keys.STREAM, keys.GROUP))["pending"] == 0
     assert (await client.get(f"{BASE}/{created['id']}")).json() == created  # still found in Redis
     assert await count_rows(engine) == 0
+
+
+async def test_notify_type_reference_and_status_are_stored_by_copy_and_by_the_idempotent_insert(
+    engine: AsyncEngine,
+) -> None:
+    now = datetime.now(UTC).isoformat()
+    service = str(new_id())
+    _, ids = request_ids(4)  # in id order
+    copied = [
+        encode_notification(ids[0], service, "ann@example.com", {}, now, notification_type="email", reference="a1"),
+        encode_notification(ids[1], service, "07700900123", {}, now, notification_type="sms"),
+        encode_notification(ids[2], service, "somebody", {}, now),  # a native route's: no type
+    ]
+    inserted = encode_notification(ids[3], service, "bob@example.com", {}, now, notification_type="email")
+    docs = [orjson.loads(doc) for doc in copied]
+    await partitions.ensure(engine, {partitions.day_of(doc["id"]) for doc in docs}, set())
+
+    async with engine.connect() as conn:
+        await queries.copy_notifications((await conn.get_raw_connection()).driver_connection, docs)
+    async with engine.begin() as conn:
+        assert await queries.insert_notifications(conn, [join_array([inserted]).decode()]) == 1
+
+    async with engine.connect() as conn:
+        rows = (await conn.execute(text('SELECT "to", type, reference, status FROM notifications ORDER BY id'))).all()
+        stored = [await queries.fetch_notification(conn, UUID(doc["id"]), UUID(service)) for doc in docs]
+    assert [tuple(row) for row in rows] == [
+        ("ann@example.com", "email", "a1", "created"),
+        ("07700900123", "sms", None, "created"),
+        ("somebody", None, None, "created"),
+        ("bob@example.com", "email", None, "created"),
+    ]
+    assert stored == copied  # the same document from Postgres as from Redis, the native one without the new fields
+    assert b'"type"' not in copied[2]
