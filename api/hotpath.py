@@ -61,12 +61,7 @@ class HotPathMiddleware:
         scope["notify.route"], notification_id = matched
         try:
             status, body, headers = await notifications.serve(
-                self.fastapi_app.state,
-                scope["notify.route"],
-                scope["headers"],
-                receive,
-                scope.get("notify.request_id", ""),
-                notification_id,
+                self.fastapi_app.state, scope["notify.route"], scope, receive, notification_id
             )
         except ClientDisconnect:
             return  # the client left before sending its whole body: nobody to answer, nothing was accepted

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import State
-from starlette.types import Receive
+from starlette.types import Receive, Scope
 
 from api import ratelimit
 from api.auth import service_for
@@ -275,16 +275,20 @@ def _rate_limited(state: RateState, cost: int) -> RateLimitedError:
     )
 
 
+#: Each POST route's mark in an Idempotency-Key's fingerprint: the same key and body on another route is another
+#: request.
+_ROUTE_MARKS = {SINGLE: b"S", MULTIPLE: b"M"}
+
+
 async def _ingest(
     state: State,
+    route: str,
     service_id: UUID,
     body: bytes,
     request_id: str,
     idempotency_key: str | None,
     stem: str,
     shard: keys.Shard,
-    *,
-    listed: bool,
 ) -> tuple[bytes, str, bool, RateState | None]:
     """The write path after authentication: validate → templates → rate limit → ids → Redis.
 
@@ -292,13 +296,13 @@ async def _ingest(
 
     Returns the answer's body (the notification, or the array for `/multiple`), the first id, whether it is
     the first answer given again because `idempotency_key` was used before with the same body, and the service's
-    token bucket after the write (None when the service is not rate-limited). `listed` says the body is a list
-    (`/multiple`) rather than one notification.
+    token bucket after the write (None when the service is not rate-limited).
 
     Raises:
         RateLimitedError: the service is past its rate limit; nothing was queued (429).
     """
     settings = state.settings
+    listed = route == MULTIPLE  # the body is a list rather than one notification
     try:
         if listed:
             items = notification_list(settings).validate_json(body)
@@ -323,8 +327,7 @@ async def _ingest(
     answer = entry if listed else docs[0]
     idempotency = fingerprint = None
     if idempotency_key is not None:
-        # the route is part of the fingerprint: the same key on the other route is another request
-        digest = hashlib.sha256(b"M" if listed else b"S")
+        digest = hashlib.sha256(_ROUTE_MARKS[route])
         digest.update(body)
         fingerprint = digest.hexdigest().encode()
         record_key = shard.idempotency_key(service, idempotency_key)
@@ -403,15 +406,16 @@ async def _lookup(state: State, service_id: UUID, notification_id: UUID) -> byte
 
 
 async def serve(
-    state: State, route: str, headers: Headers, receive: Receive, request_id: str, notification_id: UUID | None = None
+    state: State, route: str, scope: Scope, receive: Receive, notification_id: UUID | None = None
 ) -> tuple[int, bytes, Headers]:
-    """Answer one of the three notification routes from the raw ASGI request: (status, body, all headers).
+    """Answer one of the notification routes from the raw ASGI request: (status, body, all headers).
 
-    The hot path (`api.hotpath`) calls this for every notification request, with the headers as the server
-    gave them; errors are raised (`api.errors` maps them), as from any route.
+    The hot path (`api.hotpath`) calls this for every notification request, with the scope as the server gave
+    it; errors are raised (`api.errors` maps them), as from any route.
     """
+    request_id: str = scope.get("notify.request_id", "")
     authorization = content_type = idempotency_header = None
-    for name, value in headers:  # the first of a repeated header counts, as in Starlette's Headers
+    for name, value in scope["headers"]:  # the first of a repeated header counts, as in Starlette's Headers
         if name == b"authorization" and authorization is None:
             authorization = value.decode("latin-1")
         elif name == b"content-type" and content_type is None:
@@ -436,7 +440,7 @@ async def serve(
             raise _rate_limited(refused, 1)
         raw = await read_json_body(content_type, receive, state.settings.max_body_bytes)
         body, first_id, replayed, rate = await _ingest(
-            state, service_id, raw, request_id, idempotency_key, stem, shard, listed=route == MULTIPLE
+            state, route, service_id, raw, request_id, idempotency_key, stem, shard
         )
         status, headers = 201, [_JSON_HEADER]
         if route == SINGLE:
@@ -451,14 +455,7 @@ async def serve(
 
 async def _respond(request: Request, route: str, notification_id: UUID | None = None) -> Response:
     """Serve a notification route for FastAPI (the hot path normally answers before FastAPI sees it)."""
-    status, body, headers = await serve(
-        request.app.state,
-        route,
-        request.scope["headers"],
-        request.receive,
-        request.scope.get("notify.request_id", ""),
-        notification_id,
-    )
+    status, body, headers = await serve(request.app.state, route, request.scope, request.receive, notification_id)
     response = Response(body, status_code=status)
     response.raw_headers = headers
     return response
