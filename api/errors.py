@@ -1,8 +1,10 @@
 """Every mapping from an error to an HTTP answer, in one place.
 
 Errors are JSON `{"detail": ...}` like FastAPI's own 422s; the GOV.UK Notify routes answer in Notify's shape
-instead, `{"status_code": N, "errors": [{"error": "AuthError", "message": "..."}]}`. The tree of the service's own
-exceptions:
+instead, `{"status_code": N, "errors": [{"error": "AuthError", "message": "..."}]}`. On those routes (`/v2/...`)
+every error takes Notify's shape: the `ApiError`s below (error: the class's name, `RateLimitError` for a 429), an
+unavailable Redis or Postgres (503), and request validation errors, which become Notify's 400 `ValidationError`s
+(`<field> <what is wrong>`). The tree of the service's own exceptions:
 
     ApiError                      -> its `status_code`
     ├── UnauthorizedError         -> 401 (with `WWW-Authenticate: Bearer`)
@@ -22,8 +24,10 @@ exceptions:
         └── WriteOutcomeUnknownError: the request may have been queued
             └── ReplicasUnconfirmedError: queued, but not yet on REDIS_WAIT_REPLICAS replicas
 
-    NotifyError                   -> its `status_code`, in GOV.UK Notify's shape
-    └── NotifyAuthError           -> 401 (no token, not Bearer) or 403 (the rest), error `AuthError`
+    NotifyError                   -> its `status_code`, in GOV.UK Notify's shape (error `BadRequestError`)
+    ├── NotifyAuthError           -> 401 (no token, not Bearer) or 403 (the rest), error `AuthError`
+    ├── NotifyValidationError     -> 400, one `ValidationError` per message (every problem of the request)
+    └── NotifyNotFoundError       -> 404, error `NoResultFound`, `No result found`
 
 Redis or Postgres being unreachable answers 503 with `Retry-After`, never a 500.
 """
@@ -34,6 +38,7 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -43,6 +48,7 @@ from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.schemas import PATTERN_MESSAGES
 
@@ -103,6 +109,26 @@ class NotifyAuthError(NotifyError):
 
     status_code = 403
     error = "AuthError"
+
+
+class NotifyValidationError(NotifyError):
+    """A v2 request that breaks Notify's schema: every problem, each in Notify's words."""
+
+    error = "ValidationError"
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__("; ".join(messages))
+        self.messages = messages
+
+
+class NotifyNotFoundError(NotifyError):
+    """A v2 lookup that found nothing."""
+
+    status_code = 404
+    error = "NoResultFound"
+
+    def __init__(self, message: str = "No result found") -> None:
+        super().__init__(message)
 
 
 class ConflictError(ApiError):
@@ -220,9 +246,55 @@ def error_response(detail: object, status_code: int, headers: dict[str, str] | N
     )
 
 
+#: Path prefix of the GOV.UK Notify v2 routes, whose every error takes Notify's shape.
+NOTIFY_PREFIX = "/v2/"
+#: Notify's `error` for the service's own errors on the v2 routes (others: the class's name).
+_NOTIFY_ERROR_NAMES = {
+    "RateLimitedError": "RateLimitError",
+    "PayloadTooLargeError": "BadRequestError",
+    "UnsupportedMediaTypeError": "BadRequestError",
+    "InvalidIdempotencyKeyError": "BadRequestError",
+}
+
+
+def _is_notify(request: Request) -> bool:
+    return request.url.path.startswith(NOTIFY_PREFIX)
+
+
+def notify_errors_response(
+    status_code: int, errors: list[tuple[str, str]], headers: dict[str, str] | None = None
+) -> Response:
+    """Return several errors in GOV.UK Notify's shape: `{"status_code": N, "errors": [{"error", "message"}...]}`."""
+    body = {"status_code": status_code, "errors": [{"error": error, "message": message} for error, message in errors]}
+    return Response(
+        orjson.dumps(_json_safe(body), default=_printable),
+        status_code=status_code,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
+    if _is_notify(request):
+        name = _NOTIFY_ERROR_NAMES.get(type(exc).__name__, type(exc).__name__)
+        return notify_errors_response(exc.status_code, [(name, exc.detail)], exc.headers)
     return error_response(exc.detail, exc.status_code, exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Routing's own errors (an unknown path, a method not allowed): FastAPI's answer, Notify's on the v2 routes."""
+    assert isinstance(exc, StarletteHTTPException)
+    if _is_notify(request):
+        name = {404: "NoResultFound", 405: "MethodNotAllowed"}.get(exc.status_code, "BadRequestError")
+        headers = dict(exc.headers) if exc.headers else None
+        return notify_errors_response(exc.status_code, [(name, str(exc.detail))], headers)
+    return await http_exception_handler(request, exc)
+
+
+async def _notify_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, NotifyValidationError)
+    return notify_errors_response(exc.status_code, [(exc.error, message) for message in exc.messages])
 
 
 def notify_error_response(status_code: int, error: str, message: str) -> Response:
@@ -238,9 +310,10 @@ async def _notify_error(request: Request, exc: Exception) -> Response:
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
     logger.warning("dependency unavailable on %s %s: %r", request.method, request.url.path, exc)
-    return error_response(
-        "a backing store is unavailable, retry later", 503, headers={"Retry-After": RETRY_AFTER_SECONDS}
-    )
+    detail, headers = "a backing store is unavailable, retry later", {"Retry-After": RETRY_AFTER_SECONDS}
+    if _is_notify(request):
+        return notify_errors_response(503, [("ServiceUnavailableError", detail)], headers)
+    return error_response(detail, 503, headers=headers)
 
 
 def _validation_report(error: dict[str, Any]) -> dict[str, Any]:
@@ -260,7 +333,11 @@ def _validation_report(error: dict[str, Any]) -> dict[str, Any]:
 async def _invalid(request: Request, exc: Exception) -> Response:
     # FastAPI's own handler fails (a 500) on inputs it cannot serialize, such as NaN or 1e400 in the body
     assert isinstance(exc, RequestValidationError)
-    return error_response([_validation_report(error) for error in exc.errors()], 422)
+    reports = [_validation_report(error) for error in exc.errors()]
+    if _is_notify(request):  # Notify's 400: `<field> <what is wrong>` per error
+        messages = [f"{report['loc'][-1] if report.get('loc') else ''} {report['msg']}".strip() for report in reports]
+        return notify_errors_response(400, [("ValidationError", message) for message in messages])
+    return error_response(reports, 422)
 
 
 #: SQLSTATE classes that mean "Postgres cannot serve now": connection exceptions, insufficient resources (too
@@ -313,6 +390,8 @@ def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers above on the app."""
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(NotifyError, _notify_error)
+    app.add_exception_handler(NotifyValidationError, _notify_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(RedisResponseError, _redis_reply)

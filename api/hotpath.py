@@ -1,8 +1,9 @@
-"""The hot path: the three notification routes served straight from ASGI, skipping FastAPI's routing.
+"""The hot path: the notification routes served straight from ASGI, skipping FastAPI's routing.
 
 Producers call POST and GET far more than anything else, and on two cores FastAPI's router and request
 machinery cost more per request than validation, Redis and serialization together. This middleware recognises
-`POST /notifications/v1/`, `POST /notifications/v1/multiple` and `GET /notifications/v1/{uuid}` by path, has
+`POST /notifications/v1/`, `POST /notifications/v1/multiple` and `GET /notifications/v1/{uuid}`, and GOV.UK
+Notify's `POST /v2/notifications/email|sms` and `GET /v2/notifications/{uuid}`, by path, has
 `api.routes.notifications.serve` answer from the raw request (no Request, Headers or Response objects), turns
 exceptions into responses with the app's own exception handlers, and sends the answer itself. Anything else —
 including a GET whose id is not a UUID, so that FastAPI reports the 422 — goes on to FastAPI. The routes stay
@@ -27,8 +28,27 @@ logger = logging.getLogger(__name__)
 PREFIX = notifications.SINGLE
 
 
+_V2_PREFIX = notifications.V2_PREFIX + "/"
+_V2_SENDS = {"email": notifications.V2_EMAIL, "sms": notifications.V2_SMS}
+
+
+def _id_route(route: str, rest: str) -> tuple[str, UUID | None] | None:
+    if len(rest) != 36:
+        return None
+    try:
+        return route, UUID(rest)
+    except ValueError:
+        return None
+
+
 def _route(method: str, path: str) -> tuple[str, UUID | None] | None:
     """Return the route template of a hot-path request and the id a GET asks for, or None."""
+    if path.startswith(_V2_PREFIX):
+        rest = path[len(_V2_PREFIX) :]
+        if method == "POST":
+            route = _V2_SENDS.get(rest)
+            return None if route is None else (route, None)
+        return _id_route(notifications.V2_ONE, rest) if method == "GET" else None
     if not path.startswith(PREFIX):
         return None
     rest = path[len(PREFIX) :]
@@ -37,11 +57,8 @@ def _route(method: str, path: str) -> tuple[str, UUID | None] | None:
             return notifications.SINGLE, None
         if rest == "multiple":
             return notifications.MULTIPLE, None
-    elif method == "GET" and len(rest) == 36:
-        try:
-            return notifications.ONE, UUID(rest)
-        except ValueError:
-            return None
+    elif method == "GET":
+        return _id_route(notifications.ONE, rest)
     return None
 
 

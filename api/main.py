@@ -19,7 +19,7 @@ from api.errors import install_error_handlers
 from api.hotpath import HotPathMiddleware
 from api.notify_auth import NotifyKeyCache
 from api.ratelimit import RateLimits
-from api.routes import notifications, services, status, templates
+from api.routes import notifications, notify_v2, services, status, templates
 from api.template_cache import TemplateCache
 from api.writer import RedisWriter
 from shared import keys, redis_client
@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(notifications.router)
     app.include_router(templates.router)
+    app.include_router(notify_v2.router)
     app.include_router(services.router)
     app.include_router(status.router)
     app.include_router(status.metrics_router)

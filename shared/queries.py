@@ -44,15 +44,13 @@ INSERT_NOTIFICATIONS = text(
     """
 )
 
-SELECT_NOTIFICATION = text(
-    """
+SELECT_NOTIFICATIONS_FROM = """
     SELECT n.id, n.service_id, n."to", n.created_at, n.updated_at, n.sent_at, n.personalization::text,
            n.template_id, n.template_version, n.type, n.reference, n.status, tv.subject, tv.body
     FROM notifications AS n
     LEFT JOIN template_versions AS tv ON tv.template_id = n.template_id AND tv.version = n.template_version
-    WHERE n.id = :id AND n.service_id = :service_id
-    """
-)
+"""
+SELECT_NOTIFICATION = text(SELECT_NOTIFICATIONS_FROM + " WHERE n.id = :id AND n.service_id = :service_id")
 
 #: The nil UUID: every id is at least this (nothing has expired).
 KEEP_ALL = "00000000-0000-0000-0000-000000000000"
@@ -95,6 +93,43 @@ def _document(row: Row[Any]) -> bytes:
         reference=row.reference,
         status=row.status,
     )
+
+
+#: Most notifications one page of `GET /v2/notifications` lists (Notify's page size).
+NOTIFY_PAGE_SIZE = 250
+
+
+async def list_notify_notifications(
+    conn: AsyncConnection,
+    service_id: UUID,
+    *,
+    types: list[str],
+    statuses: list[str],
+    reference: str | None,
+    older_than: UUID | None,
+    limit: int = NOTIFY_PAGE_SIZE,
+) -> list[bytes]:
+    """Return the JSON documents of a service's stored v2 notifications (type not NULL), newest first.
+
+    Filters: any of `types` and of `statuses` (empty: all), the exact `reference`, ids below `older_than`. Served
+    by the partial index (service_id, id) scanned backwards, or (service_id, reference).
+    """
+    where = ["n.service_id = :service_id", "n.type IS NOT NULL"]
+    params: dict[str, Any] = {"service_id": service_id, "limit": limit}
+    if types:
+        where.append("n.type = ANY(:types)")
+        params["types"] = types
+    if statuses:
+        where.append("n.status = ANY(:statuses)")
+        params["statuses"] = statuses
+    if reference is not None:
+        where.append("n.reference = :reference")
+        params["reference"] = reference
+    if older_than is not None:
+        where.append("n.id < :older_than")
+        params["older_than"] = older_than
+    query = text(SELECT_NOTIFICATIONS_FROM + " WHERE " + " AND ".join(where) + " ORDER BY n.id DESC LIMIT :limit")
+    return [_document(row) for row in await conn.execute(query, params)]
 
 
 def _timestamp(value: str | None, parsed: dict[str, datetime]) -> datetime | None:

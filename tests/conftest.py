@@ -9,6 +9,8 @@ import os
 import secrets
 import socket
 import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,7 +20,9 @@ from uuid import UUID
 import httpx
 import pytest
 import pytest_asyncio
+import uvicorn
 from fastapi import FastAPI
+from notifications_python_client.authentication import create_jwt_token
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api.main import create_app
 from shared import apikeys, queries, tenancy
 from shared.db import create_engine, upgrade_database
-from shared.embedded import EmbeddedPostgres, EmbeddedRedis
+from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from shared.secretbox import SecretBox, new_secret_key
 from shared.settings import Settings
 from worker.drain import Drain
@@ -246,3 +250,38 @@ async def count_rows(engine: AsyncEngine, table: str = "notifications") -> int:
     """Return the number of rows in `table`."""
     async with engine.connect() as conn:
         return int((await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
+
+
+def notify_key(tenant: Tenant) -> str:
+    """`tenant`'s API key, which is also a GOV.UK Notify key: `{name}-{service_id}-{secret}`."""
+    assert tenant.key[-73:-37] == str(tenant.service_id)
+    return tenant.key
+
+
+def notify_headers(key: str) -> dict[str, str]:
+    """The headers the official Notify client sends: a fresh HS256 JWT signed with the key's secret."""
+    token = create_jwt_token(key[-36:], key[-73:-37])
+    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+
+@pytest.fixture
+def live_api(settings: Settings, redis: Redis, engine: AsyncEngine) -> Iterator[str]:
+    """The app served over real HTTP by uvicorn (in a thread of its own) on a free port: its base URL.
+
+    For clients that speak HTTP themselves, such as the official Notify client (`requests`).
+    """
+    port = free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="live-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the live API did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -8,6 +8,11 @@ recorded and hands back the first answer, which is sent again with `Idempotent-R
 the request's cached array first (notifications not yet drained, or drained a moment ago) and then in Postgres.
 Every route works within the service of the caller's API key; another service's notification is a 404.
 
+The GOV.UK Notify v2 routes `POST /v2/notifications/email|sms` and `GET /v2/notifications/{id}` take the same path:
+Notify's JWT instead of the bearer key (`api.notify_auth`), Notify's body checks (`api.notify_validation`) and
+template checks, then the same ids, documents (with the notification's type and reference), group commit,
+Idempotency-Key and rate limit; the answer is Notify's object (`api.notify_objects`), errors are in Notify's shape.
+
 `serve` answers all three from the raw ASGI request; the hot path (`api.hotpath`) calls it before FastAPI sees
 the request, and the FastAPI routes below, which exist for the OpenAPI docs, call it too.
 """
@@ -19,24 +24,28 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import State
 from starlette.types import Receive, Scope
 
-from api import ratelimit
+from api import notify_objects, ratelimit
 from api.auth import service_for
 from api.body import read_json_body
 from api.errors import (
     IdempotencyKeyMismatchError,
     InvalidIdempotencyKeyError,
     NotFoundError,
+    NotifyNotFoundError,
     PayloadTooLargeError,
     RateLimitedError,
     ReplicasUnconfirmedError,
     WriteOutcomeUnknownError,
 )
+from api.notify_auth import notify_service_for
+from api.notify_validation import EMAIL, SMS, parse_send
 from api.ratelimit import RateLimits
 from api.template_cache import TemplateCache, TemplateVersion
 from api.writer import Idempotency, RateLimit, RateState, RedisWriter
@@ -161,10 +170,13 @@ def _accept(
     stem: str,
     *,
     listed: bool,
+    notification_type: str | None = None,
+    reference: str | None = None,
 ) -> tuple[list[str], list[bytes]]:
     """Give each notification its id (of the request's `stem`) and timestamps, render its template, serialize it once.
 
-    Returns the ids and the documents.
+    Returns the ids and the documents. `notification_type` and `reference` (Notify v2's) go into every document of
+    the request.
 
     Raises:
         RequestValidationError: a rendered subject and body together are longer than MAX_RENDERED_LENGTH (422).
@@ -179,7 +191,17 @@ def _accept(
     for notification_id, item, template in zip(ids, items, templates, strict=True):
         values = item.personalization or {}
         if template is None:
-            docs.append(encode_notification(notification_id, service, item.to, values, now))
+            docs.append(
+                encode_notification(
+                    notification_id,
+                    service,
+                    item.to,
+                    values,
+                    now,
+                    notification_type=notification_type,
+                    reference=reference,
+                )
+            )
         else:
             subject, body = render(template.subject, values), render(template.body, values)
             if len(subject or "") + len(body or "") > max_rendered:
@@ -203,6 +225,8 @@ def _accept(
                     template={"id": str(template.template_id), "version": template.version},
                     subject=subject,
                     body=body,
+                    notification_type=notification_type,
+                    reference=reference,
                 )
             )
         queued += len(docs[-1])
@@ -219,6 +243,13 @@ def _accept(
 SINGLE = f"{router.prefix}/"
 MULTIPLE = f"{router.prefix}/multiple"
 ONE = f"{router.prefix}/{{notification_id}}"
+#: The GOV.UK Notify v2 routes served here (`api.routes.notify_v2` declares them for the docs).
+V2_PREFIX = "/v2/notifications"
+V2_EMAIL = f"{V2_PREFIX}/email"
+V2_SMS = f"{V2_PREFIX}/sms"
+V2_ONE = f"{V2_PREFIX}/{{notification_id}}"
+_NOTIFY_SENDS = {V2_EMAIL: EMAIL, V2_SMS: SMS}
+_NOTIFY_ROUTES = frozenset({V2_EMAIL, V2_SMS, V2_ONE})
 Headers = list[tuple[bytes, bytes]]
 _JSON_HEADER = (b"content-type", JSON.encode())
 _REPLAYED_HEADER = (b"idempotent-replayed", b"true")
@@ -277,7 +308,7 @@ def _rate_limited(state: RateState, cost: int) -> RateLimitedError:
 
 #: Each POST route's mark in an Idempotency-Key's fingerprint: the same key and body on another route is another
 #: request.
-_ROUTE_MARKS = {SINGLE: b"S", MULTIPLE: b"M"}
+_ROUTE_MARKS = {SINGLE: b"S", MULTIPLE: b"M", V2_EMAIL: b"E", V2_SMS: b"T"}
 
 
 async def _ingest(
@@ -289,6 +320,7 @@ async def _ingest(
     idempotency_key: str | None,
     stem: str,
     shard: keys.Shard,
+    root: str = "",
 ) -> tuple[bytes, str, bool, RateState | None]:
     """The write path after authentication: validate → templates → rate limit → ids → Redis.
 
@@ -296,21 +328,30 @@ async def _ingest(
 
     Returns the answer's body (the notification, or the array for `/multiple`), the first id, whether it is
     the first answer given again because `idempotency_key` was used before with the same body, and the service's
-    token bucket after the write (None when the service is not rate-limited).
+    token bucket after the write (None when the service is not rate-limited). `root` is the base URL of a v2
+    route's answer.
 
     Raises:
         RateLimitedError: the service is past its rate limit; nothing was queued (429).
     """
     settings = state.settings
     listed = route == MULTIPLE  # the body is a list rather than one notification
-    try:
-        if listed:
-            items = notification_list(settings).validate_json(body)
-        else:
-            items = [limited_notification(settings).model_validate_json(body)]
-    except ValidationError as exc:
-        raise _body_error(exc) from None
-    resolved = await _templates_for(items, service_id, state.templates, listed=listed)
+    notification_type, reference = _NOTIFY_SENDS.get(route), None
+    if notification_type is not None:
+        send = parse_send(body, notification_type, service_id, settings)
+        template = await state.templates.resolve(service_id, send.template_id, None)
+        resolved: list[TemplateVersion | None] = [notify_objects.check_template(template, send)]
+        items = [NotificationIn.model_construct(to=send.to, personalization=send.personalisation)]
+        reference = send.reference
+    else:
+        try:
+            if listed:
+                items = notification_list(settings).validate_json(body)
+            else:
+                items = [limited_notification(settings).model_validate_json(body)]
+        except ValidationError as exc:
+            raise _body_error(exc) from None
+        resolved = await _templates_for(items, service_id, state.templates, listed=listed)
     limits: RateLimits = state.rate_limits
     writer: RedisWriter = state.writer
     per_minute = limits.known_limit(service_id)
@@ -322,9 +363,20 @@ async def _ingest(
             limits, per_minute, service_id, len(items), shard, writer.layout.count, keyed=idempotency_key is not None
         )
     service = str(service_id)
-    ids, docs = _accept(items, service, resolved, settings, stem, listed=listed)
+    ids, docs = _accept(
+        items,
+        service,
+        resolved,
+        settings,
+        stem,
+        listed=listed,
+        notification_type=notification_type,
+        reference=reference,
+    )
     entry = join_array(docs)
     answer = entry if listed else docs[0]
+    if notification_type is not None:
+        answer = orjson.dumps(notify_objects.created(orjson.loads(answer), root))
     idempotency = fingerprint = None
     if idempotency_key is not None:
         digest = hashlib.sha256(_ROUTE_MARKS[route])
@@ -343,13 +395,14 @@ async def _ingest(
             if idempotency_key is not None
             else "a plain retry may queue it twice"
         )
+        prefix = V2_PREFIX if notification_type else router.prefix
         if isinstance(exc, ReplicasUnconfirmedError):  # it is queued, perhaps not safely yet
             raise ReplicasUnconfirmedError(
-                f"{exc.detail}. GET {router.prefix}/{ids[0]} answers 200 while Redis has it; {retry}"
+                f"{exc.detail}. GET {prefix}/{ids[0]} answers 200 while Redis has it; {retry}"
             ) from exc
         raise WriteOutcomeUnknownError(
             "Redis did not confirm the write within REDIS_TIMEOUT_SECONDS: the request may or may not have been "
-            f"queued. GET {router.prefix}/{ids[0]} answers 200 once Redis has it (then all {len(ids)} of its "
+            f"queued. GET {prefix}/{ids[0]} answers 200 once Redis has it (then all {len(ids)} of its "
             f"notifications were queued) and 404 if it was not; {retry}"
         ) from exc
     if written.rate is not None:
@@ -405,6 +458,26 @@ async def _lookup(state: State, service_id: UUID, notification_id: UUID) -> byte
     return found
 
 
+async def _notify_lookup(state: State, service_id: UUID, notification_id: UUID, root: str) -> bytes:
+    """Return Notify's object of a v2 notification, from Redis or Postgres (the native routes' are not Notify's)."""
+    try:
+        found = orjson.loads(await _lookup(state, service_id, notification_id))
+    except NotFoundError:
+        raise NotifyNotFoundError() from None
+    if found.get("type") is None:
+        raise NotifyNotFoundError()
+    return orjson.dumps(notify_objects.notification(found, root))
+
+
+def base_url(scope: Scope) -> str:
+    """The API's base URL as the client called it, with a trailing slash (Notify's answers hold absolute URIs)."""
+    host = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"host"), None)
+    if host is None:
+        server_host, port = scope.get("server") or ("localhost", 80)
+        host = f"{server_host}:{port}"
+    return f"{scope.get('scheme', 'http')}://{host}/"
+
+
 async def serve(
     state: State, route: str, scope: Scope, receive: Receive, notification_id: UUID | None = None
 ) -> tuple[int, bytes, Headers]:
@@ -422,10 +495,16 @@ async def serve(
             content_type = value.decode("latin-1")
         elif name == b"idempotency-key" and idempotency_header is None:
             idempotency_header = value
-    service_id = await service_for(state, authorization)
-    if route == ONE:
+    notify = route in _NOTIFY_ROUTES
+    service_id = await (notify_service_for if notify else service_for)(state, authorization)
+    root = base_url(scope) if notify else ""
+    if route in (ONE, V2_ONE):
         assert notification_id is not None
-        status, body, headers = 200, await _lookup(state, service_id, notification_id), [_JSON_HEADER]
+        if notify:
+            body = await _notify_lookup(state, service_id, notification_id, root)
+        else:
+            body = await _lookup(state, service_id, notification_id)
+        status, headers = 200, [_JSON_HEADER]
     else:
         idempotency_key = None if idempotency_header is None else _idempotency_key(idempotency_header)
         layout: keys.Layout = state.writer.layout
@@ -440,7 +519,7 @@ async def serve(
             raise _rate_limited(refused, 1)
         raw = await read_json_body(content_type, receive, state.settings.max_body_bytes)
         body, first_id, replayed, rate = await _ingest(
-            state, route, service_id, raw, request_id, idempotency_key, stem, shard
+            state, route, service_id, raw, request_id, idempotency_key, stem, shard, root
         )
         status, headers = 201, [_JSON_HEADER]
         if route == SINGLE:
@@ -453,7 +532,7 @@ async def serve(
     return status, body, headers
 
 
-async def _respond(request: Request, route: str, notification_id: UUID | None = None) -> Response:
+async def respond(request: Request, route: str, notification_id: UUID | None = None) -> Response:
     """Serve a notification route for FastAPI (the hot path normally answers before FastAPI sees it)."""
     status, body, headers = await serve(request.app.state, route, request.scope, request.receive, notification_id)
     response = Response(body, status_code=status)
@@ -471,7 +550,7 @@ async def _respond(request: Request, route: str, notification_id: UUID | None = 
 )
 async def create_notification(request: Request) -> Response:
     """Validate one notification, queue it in Redis and return it with its id (201)."""
-    return await _respond(request, SINGLE)
+    return await respond(request, SINGLE)
 
 
 @router.post(
@@ -484,7 +563,7 @@ async def create_notification(request: Request) -> Response:
 )
 async def create_notifications(request: Request) -> Response:
     """Validate 1..MAX_BATCH_ITEMS notifications, queue them in Redis as one entry, return them in order (201)."""
-    return await _respond(request, MULTIPLE)
+    return await respond(request, MULTIPLE)
 
 
 @router.get(
@@ -496,4 +575,4 @@ async def create_notifications(request: Request) -> Response:
 )
 async def get_notification(request: Request, notification_id: UUID) -> Response:
     """Return a notification from the Redis cache or, once drained and expired there, from Postgres."""
-    return await _respond(request, ONE, notification_id)
+    return await respond(request, ONE, notification_id)

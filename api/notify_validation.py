@@ -1,0 +1,230 @@
+"""GOV.UK Notify v2 send requests: the body of `POST /v2/notifications/email|sms` checked as Notify checks it.
+
+The v2 write path (`api.routes.notifications.serve`) parses the raw body here instead of with the native
+pydantic model, so that every refusal is Notify's 400 with Notify's messages (`email_address Not a valid email
+address`, `template_id is a required property`, ...), all the body's problems at once, as Notify reports them.
+Email addresses are checked by email-validator (syntax only: no DNS lookups on the hot path), phone numbers by
+phonenumbers (the UK is the default region, as at Notify; a UK number must be a mobile). What this service cannot
+honour is refused with a 400 that says so: scheduling (`scheduled_for`), reply-to addresses and SMS senders
+(`email_reply_to_id`, `sms_sender_id`: none exist here), one-click unsubscribe links and content sanitising.
+"""
+
+import re
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import orjson
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from phonenumbers import NumberParseException, ValidationResult
+
+from api.errors import NotifyError, NotifyValidationError
+from shared.schemas import MESSAGE_TEXT
+from shared.settings import Settings
+
+EMAIL, SMS = "email", "sms"
+#: Each route's properties (Notify's schemas: additionalProperties false) and the recipient's.
+PROPERTIES = {
+    EMAIL: frozenset(
+        {
+            "email_address",
+            "template_id",
+            "personalisation",
+            "reference",
+            "email_reply_to_id",
+            "one_click_unsubscribe_url",
+            "scheduled_for",
+            "sanitise_content_for",
+        }
+    ),
+    SMS: frozenset({"phone_number", "template_id", "personalisation", "reference", "sms_sender_id", "scheduled_for"}),
+}
+RECIPIENT = {EMAIL: "email_address", SMS: "phone_number"}
+SENDER = {EMAIL: "email_reply_to_id", SMS: "sms_sender_id"}
+#: Longest `reference` (Notify stores it in a 255-character column... this service: 1,000 characters of text).
+MAX_REFERENCE_LENGTH = 1000
+_MESSAGE_TEXT = re.compile(MESSAGE_TEXT)
+#: What a phone number may hold besides digits (Notify: `0 1 2 3 4 5 6 7 8 9 ( ) + -`, and spaces, dots).
+_PHONE_CHARACTERS = re.compile(r"^[\d\s()+\-.]*$")
+_PARSE_ERRORS = {
+    NumberParseException.INVALID_COUNTRY_CODE: "Not a valid country prefix",
+    NumberParseException.NOT_A_NUMBER: "Must not contain letters or symbols",
+    NumberParseException.TOO_SHORT_AFTER_IDD: "Not enough digits",
+    NumberParseException.TOO_SHORT_NSN: "Not enough digits",
+    NumberParseException.TOO_LONG: "Too many digits",
+}
+_POSSIBLE_ERRORS = {
+    ValidationResult.INVALID_COUNTRY_CODE: "Not a valid country prefix",
+    ValidationResult.TOO_SHORT: "Not enough digits",
+    ValidationResult.TOO_LONG: "Too many digits",
+    ValidationResult.INVALID_LENGTH: "Not a valid phone number",
+}
+UK_COUNTRY_CODE = 44
+UK_MOBILE_DIGITS = 10  # after the country code or the leading 0
+
+
+@dataclass(frozen=True, slots=True)
+class NotifySend:
+    """One valid send request of the v2 API: what the write path needs of it."""
+
+    type: str
+    to: str
+    template_id: UUID
+    personalisation: dict[str, str]
+    reference: str | None
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number"
+    )
+
+
+def _shown(value: Any) -> str:
+    """A value as Notify's messages show it (`5 is not of type object`), cut short."""
+    shown = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return shown if len(shown) <= 50 else shown[:47] + "..."
+
+
+def email_error(address: str) -> str | None:
+    """Return Notify's message for an email address that is not valid, or None."""
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError:
+        return "Not a valid email address"
+    return None
+
+
+def phone_error(number: str) -> str | None:
+    """Return Notify's message for a phone number that is not valid, or None.
+
+    The UK is the default region (`07700 900123`); a UK number must be a mobile, others valid numbers of their
+    country (phonenumbers' metadata).
+    """
+    if not _PHONE_CHARACTERS.match(number):
+        return "Must not contain letters or symbols"
+    try:
+        parsed = phonenumbers.parse(number, "GB")
+    except NumberParseException as exc:
+        return _PARSE_ERRORS.get(exc.error_type, "Not a valid phone number")
+    if parsed.country_code == UK_COUNTRY_CODE:
+        # as Notify: a UK mobile is 7 and 9 more digits, Ofcom's drama range (07700 900xxx, which phonenumbers'
+        # metadata calls unassigned) included; Notify's own example numbers are in it
+        national = str(parsed.national_number)
+        if not national.startswith("7"):
+            return "Not a UK mobile number"
+        if len(national) != UK_MOBILE_DIGITS:
+            return "Not enough digits" if len(national) < UK_MOBILE_DIGITS else "Too many digits"
+        return None
+    possible = phonenumbers.is_possible_number_with_reason(parsed)
+    if possible not in (ValidationResult.IS_POSSIBLE, ValidationResult.IS_POSSIBLE_LOCAL_ONLY):
+        return _POSSIBLE_ERRORS.get(possible, "Not a valid phone number")
+    if not phonenumbers.is_valid_number(parsed):
+        return "Not a valid phone number"
+    return None
+
+
+def _uuid(value: Any) -> UUID | None:
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            return None
+    return None
+
+
+def personalisation_values(value: Any, settings: Settings, errors: list[str]) -> dict[str, str]:
+    """Check Notify's `personalisation` (strings and numbers, numbers shown as they were sent) within the limits."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        errors.append(f"personalisation {_shown(value)} is not of type object")
+        return {}
+    if len(value) > settings.max_personalization_keys:
+        errors.append(f"personalisation has more than {settings.max_personalization_keys} keys")
+    values: dict[str, str] = {}
+    for key, item in value.items():
+        if isinstance(item, str):
+            text = item
+        elif isinstance(item, int | float) and not isinstance(item, bool):
+            text = orjson.dumps(item).decode()
+        else:
+            errors.append(f"personalisation {_shown(key)} {_shown(item)} is not of type string, number")
+            continue
+        if not key or len(key) > settings.max_personalization_key_length or not _MESSAGE_TEXT.match(key):
+            errors.append(
+                f"personalisation {_shown(key)} is not a valid name: 1 to "
+                f"{settings.max_personalization_key_length} characters, no control characters"
+            )
+        elif len(text) > settings.max_personalization_value_length or not _MESSAGE_TEXT.match(text):
+            errors.append(
+                f"personalisation {_shown(key)} must be at most {settings.max_personalization_value_length} "
+                "characters, without control characters"
+            )
+        values[key] = text
+    return values
+
+
+def parse_send(body: bytes, notification_type: str, service_id: UUID, settings: Settings) -> NotifySend:
+    """Check the body of a v2 email or sms POST and return what it asks for.
+
+    Raises:
+        NotifyValidationError: the body breaks Notify's schema (400 `ValidationError`, every problem listed).
+        NotifyError: the body is not JSON, or asks for what this service cannot do (400).
+    """
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise NotifyError("Invalid JSON supplied in POST data") from None
+    if not isinstance(data, dict):
+        raise NotifyValidationError([f"{_shown(data)} is not of type object"])
+    errors: list[str] = []
+    unexpected = [name for name in data if name not in PROPERTIES[notification_type]]
+    if unexpected:
+        were = "was" if len(unexpected) == 1 else "were"
+        errors.append(f"Additional properties are not allowed ({', '.join(unexpected)} {were} unexpected)")
+    recipient_field = RECIPIENT[notification_type]
+    recipient = data.get(recipient_field)
+    for required in (recipient_field, "template_id"):
+        if required not in data:
+            errors.append(f"{required} is a required property")
+    if recipient_field in data:
+        if not isinstance(recipient, str):
+            errors.append(f"{recipient_field} {_shown(recipient)} is not of type string")
+        else:
+            problem = email_error(recipient) if notification_type == EMAIL else phone_error(recipient)
+            if problem is not None:
+                errors.append(f"{recipient_field} {problem}")
+    template_id = _uuid(data.get("template_id"))
+    if "template_id" in data and template_id is None:
+        errors.append("template_id is not a valid UUID")
+    personalisation = personalisation_values(data.get("personalisation"), settings, errors)
+    reference = data.get("reference")
+    if reference is not None and not isinstance(reference, str):
+        errors.append(f"reference {_shown(reference)} is not of type string")
+    elif reference is not None and (len(reference) > MAX_REFERENCE_LENGTH or not _MESSAGE_TEXT.match(reference)):
+        errors.append(f"reference must be at most {MAX_REFERENCE_LENGTH} characters, without control characters")
+    sender_field = SENDER[notification_type]
+    sender = data.get(sender_field)
+    if sender is not None and _uuid(sender) is None:
+        errors.append(f"{sender_field} is not a valid UUID")
+    if errors:
+        raise NotifyValidationError(errors)
+    _refuse_what_cannot_be_honoured(data, sender_field, sender, service_id)
+    assert isinstance(recipient, str)
+    assert template_id is not None
+    return NotifySend(notification_type, recipient, template_id, personalisation, reference)
+
+
+def _refuse_what_cannot_be_honoured(data: dict[str, Any], sender_field: str, sender: Any, service_id: UUID) -> None:
+    """Refuse, in Notify's form, the options this service cannot honour (their null values are accepted)."""
+    if sender is not None:  # Notify's own message: this service keeps no reply-to addresses or SMS senders
+        raise NotifyError(f"{sender_field} {sender} does not exist in database for service id {service_id}")
+    if data.get("scheduled_for") is not None:
+        raise NotifyError(
+            "scheduled_for is not supported: this service does not schedule notifications (leave it out to send now)"
+        )
+    for option in ("one_click_unsubscribe_url", "sanitise_content_for"):
+        if data.get(option) is not None:
+            raise NotifyError(f"{option} is not supported by this service")
