@@ -1,13 +1,20 @@
 """The official GOV.UK Notify Python client (`notifications-python-client`), unchanged, against a real HTTP server."""
 
+import time
+import uuid
+
 import httpx
+import jwt
+import notifications_python_client.base
 import pytest
 from notifications_python_client import NotificationsAPIClient
 from notifications_python_client.errors import HTTPError
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import keys
-from tests.conftest import Tenant, drain_all, notify_key
+from shared import keys, tenancy
+from shared.secretbox import SecretBox
+from tests.conftest import TEST_SECRET_KEY, Tenant, drain_all, notify_key
 from worker.drain import Drain
 
 EMAIL_TEMPLATE = {"name": "welcome", "subject": "Hi ((name))", "body": "Hello ((name))."}
@@ -104,3 +111,43 @@ async def test_each_refusal_reaches_the_client_as_its_http_error(
 
     assert raised.value.status_code == status
     assert raised.value.message[0]["message"] == message  # type: ignore[index]
+
+
+async def test_a_bad_key_is_the_clients_403(live_api: str, tenant: Tenant, templates: tuple[str, str]) -> None:
+    wrong_secret = NotificationsAPIClient(f"test-{tenant.service_id}-{uuid.uuid4()}", base_url=live_api)
+
+    with pytest.raises(HTTPError) as raised:
+        wrong_secret.get_all_templates()
+
+    assert raised.value.status_code == 403
+    assert raised.value.message == [{"error": "AuthError", "message": "Invalid token: API key not found"}]
+
+
+async def test_a_revoked_key_is_the_clients_403(
+    live_api: str, tenant: Tenant, engine: AsyncEngine, redis: Redis, templates: tuple[str, str]
+) -> None:
+    created = await tenancy.create_api_key(engine, redis, SecretBox(TEST_SECRET_KEY), tenant.service_id, "old")
+    await tenancy.revoke_api_key(engine, redis, tenant.service_id, created.record.id)
+    revoked = NotificationsAPIClient(created.secret, base_url=live_api)
+
+    with pytest.raises(HTTPError) as raised:
+        revoked.send_email_notification("ann@example.com", templates[0], {"name": "Ann"})
+
+    assert raised.value.status_code == 403
+    assert raised.value.message == [{"error": "AuthError", "message": "Invalid token: API key revoked"}]
+
+
+async def test_a_client_whose_clock_is_a_minute_slow_gets_the_clock_error(
+    notify: NotificationsAPIClient, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def slow_clock_token(secret: str, service_id: str) -> str:
+        return jwt.encode({"iss": service_id, "iat": int(time.time()) - 60}, secret, algorithm="HS256")
+
+    monkeypatch.setattr(notifications_python_client.base, "create_jwt_token", slow_clock_token)
+
+    with pytest.raises(HTTPError) as raised:
+        notify.get_all_templates()
+
+    assert raised.value.status_code == 403
+    message = "Error: Your system clock must be accurate to within 30 seconds"
+    assert raised.value.message == [{"error": "AuthError", "message": message}]
