@@ -17,7 +17,7 @@ from api.auth import KeyCache
 from api.body import BodyLimitMiddleware
 from api.errors import install_error_handlers
 from api.hotpath import HotPathMiddleware
-from api.notify_auth import NotifyKeyCache
+from api.notify_auth import NotifyKeyCache, NotifyTokenCache
 from api.ratelimit import RateLimits
 from api.routes import notifications, notify_v2, services, status, templates
 from api.template_cache import TemplateCache
@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine = create_engine(active.require_database_url(), active.db_pool_size)
         app.state.key_cache = KeyCache[str, UUID | None](active.auth_cache_seconds)
         app.state.notify_keys = NotifyKeyCache(active.auth_cache_seconds)
+        app.state.notify_tokens = NotifyTokenCache(active.auth_cache_seconds)
         app.state.secret_box = secret_box(active.secret_key)
         if active.secret_key is None:
             logger.warning("SECRET_KEY is not set: no API key can be issued, no GOV.UK Notify token verified")

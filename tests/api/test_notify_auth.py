@@ -418,3 +418,22 @@ def test_the_notify_key_cache_stays_within_its_bound() -> None:
 
 def test_a_service_id_from_a_key_is_the_service_id(tenant: Tenant) -> None:
     assert UUID(tenant.key[-73:-37]) == tenant.service_id
+
+
+async def test_a_checked_token_is_remembered_but_refused_once_its_iat_is_30_seconds_old(
+    app: FastAPI, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    header = f"Bearer {create_jwt_token(secret_of(tenant), str(tenant.service_id))}"
+    assert await notify_auth.notify_service_for(app.state, header) == tenant.service_id
+
+    def not_again(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a remembered token is not decoded again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(notify_auth.jwt, "decode", not_again)
+        assert await notify_auth.notify_service_for(app.state, header) == tenant.service_id
+    later = time.time() + 31
+    monkeypatch.setattr(notify_auth.time, "time", lambda: later)
+    with pytest.raises(notify_auth.NotifyAuthError) as refusal:
+        await notify_auth.notify_service_for(app.state, header)
+    assert refusal.value.message == notify_auth.CLOCK_SKEW
