@@ -74,6 +74,11 @@ class NotifySend:
     personalisation: dict[str, str]
     reference: str | None
 
+    @property
+    def personalization(self) -> dict[str, str]:
+        """The personalisation, by the native routes' spelling (the write path serves both)."""
+        return self.personalisation
+
 
 def _json_type(value: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(

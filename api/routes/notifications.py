@@ -20,8 +20,9 @@ the request, and the FastAPI routes below, which exist for the OpenAPI docs, cal
 import hashlib
 import math
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 import orjson
@@ -162,8 +163,22 @@ async def _templates_for(
     return resolved
 
 
+class Recipient(Protocol):
+    """What `_accept` needs of a notification: a native `NotificationIn` or a v2 `NotifySend`."""
+
+    @property
+    def to(self) -> str:
+        """The recipient."""
+        ...
+
+    @property
+    def personalization(self) -> dict[str, str] | None:
+        """The template's values."""
+        ...
+
+
 def _accept(
-    items: list[NotificationIn],
+    items: Sequence[Recipient],
     service: str,
     templates: list[TemplateVersion | None],
     settings: Settings,
@@ -341,17 +356,18 @@ async def _ingest(
         send = parse_send(body, notification_type, service_id, settings)
         template = await state.templates.resolve(service_id, send.template_id, None)
         resolved: list[TemplateVersion | None] = [notify_objects.check_template(template, send)]
-        items = [NotificationIn.model_construct(to=send.to, personalization=send.personalisation)]
+        items: Sequence[Recipient] = [send]
         reference = send.reference
     else:
         try:
             if listed:
-                items = notification_list(settings).validate_json(body)
+                native = notification_list(settings).validate_json(body)
             else:
-                items = [limited_notification(settings).model_validate_json(body)]
+                native = [limited_notification(settings).model_validate_json(body)]
         except ValidationError as exc:
             raise _body_error(exc) from None
-        resolved = await _templates_for(items, service_id, state.templates, listed=listed)
+        resolved = await _templates_for(native, service_id, state.templates, listed=listed)
+        items = native
     limits: RateLimits = state.rate_limits
     writer: RedisWriter = state.writer
     per_minute = limits.known_limit(service_id)
