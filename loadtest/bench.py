@@ -5,15 +5,16 @@ per request: loadtest/baselines/naive.py) and `direct` (each POST inserts into P
 loadtest/baselines/direct.py). The write-behind designs are drained by one of our arq workers.
 
 For single POSTs, multiple(100) and (the service only) single POSTs each with its own Idempotency-Key
-(`single-keyed`) it reports accepted notifications/s and latency p50/p99 (wrk, 50
-connections, for --seconds), stored notifications/s (rows in Postgres from the start of the load until the
-backlog is drained) and persistence lag p50/p99 (POST answered → row committed, read from Postgres's commit
-timestamps). Then, for the service: the lag at half its measured maximum sustained rate (fixed-rate load; also at
-half its burst rate when it accepts faster than it stores, see `maximum_rates`), RSS of API and
-worker under load, and Redis bytes per pending notification. Last, the service's sustained rate (loadtest/
-sustained.py): the highest multiple(100) rate it both accepts and stores with a flat backlog over
---sustained-seconds, for each --sustained-configs (API processes x drain workers; `make run` runs 1x1), with the
-CPU of each process (API, workers, Redis, Postgres, load generator) to show which one is the limit.
+(`single-keyed`) and GOV.UK Notify's email send (`v2-email`: `POST /v2/notifications/email` with the bench's email
+template and a Notify JWT signed as the run starts, valid for its 30 s) it reports accepted notifications/s and
+latency p50/p99 (wrk, 50 connections, for --seconds), stored notifications/s (rows in Postgres from the start of the
+load until the backlog is drained) and persistence lag p50/p99 (POST answered → row committed, read from Postgres's
+commit timestamps). Then, for the service: the lag at half its measured maximum sustained rate (fixed-rate load;
+also at half its burst rate when it accepts faster than it stores, see `maximum_rates`), RSS of API and worker under
+load, and Redis bytes per pending notification. Last, the service's sustained rate (loadtest/sustained.py): the
+highest multiple(100) rate it both accepts and stores with a flat backlog over --sustained-seconds, for each
+--sustained-configs (API processes x drain workers; `make run` runs 1x1), with the CPU of each process (API,
+workers, Redis, Postgres, load generator) to show which one is the limit.
 
     .venv/bin/python -m loadtest.bench [--seconds 10] [--pg-delay-ms 2] [--appendfsync always]
         [--sustained-seconds 60] [--probe-seconds 15] [--sustained-configs 1x1,1x2,2x2]
@@ -47,13 +48,18 @@ from loadtest.stack import (
     MODES,
     MULTIPLE,
     ROOT,
+    SERVICE_ONLY,
+    V2_EMAIL,
     Stack,
     count_rows,
     make_tenant,
+    notify_token,
     persistence_lag,
     reset,
     spawn,
     stop,
+    template_of,
+    v2_email_body,
     wait_port,
 )
 from loadtest.sustained import find_sustained, parse_configs
@@ -74,6 +80,9 @@ def run_design(
 ) -> dict[str, Any]:
     """Load one design with one kind of request; return the figures."""
     path, body, per_request = MODES[mode]
+    key = stack.api_key
+    if mode == V2_EMAIL:
+        body = v2_email_body(stack.template_id)
     asyncio.run(reset(stack))
     port = free_port()
     api = spawn(
@@ -98,7 +107,9 @@ def run_design(
         cpu = CpuMeter({"api": api.pid, **{f"worker{n}": w.pid for n, w in enumerate(workers)}, **stack.server_pids})
         cpu.start()
         started = time.monotonic()
-        load = wrk(port, path, body, stack.api_key, seconds, tmp, keyed=mode in KEYED)
+        if mode == V2_EMAIL:
+            key = notify_token(stack.api_key)  # signed now, valid for 30 s: as a client re-signing each second
+        load = wrk(port, path, body, key, seconds, tmp, keyed=mode in KEYED)
         used = cpu.stop()
         accepted = int(load["ok"]) * per_request
         deadline = time.monotonic() + 120
@@ -247,7 +258,7 @@ def main() -> None:
     parser.add_argument("--pg-delay-ms", type=float, default=0.0, help="latency added to every Postgres round trip")
     parser.add_argument("--appendfsync", default="always", choices=["always", "everysec", "no"])
     parser.add_argument("--designs", default="service,naive,direct")
-    parser.add_argument("--modes", default="single,multiple,single-keyed")
+    parser.add_argument("--modes", default="single,multiple,single-keyed,v2-email")
     parser.add_argument("--skip-extras", action="store_true", help="no half-load lag and memory runs")
     parser.add_argument("--label", default="")
     parser.add_argument("--api-workers", type=int, default=1, help="uvicorn worker processes")
@@ -302,11 +313,12 @@ def main() -> None:
                 **({"DRAIN_LINGER_MS": str(args.drain_linger)} if args.drain_linger is not None else {}),
             }
             pids = {"redis": redis_server.process.pid if redis_server.process else 0, "postgres": pg.pid}
-            stack = Stack(pg.url, redis_server.url, api_key, service_id, env, pids)
+            template_id = asyncio.run(template_of(pg.url, service_id))
+            stack = Stack(pg.url, redis_server.url, api_key, service_id, env, pids, template_id)
             rows = []
             for mode in filter(None, args.modes.split(",")):
                 for design in filter(None, args.designs.split(",")):
-                    if mode in KEYED and design != "service":
+                    if mode in SERVICE_ONLY and design != "service":
                         continue
                     row = run_design(design, mode, stack, args.seconds, tmp, args.api_workers, args.drain_workers)
                     print({k: v for k, v in row.items() if k != "timeline"}, flush=True)
@@ -315,7 +327,7 @@ def main() -> None:
             bytes_per = 0.0
             if not args.skip_extras:
                 for row in rows:
-                    if row["design"] == "service" and row["mode"] not in KEYED:
+                    if row["design"] == "service" and row["mode"] not in SERVICE_ONLY:
                         for of, max_rps in maximum_rates(row):
                             half.append({"of": of, **half_load_lag(stack, row["mode"], max_rps, args.seconds, tmp)})
                             print(half[-1], flush=True)

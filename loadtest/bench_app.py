@@ -6,7 +6,11 @@ validation, ids, serialization, the group commit to a real Redis — by calling 
 concurrent callers, and reports the process's CPU time per request, which is steadier. Use it to compare two
 versions of the hot path; use `make bench` for the figures that matter to a producer.
 
-    .venv/bin/python -m loadtest.bench_app [--requests 20000] [--label ...] [--idempotency-keys] [--cluster]
+    .venv/bin/python -m loadtest.bench_app [--requests 20000] [--label ...] [--idempotency-keys] [--cluster] [--v2]
+
+--v2 also measures, right after the native single POST, the native single POST naming an email template with one
+placeholder (`single-template`) and `POST /v2/notifications/email` with the same template (`v2-email`: GOV.UK
+Notify's send with a Notify JWT, as the official client sends it: a new token each second), to compare them.
 
 Runs on embedded servers of its own; with --use-configured-servers on those DATABASE_URL / REDIS_URL name (data
 is thrown away). Appends to loadtest/results/app.csv.
@@ -23,7 +27,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+import orjson
 import psutil
+from notifications_python_client.authentication import create_jwt_token
 from pydantic import SecretStr
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -33,13 +39,17 @@ from api.main import create_app
 from loadtest.bench_report import append_csv
 from loadtest.servers import add_servers_flag, bench_servers
 from loadtest.stack import MODES
-from shared import redis_client, tenancy
+from shared import queries, redis_client, tenancy
 from shared.db import create_engine
 from shared.embedded_cluster import EmbeddedRedisCluster
 from shared.secretbox import SecretBox, new_secret_key
 from shared.settings import Settings
+from shared.tenancy import new_id, utc_now
 
 RESULTS = Path(__file__).resolve().parent / "results" / "app.csv"
+#: The modes of `--v2`: GOV.UK Notify's email send, and the native single POST with the same template.
+V2_EMAIL = "v2-email"
+SINGLE_TEMPLATE = "single-template"
 CALLERS = 50
 
 
@@ -76,20 +86,49 @@ async def measure(
     service = await tenancy.create_service(engine, f"bench-app-{time.time_ns()}")
     secret_key = new_secret_key()
     key = (await tenancy.create_api_key(engine, redis, SecretBox(secret_key), service.id, "bench")).secret
+    if mode in (V2_EMAIL, SINGLE_TEMPLATE):
+        async with engine.begin() as conn:
+            template_id = new_id()
+            await queries.insert_template(
+                conn, template_id, service.id, "bench", "((band)) live", "((band)) plays tonight.", utc_now()
+            )
+        v2_body: dict[str, Any] = {"email_address": "example@gmail.com", "template_id": str(template_id)}
+        v2_body["personalisation"] = {"band": "Incubus"}
     await engine.dispose()
     app = create_app(settings.model_copy(update={"secret_key": SecretStr(secret_key)}))
-    path, body, per_request = MODES[mode]
+    if mode == V2_EMAIL:
+        path, body, per_request = "/v2/notifications/email", orjson.dumps(v2_body), 1
+    elif mode == SINGLE_TEMPLATE:  # the native twin of the v2 send: the same template and personalisation
+        native = {"to": v2_body["email_address"], "template_id": v2_body["template_id"]}
+        path, body, per_request = (
+            "/notifications/v1/",
+            orjson.dumps(native | {"personalization": {"band": "Incubus"}}),
+            1,
+        )
+    else:
+        path, body, per_request = MODES[mode]
     headers = [
         (b"host", b"localhost"),
         (b"authorization", f"Bearer {key}".encode()),
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
     ]
+    token_second = -1
+
+    def notify_headers() -> list[tuple[bytes, bytes]]:
+        """A Notify client's headers: its JWT changes with `iat`, once a second."""
+        nonlocal token_second
+        if int(time.time()) != token_second:
+            token_second = int(time.time())
+            token: str = create_jwt_token(key[-36:], key[-73:-37])  # type: ignore[no-untyped-call]
+            headers[1] = (b"authorization", f"Bearer {token}".encode())
+        return headers
 
     serial = itertools.count()
 
     async def call() -> None:
-        keyed_headers = [*headers, (b"idempotency-key", f"bench-{next(serial)}".encode())] if keyed else headers
+        plain = notify_headers() if mode == V2_EMAIL else headers
+        keyed_headers = [*plain, (b"idempotency-key", f"bench-{next(serial)}".encode())] if keyed else plain
         scope = {
             "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"", "headers": keyed_headers,
@@ -162,11 +201,18 @@ def main() -> None:
         help="also run on a local Redis Cluster (3 primaries with a replica each, 3 shards), with "
         "REDIS_WAIT_REPLICAS 0 and 1, beside the single Redis",
     )
+    parser.add_argument(
+        "--v2", action="store_true", help="also measure GOV.UK Notify's POST /v2/notifications/email after single"
+    )
     add_servers_flag(parser)
     args = parser.parse_args()
     when = datetime.now(UTC).isoformat(timespec="seconds")
     rows = []
-    modes = (("single", args.requests), ("multiple", args.requests // 10))
+    modes = (
+        ("single", args.requests),
+        *(((SINGLE_TEMPLATE, args.requests), (V2_EMAIL, args.requests)) if args.v2 else ()),
+        ("multiple", args.requests // 10),
+    )
     with bench_servers(args.use_configured_servers) as (database_url, redis_url), ExitStack() as stack:
         runs: list[tuple[str, int, dict[str, Any]]] = [
             (mode, requests, {"keyed": keyed})

@@ -12,12 +12,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import orjson
+from notifications_python_client.authentication import create_jwt_token
 from redis.asyncio import Redis
 from sqlalchemy import text
 
-from shared import tenancy
+from shared import queries, tenancy
 from shared.db import create_engine
 from shared.secretbox import SecretBox
 
@@ -38,9 +40,15 @@ MODES = {
     "single": ("/notifications/v1/", SINGLE, 1),
     "multiple": ("/notifications/v1/multiple", MULTIPLE, 100),
     "single-keyed": ("/notifications/v1/", SINGLE, 1),
+    # the body names the bench's email template (`v2_email_body`); signed with a Notify JWT (`notify_token`)
+    "v2-email": ("/v2/notifications/email", b"", 1),
 }
 #: Modes whose every request carries its own Idempotency-Key (the service's feature: the baselines do not run them).
 KEYED = {"single-keyed"}
+#: GOV.UK Notify's send, with the template `make_tenant` makes (the baselines do not speak it).
+V2_EMAIL = "v2-email"
+#: Modes only the service runs, and that have no half-load lag run.
+SERVICE_ONLY = KEYED | {V2_EMAIL}
 
 
 @dataclass
@@ -53,6 +61,21 @@ class Stack:
     service_id: str
     env: dict[str, str]
     server_pids: dict[str, int]
+    #: The `bench` email template ("((band)) live" / "((band)) plays tonight."), for `v2-email`.
+    template_id: str = ""
+
+
+def v2_email_body(template_id: str) -> bytes:
+    """The body of a `v2-email` request: the single POST's recipient and personalisation, with the template."""
+    return orjson.dumps(
+        {"email_address": "example@gmail.com", "template_id": template_id, "personalisation": {"band": "Incubus"}}
+    )
+
+
+def notify_token(api_key: str) -> str:
+    """A GOV.UK Notify JWT of `api_key`, signed now: valid for 30 s, as long as a wrk run may last."""
+    token: str = create_jwt_token(api_key[-36:], api_key[-73:-37])  # type: ignore[no-untyped-call]
+    return token
 
 
 def wait_port(port: int, timeout: float = 30.0) -> None:
@@ -78,14 +101,26 @@ async def sql(url: str, query: str, **params: Any) -> list[Any]:
 
 
 async def make_tenant(database_url: str, redis_url: str, secret_key: str) -> tuple[str, str]:
-    """Create the `bench` service and an API key of it (its secret sealed with `secret_key`); return (id, key)."""
+    """Create the `bench` service and an API key of it (its secret sealed with `secret_key`); return (id, key).
+
+    The service also gets the `bench` email template (`template_of`).
+    """
     engine = create_engine(database_url, pool_size=1)
     redis = Redis.from_url(redis_url)
     service = await tenancy.create_service(engine, "bench")
     key = await tenancy.create_api_key(engine, redis, SecretBox(secret_key), service.id, "bench")
+    async with engine.begin() as conn:
+        await queries.insert_template(
+            conn, tenancy.new_id(), service.id, "bench", "((band)) live", "((band)) plays tonight.", tenancy.utc_now()
+        )
     await redis.aclose()
     await engine.dispose()
     return str(service.id), key.secret
+
+
+async def template_of(database_url: str, service_id: str) -> str:
+    """Return the id of the `bench` template of the service."""
+    return str((await sql(database_url, "SELECT id FROM templates WHERE service_id = :s", s=UUID(service_id)))[0][0])
 
 
 async def reset(stack: Stack) -> None:
