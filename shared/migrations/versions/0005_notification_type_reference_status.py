@@ -6,11 +6,13 @@
 - `notifications.reference`: the producer's own reference (Notify's `reference`), NULL when none was given.
 - `notifications.status`: `created` (the default): this service accepts and stores, it does not deliver.
 - Two partial indexes, for `GET /v2/notifications` only, so notifications of the native routes (type NULL) cost
-  the drain nothing: `(service_id, id DESC) WHERE type IS NOT NULL` lists a service's notifications newest first
-  (ids are UUIDv7: id order is creation order), `(service_id, reference) WHERE reference IS NOT NULL` finds them
-  by reference. Made on the partitioned table, they are made on every partition, and on each partition made later
-  (`ATTACH PARTITION` builds them). `CREATE INDEX` on a partitioned table cannot be CONCURRENTLY: it holds writes
-  (the drain) while it builds over the partitions that exist; the API keeps accepting into Redis meanwhile.
+  the drain nothing: `(service_id, id) WHERE type IS NOT NULL` lists a service's notifications newest first by a
+  backward scan (ids are UUIDv7: id order is creation order; ascending, the index takes new ids at its right edge,
+  where B-tree inserts are cheapest: loadtest/RESULTS.md §9), `(service_id, reference) WHERE reference IS NOT NULL`
+  finds them by reference. Made on the partitioned table, they are made on every partition, and on each
+  partition made later (`ATTACH PARTITION` builds them). `CREATE INDEX` on a partitioned table cannot be
+  CONCURRENTLY: it holds writes (the drain) while it builds over the partitions that exist; the API keeps
+  accepting into Redis meanwhile.
 
 Adding the columns rewrites nothing (nullable, or a constant default).
 
