@@ -25,7 +25,7 @@ from shared.embedded_cluster import EmbeddedRedisCluster
 from shared.ids import stem_and_index
 from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
 from shared.settings import Settings
-from tests.conftest import ROOT, Servers, Tenant, count_rows, make_tenant
+from tests.conftest import ROOT, Servers, Tenant, count_rows, make_tenant, notify_headers, notify_key
 from worker.drain import Drain
 
 BASE = "/notifications/v1"
@@ -287,3 +287,34 @@ async def test_a_primary_killed_under_load_gives_503s_then_recovers_and_loses_no
             queued.add(fields[keys.STREAM_KEY_FIELD].decode().rsplit(":", 1)[1])  # the cache key ends with the stem
     assert {stem_and_index(notification_id)[0] for notification_id in accepted} <= queued
     await client.aclose()
+
+
+async def test_a_gov_uk_notify_send_on_a_cluster_is_readable_at_once_and_after_the_drain(
+    http: httpx.AsyncClient,
+    cluster_redis: Redis,
+    engine: AsyncEngine,
+    cluster_settings: Settings,
+    cluster_tenant: Tenant,
+) -> None:
+    native = {"Authorization": f"Bearer {cluster_tenant.key}"}
+    template = await http.post(
+        "/templates/v1/", json={"name": "code", "type": "sms", "body": "Code ((c))"}, headers=native
+    )
+    notify = notify_headers(notify_key(cluster_tenant))
+    sent = [
+        await http.post(
+            "/v2/notifications/sms",
+            json={"phone_number": "07700900123", "template_id": template.json()["id"], "personalisation": {"c": n}},
+            headers=notify,
+        )
+        for n in range(12)
+    ]
+    assert {answer.status_code for answer in sent} == {201}
+    ids = [answer.json()["id"] for answer in sent]
+    assert len({LAYOUT.shard_of_id(notification_id).index for notification_id in ids}) > 1  # spread (3^-11: all in one)
+    for notification_id in ids:
+        assert (await http.get(f"/v2/notifications/{notification_id}", headers=notify)).json()["status"] == "created"
+
+    assert await _drain_every_shard(cluster_redis, engine, cluster_settings) == 12
+    listed = await http.get("/v2/notifications", headers=notify)
+    assert {item["id"] for item in listed.json()["notifications"]} == set(ids)
