@@ -11,12 +11,14 @@ honour is refused with a 400 that says so: scheduling (`scheduled_for`), reply-t
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
 import orjson
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
+from email_validator.syntax import validate_email_local_part
 from phonenumbers import NumberParseException, ValidationResult
 
 from api.errors import NotifyError, NotifyValidationError
@@ -92,8 +94,37 @@ def _shown(value: Any) -> str:
     return shown if len(shown) <= 50 else shown[:47] + "..."
 
 
+#: The longest address, and local part, email-validator accepts (RFC 5321's limits).
+_MAX_ADDRESS, _MAX_LOCAL = 254, 64
+
+
+@lru_cache(maxsize=4096)
+def _domain_is_valid(domain: str) -> bool:
+    """Whether email-validator takes `domain` as an address's domain (cached: producers send to few domains)."""
+    try:
+        validate_email("a@" + domain, check_deliverability=False)
+    except EmailNotValidError:
+        return False
+    return True
+
+
 def email_error(address: str) -> str | None:
-    """Return Notify's message for an email address that is not valid, or None."""
+    """Return Notify's message for an email address that is not valid, or None.
+
+    email-validator checks it. Its domain check is three quarters of its cost (~17 of ~26 us here), and the domains
+    of a producer's recipients repeat, so the common case, a plain ASCII address, is taken apart: the local part goes
+    to email-validator's own local-part check, the domain to its whole check of `a@<domain>`, whose verdict is
+    cached. Anything else (Unicode, quoted local parts, several `@`, over-long) goes through `validate_email` whole.
+    tests/api/test_notify_validation.py checks that both ways agree.
+    """
+    local, at, domain = address.rpartition("@")
+    plain = at and domain and '"' not in local and 0 < len(local) <= _MAX_LOCAL and len(address) <= _MAX_ADDRESS
+    if plain and address.isascii():
+        try:
+            validate_email_local_part(local, allow_smtputf8=False)
+        except EmailNotValidError:
+            return "Not a valid email address"
+        return None if _domain_is_valid(domain) else "Not a valid email address"
     try:
         validate_email(address, check_deliverability=False)
     except EmailNotValidError:
