@@ -160,11 +160,15 @@ class RateLimitedError(ApiError):
 
     status_code = 429
 
-    def __init__(self, detail: str, retry_after: int, rate_headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(
+        self, detail: str, retry_after: int, rate_headers: list[tuple[bytes, bytes]], per_minute: int = 0
+    ) -> None:
         super().__init__(detail)
         self.headers = {"Retry-After": str(retry_after)} | {
             name.decode(): value.decode() for name, value in rate_headers
         }
+        #: GOV.UK Notify's wording, for the v2 routes (its clients may look for it); counted in notifications here.
+        self.notify_detail = f"Exceeded rate limit for key type LIVE of {per_minute} requests per 60 seconds"
 
 
 class RetryLaterError(ApiError):
@@ -278,7 +282,8 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     if _is_notify(request):
         name = _NOTIFY_ERROR_NAMES.get(type(exc).__name__, type(exc).__name__)
-        return notify_errors_response(exc.status_code, [(name, exc.detail)], exc.headers)
+        message = exc.notify_detail if isinstance(exc, RateLimitedError) else exc.detail
+        return notify_errors_response(exc.status_code, [(name, message)], exc.headers)
     return error_response(exc.detail, exc.status_code, exc.headers)
 
 

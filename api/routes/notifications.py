@@ -318,6 +318,7 @@ def _rate_limited(state: RateState, cost: int) -> RateLimitedError:
         f"this request needs {cost}; nothing was queued, retry after {retry_after} s",
         retry_after,
         ratelimit.rate_headers(state),
+        state.limit,
     )
 
 

@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import keys
+from shared import keys, ratelimits
 from tests.conftest import Tenant, drain_all, notify_headers, notify_key
 from worker.drain import Drain
 
@@ -312,3 +312,25 @@ async def test_native_routes_keep_their_answers(client: httpx.AsyncClient) -> No
         "id", "service_id", "to", "personalization", "template", "subject", "body", "created_at", "updated_at",
         "sent_at",
     }  # fmt: skip
+
+
+async def test_a_rate_limited_v2_send_gets_notifys_429(
+    notify: httpx.AsyncClient, templates: tuple[str, str], tenant: Tenant, engine: AsyncEngine, redis: Redis
+) -> None:
+    await ratelimits.set_rate_limit(engine, redis, tenant.service_id, 1)
+    email_template, _ = templates
+    body = {
+        "email_address": "ann@example.com",
+        "template_id": email_template,
+        "personalisation": {"name": "A", "code": 1},
+    }
+    assert (await notify.post("/v2/notifications/email", json=body)).status_code == 201
+
+    refused = await notify.post("/v2/notifications/email", json=body)
+
+    assert refused.status_code == 429
+    assert _errors(refused) == [
+        {"error": "RateLimitError", "message": "Exceeded rate limit for key type LIVE of 1 requests per 60 seconds"}
+    ]
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["ratelimit-limit"] == "1"
