@@ -13,7 +13,8 @@ Notify's JWT instead of the bearer key (`api.notify_auth`), Notify's body checks
 template checks, then the same ids, documents (with the notification's type and reference), group commit,
 Idempotency-Key and rate limit; the answer is Notify's object (`api.notify_objects`), errors are in Notify's shape.
 
-`serve` answers all three from the raw ASGI request; the hot path (`api.hotpath`) calls it before FastAPI sees
+The documents are checked and made in `api.documents`, GET's read-through is `api.lookup`. `serve` answers all
+the routes from the raw ASGI request; the hot path (`api.hotpath`) calls it before FastAPI sees
 the request, and the FastAPI routes below, which exist for the OpenAPI docs, call it too.
 """
 
@@ -21,8 +22,7 @@ import hashlib
 import math
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
 import orjson
@@ -35,24 +35,24 @@ from starlette.types import Receive, Scope
 from api import notify_objects, ratelimit
 from api.auth import service_for
 from api.body import read_json_body
+from api.documents import Recipient, accept, templates_for
 from api.errors import (
     IdempotencyKeyMismatchError,
     InvalidIdempotencyKeyError,
-    NotFoundError,
-    NotifyNotFoundError,
     PayloadTooLargeError,
     RateLimitedError,
     ReplicasUnconfirmedError,
     WriteOutcomeUnknownError,
 )
+from api.lookup import lookup, notify_lookup
 from api.notify_auth import notify_service_for
 from api.notify_validation import EMAIL, SMS, parse_send
 from api.ratelimit import RateLimits
-from api.template_cache import TemplateCache, TemplateVersion
+from api.template_cache import TemplateVersion
 from api.writer import Idempotency, RateLimit, RateState, RedisWriter
-from shared import keys, queries
-from shared.codec import encode_notification, join_array
-from shared.ids import ids_of, new_stem, notification_id_at, stem_and_index
+from shared import keys
+from shared.codec import join_array
+from shared.ids import new_stem
 from shared.metrics import ACCEPTED
 from shared.schemas import (
     BRIEF_EXAMPLE,
@@ -63,8 +63,6 @@ from shared.schemas import (
     limited_notification,
     notification_list,
 )
-from shared.settings import Settings
-from shared.templating import render
 
 # The handlers take only the request: FastAPI's dependency injection costs more per request than the whole
 # write path, so `serve` reads the app's state and checks the API key itself. OpenAPI still shows the
@@ -117,141 +115,6 @@ def _body_error(exc: ValidationError) -> RequestValidationError:
     for error in errors:
         error["loc"] = ("body", *error["loc"])
     return RequestValidationError(errors)
-
-
-async def _templates_for(
-    items: list[NotificationIn], service_id: UUID, templates: TemplateCache, *, listed: bool
-) -> list[TemplateVersion | None]:
-    """Resolve each item's template and check its personalization; raise one 422 naming every problem.
-
-    `listed` says the body was a list, so that error locations name the item (`["body", 3, ...]`).
-    """
-    resolved: list[TemplateVersion | None] = []
-    errors: list[dict[str, Any]] = []
-    for index, item in enumerate(items):
-        where: tuple[Any, ...] = ("body", index) if listed else ("body",)
-        if item.template_id is None:
-            resolved.append(None)
-            continue
-        template = await templates.resolve(service_id, item.template_id, item.template_version)
-        resolved.append(template)
-        if template is None:
-            what = f"version {item.template_version} of " if item.template_version else ""
-            errors.append(
-                {
-                    "type": "unknown_template",
-                    "loc": (*where, "template_id"),
-                    "msg": f"your service has no {what}template {item.template_id}",
-                    "input": str(item.template_id),
-                }
-            )
-            continue
-        values = item.personalization or {}
-        missing = [name for name in template.placeholders if name not in values]
-        if missing:
-            errors.append(
-                {
-                    "type": "missing_personalization",
-                    "loc": (*where, "personalization"),
-                    "msg": "missing personalization for template placeholders: " + ", ".join(missing),
-                    "input": values,
-                    "ctx": {"missing": missing},
-                }
-            )
-    if errors:
-        raise RequestValidationError(errors)
-    return resolved
-
-
-class Recipient(Protocol):
-    """What `_accept` needs of a notification: a native `NotificationIn` or a v2 `NotifySend`."""
-
-    @property
-    def to(self) -> str:
-        """The recipient."""
-        ...
-
-    @property
-    def personalization(self) -> dict[str, str] | None:
-        """The template's values."""
-        ...
-
-
-def _accept(
-    items: Sequence[Recipient],
-    service: str,
-    templates: list[TemplateVersion | None],
-    settings: Settings,
-    stem: str,
-    *,
-    listed: bool,
-    notification_type: str | None = None,
-    reference: str | None = None,
-) -> tuple[list[str], list[bytes]]:
-    """Give each notification its id (of the request's `stem`) and timestamps, render its template, serialize it once.
-
-    Returns the ids and the documents. `notification_type` and `reference` (Notify v2's) go into every document of
-    the request.
-
-    Raises:
-        RequestValidationError: a rendered subject and body together are longer than MAX_RENDERED_LENGTH (422).
-        PayloadTooLargeError: the documents add up to more than MAX_QUEUED_BYTES (413); checked as they are
-            made, so an oversized request stops there.
-    """
-    max_rendered, max_queued = settings.max_rendered_length, settings.max_queued_bytes
-    now = datetime.now(UTC).isoformat()  # formatted once for the whole request
-    ids = ids_of(stem, len(items))
-    docs = []
-    queued = 0
-    for notification_id, item, template in zip(ids, items, templates, strict=True):
-        values = item.personalization or {}
-        if template is None:
-            docs.append(
-                encode_notification(
-                    notification_id,
-                    service,
-                    item.to,
-                    values,
-                    now,
-                    notification_type=notification_type,
-                    reference=reference,
-                )
-            )
-        else:
-            subject, body = render(template.subject, values), render(template.body, values)
-            if len(subject or "") + len(body or "") > max_rendered:
-                where = ("body", len(docs)) if listed else ("body",)
-                raise RequestValidationError(
-                    [
-                        {
-                            "type": "rendered_too_long",
-                            "loc": (*where, "personalization"),
-                            "msg": f"the rendered template is longer than {max_rendered} characters",
-                        }
-                    ]
-                )
-            docs.append(
-                encode_notification(
-                    notification_id,
-                    service,
-                    item.to,
-                    values,
-                    now,
-                    template={"id": str(template.template_id), "version": template.version},
-                    subject=subject,
-                    body=body,
-                    notification_type=notification_type,
-                    reference=reference,
-                )
-            )
-        queued += len(docs[-1])
-        if queued > max_queued:
-            # Characters are bounded per item, bytes per request: escaping and templates multiply the body's size
-            raise PayloadTooLargeError(
-                f"the request's notifications, rendered and encoded, would queue more than "
-                f"MAX_QUEUED_BYTES={max_queued} bytes"
-            )
-    return ids, docs
 
 
 #: The route templates of the three notification routes (also the `route` label of the request metrics).
@@ -367,7 +230,7 @@ async def _ingest(
                 native = [limited_notification(settings).model_validate_json(body)]
         except ValidationError as exc:
             raise _body_error(exc) from None
-        resolved = await _templates_for(native, service_id, state.templates, listed=listed)
+        resolved = await templates_for(native, service_id, state.templates, listed=listed)
         items = native
     limits: RateLimits = state.rate_limits
     writer: RedisWriter = state.writer
@@ -380,7 +243,7 @@ async def _ingest(
             limits, per_minute, service_id, len(items), shard, writer.layout.count, keyed=idempotency_key is not None
         )
     service = str(service_id)
-    ids, docs = _accept(
+    ids, docs = accept(
         items,
         service,
         resolved,
@@ -441,51 +304,6 @@ async def _ingest(
     return answer, first_id, True, written.rate
 
 
-def _pick(request_json: bytes | None, stem: str, index: int) -> bytes | None:
-    """Return one notification's JSON out of its request's cached array (None if it is not there), unparsed.
-
-    The array is ours (`join_array` of `encode_notification`'s documents), and in our JSON every `"` inside a
-    string is escaped and every personalization value is a string, so `{"id":"<an id>"` occurs only where a
-    document (or its template, whose id is another) starts: the document at `index` starts at `{"id":"<its id>"`
-    and ends where the next one starts, or at the closing `]`. Cutting it out costs a search of the bytes;
-    parsing the whole array to return one item cost the event loop 1.6 s for a 120 MB request (issue 11).
-    """
-    if request_json is None:
-        return None
-    start = request_json.find(b'{"id":"' + notification_id_at(stem, index).encode() + b'"')
-    if start < 0:
-        return None
-    end = request_json.find(b',{"id":"' + notification_id_at(stem, index + 1).encode() + b'"', start)
-    if end < 0:
-        end = len(request_json) - 1  # the last document: up to the closing bracket
-    return request_json[start:end]
-
-
-async def _lookup(state: State, service_id: UUID, notification_id: UUID) -> bytes:
-    """Return a notification from the Redis cache or, once drained and expired there, from Postgres."""
-    stem, index = stem_and_index(notification_id)
-    shard = state.writer.layout.shard_of_stem(stem)
-    cached = await state.redis.get(shard.request_key(str(service_id), stem))
-    found = _pick(cached, stem, index)
-    if found is None:
-        async with state.engine.connect() as conn:
-            found = await queries.fetch_notification(conn, notification_id, service_id)
-    if found is None:
-        raise NotFoundError(f"notification {notification_id} not found")
-    return found
-
-
-async def _notify_lookup(state: State, service_id: UUID, notification_id: UUID, root: str) -> bytes:
-    """Return Notify's object of a v2 notification, from Redis or Postgres (the native routes' are not Notify's)."""
-    try:
-        found = orjson.loads(await _lookup(state, service_id, notification_id))
-    except NotFoundError:
-        raise NotifyNotFoundError() from None
-    if found.get("type") is None:
-        raise NotifyNotFoundError()
-    return orjson.dumps(notify_objects.notification(found, root))
-
-
 def base_url(scope: Scope) -> str:
     """The API's base URL as the client called it, with a trailing slash (Notify's answers hold absolute URIs)."""
     host = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"host"), None)
@@ -518,9 +336,9 @@ async def serve(
     if route in (ONE, V2_ONE):
         assert notification_id is not None
         if notify:
-            body = await _notify_lookup(state, service_id, notification_id, root)
+            body = await notify_lookup(state, service_id, notification_id, root)
         else:
-            body = await _lookup(state, service_id, notification_id)
+            body = await lookup(state, service_id, notification_id)
         status, headers = 200, [_JSON_HEADER]
     else:
         idempotency_key = None if idempotency_header is None else _idempotency_key(idempotency_header)
