@@ -22,8 +22,15 @@ install: $(VENV)/.installed
 run: install  ## API + one worker (+ embedded Postgres/Redis when DATABASE_URL/REDIS_URL are unset)
 	$(BIN)/python -m deploy.local
 
-test: install  ## the whole suite, against real servers (embedded unless TEST_DATABASE_URL/TEST_REDIS_URL)
+# The core, tenancy and backpressure modules again, unchanged, on a local Redis Cluster (3 primaries; cluster client,
+# hash-tagged keys): tests/conftest.py's TEST_REDIS_CLUSTER. tests/test_cluster.py covers shards, failover and WAIT.
+CLUSTER_TESTS := tests/api/test_notifications.py tests/api/test_templates.py tests/api/test_idempotency.py \
+	tests/api/test_rate_limits.py tests/api/test_auth.py tests/api/test_notify_auth.py tests/api/test_notify_v2.py \
+	tests/reliability/test_backpressure.py
+
+test: install  ## the whole suite, against real servers (embedded unless TEST_DATABASE_URL/TEST_REDIS_URL), then the core again on a Redis Cluster
 	$(BIN)/pytest
+	TEST_REDIS_CLUSTER=1 $(BIN)/pytest -q $(CLUSTER_TESTS)
 
 check: install  ## style and types
 	$(BIN)/ruff check .

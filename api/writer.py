@@ -46,6 +46,8 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -418,10 +420,12 @@ class RedisWriter:
         Raises:
             ReplicasUnconfirmedError: the script ran, but fewer replicas than asked confirmed it in time.
         """
-        if not self.wait_replicas:
-            return cast(list[Any], await self._flush(keys=keys_, args=args))
-        # WAIT counts the writes of its own connection: script and WAIT go down one connection, to the shard's node
+        # On a cluster the flush goes to the node that holds the shard's slot, through a client of that node only:
+        # the cluster client would send it again after a timeout (the script may have run), and WAIT counts the
+        # writes of its own connection. A node that no longer holds the slot answers MOVED: nothing ran.
         client = self._node_client(shard) if is_cluster(self._redis) else self._redis
+        if not self.wait_replicas:
+            return cast(list[Any], await self._flush(keys=keys_, args=args, client=client))
         async with client.pipeline(transaction=False) as pipe:
             await self._flush(keys=keys_, args=args, client=pipe)
             pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
@@ -445,6 +449,9 @@ class RedisWriter:
                 port=int(node.port),
                 socket_timeout=self.timeout_seconds,
                 socket_connect_timeout=self.timeout_seconds,
+                # as shared.redis_client: a dead pooled connection is replaced once, a timed-out command not re-sent
+                retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
+                retry_on_error=[RedisConnectionError],
             )
         return client
 

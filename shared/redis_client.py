@@ -33,9 +33,10 @@ def connect(settings: Settings, read_slack_seconds: float = 0.0) -> Redis:
                 settings.require_redis_url(),
                 socket_timeout=settings.redis_timeout_seconds + read_slack_seconds,
                 socket_connect_timeout=settings.redis_timeout_seconds,
-                # a connection error or timeout makes it reload the slot map and try again (a failover moves
-                # slots); a flush it sends twice queues its requests twice, which the drain stores once
-                cluster_error_retry_attempts=2,
+                # after a timeout or a lost connection it reloads the slot map (a failover moves slots) and sends the
+                # command once more: fine for reads and the service's idempotent writes; the group commit, which must
+                # not run twice, goes to the shard's node through a client of its own (api.writer)
+                cluster_error_retry_attempts=1,
             ),
         )
     client: Redis = Redis.from_url(

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 from uuid import UUID
 
 import httpx
@@ -24,13 +25,15 @@ import uvicorn
 from fastapi import FastAPI
 from notifications_python_client.authentication import create_jwt_token
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.main import create_app
-from shared import apikeys, queries, tenancy
+from shared import apikeys, keys, queries, redis_client, tenancy
 from shared.db import create_engine, upgrade_database
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from shared.embedded_cluster import EmbeddedRedisCluster
 from shared.secretbox import SecretBox, new_secret_key
 from shared.settings import Settings
 from worker.drain import Drain
@@ -44,6 +47,15 @@ class Servers:
 
     database_url: str
     redis_url: str
+    #: A Redis Cluster's node, when the suite runs with TEST_REDIS_CLUSTER=1 (else "").
+    cluster_url: str = ""
+
+
+#: TEST_REDIS_CLUSTER=1: the suite's `settings`, `redis` and the app run on a local Redis Cluster of 3 primaries
+#: with 3 stream shards (`make test` runs the core modules so, after the whole suite on one Redis).
+ON_CLUSTER = os.environ.get("TEST_REDIS_CLUSTER") == "1"
+#: The stream shards of the cluster run.
+CLUSTER_SHARDS = int(os.environ.get("TEST_STREAM_SHARDS", "1"))
 
 
 migrate = upgrade_database
@@ -52,7 +64,8 @@ migrate = upgrade_database
 @asynccontextmanager
 async def redis_asleep(redis: Redis, seconds: float) -> AsyncIterator[None]:
     """Redis busy for `seconds` (DEBUG SLEEP, as a stalled server): commands sent meanwhile run once it wakes."""
-    sleeping = asyncio.create_task(redis.execute_command("DEBUG", "SLEEP", str(seconds)))
+    on_every_node = {"target_nodes": RedisCluster.ALL_NODES} if redis_client.is_cluster(redis) else {}
+    sleeping = asyncio.create_task(redis.execute_command("DEBUG", "SLEEP", str(seconds), **on_every_node))
     await asyncio.sleep(0.05)  # the sleep has begun
     try:
         yield
@@ -88,7 +101,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
 
     Embedded servers take free ports, picked again if another process (a parallel `make test`) takes one first.
     """
-    started: list[EmbeddedPostgres | EmbeddedRedis] = []
+    started: list[EmbeddedPostgres | EmbeddedRedis | EmbeddedRedisCluster] = []
     database_url = os.environ.get("TEST_DATABASE_URL")
     redis_url = os.environ.get("TEST_REDIS_URL")
     try:
@@ -100,8 +113,13 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
             redis = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
             started.append(redis)
             redis_url = redis.url
+        cluster_url = ""
+        if ON_CLUSTER:
+            cluster = EmbeddedRedisCluster(tmp_path_factory.mktemp("cluster")).start()
+            started.append(cluster)
+            cluster_url = cluster.url
         migrate(database_url)
-        yield Servers(database_url, redis_url)
+        yield Servers(database_url, redis_url, cluster_url)
     finally:
         for server in reversed(started):
             server.stop()
@@ -116,7 +134,9 @@ def settings(servers: Servers) -> Settings:
     """Settings pointing at the test servers; the drain blocks briefly so tests do not wait on it."""
     return Settings(
         database_url=servers.database_url,
-        redis_url=servers.redis_url,
+        redis_url=servers.cluster_url or servers.redis_url,
+        redis_cluster=ON_CLUSTER,
+        stream_shards=CLUSTER_SHARDS if ON_CLUSTER else 1,
         drain_block_ms=20,
         admin_token="test-admin-token",
         secret_key=TEST_SECRET_KEY,
@@ -147,9 +167,9 @@ def venv_bin() -> Path:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def redis(servers: Servers) -> AsyncIterator[Redis]:
-    """A Redis client on an emptied database."""
-    client = Redis.from_url(servers.redis_url)
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    """A Redis client (a cluster client with TEST_REDIS_CLUSTER=1) on an emptied database."""
+    client = redis_client.connect(settings)
     await client.flushdb()
     yield client
     await client.aclose()
@@ -239,11 +259,31 @@ async def drain(redis: Redis, engine: AsyncEngine, settings: Settings) -> Drain:
 
 
 async def drain_all(drain: Drain) -> int:
-    """Drain until the stream has nothing new; return how many notifications were stored."""
+    """Drain until the streams (every shard's) have nothing new; return how many notifications were stored."""
     stored = 0
-    while batch := await drain.read_new():
-        stored += await drain.drain_batch(batch)
+    for shard in keys.layout_for(drain.settings).shards:
+        each = (
+            drain if shard == drain.shard else Drain(drain.redis, drain.engine, drain.settings, drain.consumer, shard)
+        )
+        await each.ensure_group()
+        while batch := await each.read_new():
+            stored += await each.drain_batch(batch)
     return stored
+
+
+async def cache_keys(redis: Redis, settings: Settings) -> list[bytes]:
+    """Return the requests' cache keys (every shard's)."""
+    found = []
+    for shard in keys.layout_for(settings).shards:
+        # on a cluster, KEYS asks the node that holds the shard's slot
+        where = {"target_nodes": cast(Any, redis).get_node_from_key(shard.stream)} if ON_CLUSTER else {}
+        found += await redis.keys(shard.request_key("*", "*"), **where)
+    return found
+
+
+async def queued(redis: Redis, settings: Settings) -> int:
+    """Return how many requests wait in the streams (every shard's)."""
+    return sum([await redis.xlen(shard.stream) for shard in keys.layout_for(settings).shards])
 
 
 async def count_rows(engine: AsyncEngine, table: str = "notifications") -> int:

@@ -11,10 +11,11 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import keys, queries
+from shared.ids import stem_and_index
 from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
 from shared.settings import Settings
 from shared.tenancy import new_id, utc_now
-from tests.conftest import Tenant
+from tests.conftest import Tenant, cache_keys, queued
 
 BASE = "/notifications/v1"
 
@@ -47,13 +48,14 @@ async def test_post_is_readable_at_once(client: httpx.AsyncClient) -> None:
 
 
 async def test_post_queues_one_stream_entry_and_a_cache_key(
-    client: httpx.AsyncClient, redis: Redis, tenant: Tenant
+    client: httpx.AsyncClient, redis: Redis, settings: Settings, tenant: Tenant
 ) -> None:
     created = (await client.post(f"{BASE}/", json={"to": "somebody"})).json()
 
-    entries = await redis.xrange(keys.STREAM)
+    shard = keys.layout_for(settings).shard_of_id(created["id"])
+    entries = await redis.xrange(shard.stream)
     assert len(entries) == 1
-    cache_key = keys.cache_key(str(tenant.service_id), created["id"])
+    cache_key = shard.request_key(str(tenant.service_id), stem_and_index(created["id"])[0])
     assert entries[0][1][keys.STREAM_KEY_FIELD] == cache_key.encode()  # the entry names the key...
     assert keys.STREAM_FIELD not in entries[0][1]  # ...and the JSON is kept once, there
     cached = await redis.get(cache_key)
@@ -69,7 +71,9 @@ async def test_personalization_is_optional(client: httpx.AsyncClient) -> None:
         assert response.json()["personalization"] == {}
 
 
-async def test_multiple_returns_objects_in_request_order(client: httpx.AsyncClient, redis: Redis) -> None:
+async def test_multiple_returns_objects_in_request_order(
+    client: httpx.AsyncClient, redis: Redis, settings: Settings
+) -> None:
     response = await client.post(f"{BASE}/multiple", json=BRIEF_MULTIPLE_EXAMPLE)
 
     assert response.status_code == 201
@@ -77,8 +81,8 @@ async def test_multiple_returns_objects_in_request_order(client: httpx.AsyncClie
     assert [item["to"] for item in body] == ["example@gmail.com", "another-example@gmail.com"]
     assert [item["personalization"]["band"] for item in body] == ["Korn", "Soundgarden"]
     assert len({item["id"] for item in body}) == 2
-    assert await redis.xlen(keys.STREAM) == 1  # one entry for the whole request
-    assert len(await redis.keys(keys.CACHE_PREFIX + "*")) == 1  # and one cache key
+    assert await queued(redis, settings) == 1  # one entry for the whole request
+    assert len(await cache_keys(redis, settings)) == 1  # and one cache key
     assert [item["id"][:-6] for item in body] == [body[0]["id"][:-6]] * 2  # one stem, then the index
     assert [item["id"][-6:] for item in body] == ["000000", "000001"]
     for item in body:
@@ -86,21 +90,23 @@ async def test_multiple_returns_objects_in_request_order(client: httpx.AsyncClie
 
 
 @pytest.mark.parametrize("payload", [[], [{"to": "x"}] * 1001], ids=["empty", "over-limit"])
-async def test_multiple_refuses_empty_or_too_long_lists(client: httpx.AsyncClient, redis: Redis, payload: list) -> None:
+async def test_multiple_refuses_empty_or_too_long_lists(
+    client: httpx.AsyncClient, redis: Redis, settings: Settings, payload: list
+) -> None:
     response = await client.post(f"{BASE}/multiple", json=payload)
 
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body"]
-    assert await redis.xlen(keys.STREAM) == 0
+    assert await queued(redis, settings) == 0
 
 
-async def test_multiple_is_all_or_nothing(client: httpx.AsyncClient, redis: Redis) -> None:
+async def test_multiple_is_all_or_nothing(client: httpx.AsyncClient, redis: Redis, settings: Settings) -> None:
     response = await client.post(f"{BASE}/multiple", json=[{"to": "fine"}, {"to": ""}, {"to": "also fine"}])
 
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", 1, "to"]
-    assert await redis.xlen(keys.STREAM) == 0
-    assert await redis.exists(keys.STREAM) == 0
+    assert await queued(redis, settings) == 0
+    assert await queued(redis, settings) == 0
 
 
 @pytest.mark.parametrize(
@@ -131,14 +137,14 @@ async def test_multiple_is_all_or_nothing(client: httpx.AsyncClient, redis: Redi
     ],
 )
 async def test_invalid_notifications_get_422(
-    client: httpx.AsyncClient, redis: Redis, payload: object, where: list[object]
+    client: httpx.AsyncClient, redis: Redis, settings: Settings, payload: object, where: list[object]
 ) -> None:
     response = await client.post(f"{BASE}/", json=payload)
 
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/json"
     assert response.json()["detail"][0]["loc"] == where
-    assert await redis.exists(keys.STREAM) == 0
+    assert await queued(redis, settings) == 0
 
 
 async def test_control_characters_are_refused_but_tab_and_line_breaks_kept(client: httpx.AsyncClient) -> None:
@@ -175,14 +181,14 @@ async def test_missing_content_type_is_taken_as_json(client: httpx.AsyncClient) 
     assert response.status_code == 201
 
 
-async def test_oversized_body_gets_413(client: httpx.AsyncClient, redis: Redis) -> None:
+async def test_oversized_body_gets_413(client: httpx.AsyncClient, redis: Redis, settings: Settings) -> None:
     huge = orjson.dumps([{"to": "x" * 300, "personalization": {"k": "v" * 4000}}] * 1100)
     assert len(huge) > 4 * 1024 * 1024
 
     response = await client.post(f"{BASE}/multiple", content=huge, headers={"content-type": "application/json"})
 
     assert response.status_code == 413
-    assert await redis.exists(keys.STREAM) == 0
+    assert await queued(redis, settings) == 0
 
 
 async def test_get_unknown_id_is_404(client: httpx.AsyncClient) -> None:
@@ -314,8 +320,8 @@ async def test_a_request_queuing_more_than_max_queued_bytes_gets_413(
 
     assert response.status_code == 413
     assert f"MAX_QUEUED_BYTES={settings.max_queued_bytes}" in response.json()["detail"]
-    assert await redis.exists(keys.STREAM) == 0
-    assert await redis.keys(keys.CACHE_PREFIX + "*") == []
+    assert await queued(redis, settings) == 0
+    assert await cache_keys(redis, settings) == []
 
 
 async def test_a_full_multiple_of_templated_notifications_fits_max_queued_bytes(

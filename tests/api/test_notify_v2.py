@@ -9,8 +9,9 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import keys, ratelimits
-from tests.conftest import Tenant, drain_all, notify_headers, notify_key
+from shared import ratelimits
+from shared.settings import Settings
+from tests.conftest import Tenant, drain_all, notify_headers, notify_key, queued
 from worker.drain import Drain
 
 EMAIL_TEMPLATE = {"name": "welcome", "subject": "Hi ((name))", "body": "Hello ((name)), your code is ((code))."}
@@ -41,7 +42,7 @@ async def templates(client: httpx.AsyncClient, tenant: Tenant) -> tuple[str, str
 
 
 async def test_send_email_answers_notifys_body_and_is_readable_at_once(
-    notify: httpx.AsyncClient, templates: tuple[str, str], redis: Redis
+    notify: httpx.AsyncClient, templates: tuple[str, str], redis: Redis, settings: Settings
 ) -> None:
     email_template, _ = templates
     sent = await notify.post(
@@ -75,7 +76,7 @@ async def test_send_email_answers_notifys_body_and_is_readable_at_once(
         },
         "sanitised_content": None,
     }
-    assert await redis.xlen(keys.STREAM) == 1  # the same group commit as the native POST
+    assert await queued(redis, settings) == 1  # the same group commit as the native POST
     fetched = await notify.get(f"/v2/notifications/{notification_id}")
     assert fetched.status_code == 200
     got = fetched.json()
@@ -181,8 +182,8 @@ async def test_list_filters_by_reference_status_and_type_and_shows_no_native_not
     ],
 )  # fmt: skip
 async def test_validation_errors_are_notifys_400s(
-    notify: httpx.AsyncClient, templates: tuple[str, str], redis: Redis, route: str, payload: dict[str, Any],
-    messages: list[str],
+    notify: httpx.AsyncClient, templates: tuple[str, str], redis: Redis, settings: Settings, route: str,
+    payload: dict[str, Any], messages: list[str],
 ) -> None:  # fmt: skip
     template_id = templates[0] if route == "email" else templates[1]
     payload = {name: template_id if value == "{t}" else value for name, value in payload.items()}
@@ -191,7 +192,7 @@ async def test_validation_errors_are_notifys_400s(
 
     assert response.status_code == 400
     assert _errors(response) == [{"error": "ValidationError", "message": message} for message in messages]
-    assert await redis.exists(keys.STREAM) == 0
+    assert await queued(redis, settings) == 0
 
 
 @pytest.mark.parametrize(
@@ -213,7 +214,7 @@ async def test_validation_errors_are_notifys_400s(
     ],
 )  # fmt: skip
 async def test_what_cannot_be_sent_is_notifys_bad_request(
-    notify: httpx.AsyncClient, templates: tuple[str, str], tenant: Tenant, redis: Redis, route: str,
+    notify: httpx.AsyncClient, templates: tuple[str, str], tenant: Tenant, redis: Redis, settings: Settings, route: str,
     payload: dict[str, Any], message: str,
 ) -> None:  # fmt: skip
     names = {"{email}": templates[0], "{sms}": templates[1]}
@@ -230,7 +231,7 @@ async def test_what_cannot_be_sent_is_notifys_bad_request(
     assert response.status_code == 400
     expected = message.replace("{service}", str(tenant.service_id))
     assert _errors(response) == [{"error": "BadRequestError", "message": expected}]
-    assert await redis.exists(keys.STREAM) == 0
+    assert await queued(redis, settings) == 0
 
 
 async def test_bad_json_letters_and_bad_ids_answer_in_notifys_shape(notify: httpx.AsyncClient) -> None:
@@ -249,7 +250,7 @@ async def test_bad_json_letters_and_bad_ids_answer_in_notifys_shape(notify: http
 
 
 async def test_an_idempotency_key_applies_to_v2_sends(
-    notify: httpx.AsyncClient, templates: tuple[str, str], redis: Redis
+    notify: httpx.AsyncClient, templates: tuple[str, str], redis: Redis, settings: Settings
 ) -> None:
     body = {
         "email_address": "a@example.com",
@@ -265,7 +266,7 @@ async def test_an_idempotency_key_applies_to_v2_sends(
     assert first.status_code == again.status_code == 201
     assert again.content == first.content
     assert again.headers["idempotent-replayed"] == "true"
-    assert await redis.xlen(keys.STREAM) == 1
+    assert await queued(redis, settings) == 1
     assert other.status_code == 422
     assert _errors(other)[0]["error"] == "IdempotencyKeyMismatchError"
     assert (

@@ -15,7 +15,7 @@ from api.main import create_app
 from shared import keys, ratelimits
 from shared.schemas import BRIEF_EXAMPLE
 from shared.settings import Settings
-from tests.conftest import Tenant, make_tenant
+from tests.conftest import Tenant, cache_keys, make_tenant, queued
 from tests.shared.test_cli import cli
 
 BASE = "/notifications/v1"
@@ -74,7 +74,7 @@ async def test_unknown_service_and_missing_admin_token(anonymous: httpx.AsyncCli
 
 
 async def test_past_the_limit_a_request_gets_a_429_and_nothing_is_queued(
-    client: httpx.AsyncClient, engine: AsyncEngine, redis: Redis, tenant: Tenant
+    client: httpx.AsyncClient, engine: AsyncEngine, redis: Redis, settings: Settings, tenant: Tenant
 ) -> None:
     await _limit(engine, redis, tenant, 5)
     remaining = []
@@ -92,12 +92,12 @@ async def test_past_the_limit_a_request_gets_a_429_and_nothing_is_queued(
     assert 1 <= int(refused.headers["retry-after"]) <= 12
     assert refused.headers["ratelimit-remaining"] == "0"
     assert "rate limit of 5 notifications per minute" in refused.json()["detail"]
-    assert await redis.xlen(keys.STREAM) == 5
-    assert len(await redis.keys(keys.CACHE_PREFIX + "*")) == 5
+    assert await queued(redis, settings) == 5
+    assert len(await cache_keys(redis, settings)) == 5
 
 
 async def test_a_multiple_takes_one_token_per_notification(
-    client: httpx.AsyncClient, engine: AsyncEngine, redis: Redis, tenant: Tenant
+    client: httpx.AsyncClient, engine: AsyncEngine, redis: Redis, settings: Settings, tenant: Tenant
 ) -> None:
     await _limit(engine, redis, tenant, 10)
     first = await client.post(f"{BASE}/multiple", json=_items(3))
@@ -108,7 +108,7 @@ async def test_a_multiple_takes_one_token_per_notification(
     assert too_many.status_code == 429
     assert "needs 8" in too_many.json()["detail"]
     assert (await client.post(f"{BASE}/multiple", json=_items(7))).status_code == 201  # smaller ones still fit
-    assert await redis.xlen(keys.STREAM) == 2
+    assert await queued(redis, settings) == 2
 
 
 async def test_a_request_larger_than_the_whole_limit_is_a_413(
@@ -138,7 +138,12 @@ async def test_tokens_come_back_at_the_limits_rate(
 
 
 async def test_a_limit_holds_across_two_api_processes(
-    client: httpx.AsyncClient, second_app: FastAPI, engine: AsyncEngine, redis: Redis, tenant: Tenant
+    client: httpx.AsyncClient,
+    second_app: FastAPI,
+    engine: AsyncEngine,
+    redis: Redis,
+    settings: Settings,
+    tenant: Tenant,
 ) -> None:
     await _limit(engine, redis, tenant, 6)
     transport = httpx.ASGITransport(app=second_app)
@@ -147,7 +152,7 @@ async def test_a_limit_holds_across_two_api_processes(
             *(http.post(f"{BASE}/", json=BRIEF_EXAMPLE) for _ in range(5) for http in (client, other))
         )
     assert sorted(a.status_code for a in answers) == [201] * 6 + [429] * 4
-    assert await redis.xlen(keys.STREAM) == 6
+    assert await queued(redis, settings) == 6
 
 
 async def test_once_refused_a_service_is_refused_in_process_until_its_tokens_can_be_back(
@@ -166,7 +171,7 @@ async def test_once_refused_a_service_is_refused_in_process_until_its_tokens_can
 
 
 async def test_a_service_at_its_limit_does_not_hold_back_another(
-    client: httpx.AsyncClient, engine: AsyncEngine, redis: Redis, tenant: Tenant, app: FastAPI
+    client: httpx.AsyncClient, engine: AsyncEngine, redis: Redis, settings: Settings, tenant: Tenant, app: FastAPI
 ) -> None:
     await _limit(engine, redis, tenant, 2)
     other = await make_tenant(engine, redis, "tenant-b")
@@ -179,7 +184,7 @@ async def test_a_service_at_its_limit_does_not_hold_back_another(
     assert sorted(a.status_code for a in flood) == [201] * 2 + [429] * 48
     assert {a.status_code for a in calm} == {201}
     assert all("ratelimit-limit" not in a.headers for a in calm)  # unlimited: no RateLimit headers
-    assert await redis.xlen(keys.STREAM) == 52
+    assert await queued(redis, settings) == 52
 
 
 async def test_a_replayed_idempotent_request_takes_no_token(

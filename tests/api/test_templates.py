@@ -5,7 +5,8 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import drain_all, make_tenant
+from shared.settings import Settings
+from tests.conftest import drain_all, make_tenant, queued
 from worker.drain import Drain
 
 T = "/templates/v1"
@@ -148,7 +149,9 @@ async def test_versions_beyond_postgres_integer_are_422(client: httpx.AsyncClien
     assert sent.status_code == fetched.status_code == 422
 
 
-async def test_rendering_cannot_blow_up_past_the_limit(client: httpx.AsyncClient, redis: Redis) -> None:
+async def test_rendering_cannot_blow_up_past_the_limit(
+    client: httpx.AsyncClient, redis: Redis, settings: Settings
+) -> None:
     template = (await client.post(f"{T}/", json={"name": "echo", "type": "sms", "body": "((v))" * 100})).json()
 
     small = await client.post(f"{N}/", json={"to": "me", "template_id": template["id"], "personalization": {"v": "ab"}})
@@ -161,7 +164,7 @@ async def test_rendering_cannot_blow_up_past_the_limit(client: httpx.AsyncClient
     assert huge.status_code == 422
     assert huge.json()["detail"][0]["loc"] == ["body", 0, "personalization"]
     assert huge.json()["detail"][0]["type"] == "rendered_too_long"
-    assert await redis.xlen("notify:stream") == 1
+    assert await queued(redis, settings) == 1
 
 
 async def test_template_routes_report_errors_like_the_notification_routes(client: httpx.AsyncClient) -> None:

@@ -14,7 +14,7 @@ from api.main import create_app
 from shared import deadletters, keys, tenancy
 from shared.codec import encode_notification, join_array
 from shared.settings import Settings
-from tests.conftest import Tenant, count_rows, drain_all
+from tests.conftest import Tenant, count_rows, drain_all, queued
 from worker.drain import Drain
 
 BASE = "/notifications/v1"
@@ -40,7 +40,7 @@ async def test_full_backlog_refuses_writes_until_drained(
             await drain_all(drain)
 
             assert (await client.post(f"{BASE}/", json={"to": "again"})).status_code == 201
-    assert await redis.xlen(keys.STREAM) == 1
+    assert await queued(redis, settings) == 1
 
 
 async def test_ready_reports_backlog_and_oldest_age(client: httpx.AsyncClient) -> None:
@@ -67,11 +67,11 @@ async def test_dead_letter_replayed_after_the_cause_is_fixed(
         )
     try:
         doc = encode_notification(tenancy.new_id(), tenant.service_id, "lost soul", {}, datetime.now(UTC))
-        await redis.xadd(keys.STREAM, {keys.STREAM_FIELD: join_array([doc])})
+        await redis.xadd(drain.stream, {keys.STREAM_FIELD: join_array([doc])})
 
         await drain_all(drain)
 
-        letters = await deadletters.list_dead_letters(redis)
+        letters = await deadletters.list_dead_letters(redis, layout=keys.layout_for(drain.settings))
         assert len(letters) == 1
         assert "no_lost_souls" in letters[0].error
         assert orjson.loads(letters[0].payload)[0]["to"] == "lost soul"
@@ -80,8 +80,8 @@ async def test_dead_letter_replayed_after_the_cause_is_fixed(
         async with engine.begin() as conn:
             await conn.execute(text("ALTER TABLE notifications DROP CONSTRAINT no_lost_souls"))
 
-    assert await deadletters.replay(redis) == 1
+    assert await deadletters.replay(redis, layout=keys.layout_for(drain.settings)) == 1
     await drain_all(drain)
 
     assert await count_rows(engine) == 1
-    assert await deadletters.list_dead_letters(redis) == []
+    assert await deadletters.list_dead_letters(redis, layout=keys.layout_for(drain.settings)) == []
