@@ -27,6 +27,7 @@ from shared.ids import stem_and_index
 from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
 from shared.settings import Settings
 from tests.conftest import ROOT, Servers, Tenant, count_rows, make_tenant, notify_headers, notify_key
+from tests.shared.test_cli import cli
 from worker.drain import Drain
 
 BASE = "/notifications/v1"
@@ -343,3 +344,17 @@ async def test_a_gov_uk_notify_send_on_a_cluster_is_readable_at_once_and_after_t
     assert await _drain_every_shard(cluster_redis, engine, cluster_settings) == 12
     listed = await http.get("/v2/notifications", headers=notify)
     assert {item["id"] for item in listed.json()["notifications"]} == set(ids)
+
+
+def test_the_cli_on_a_cluster(redis_cluster: EmbeddedRedisCluster, worker_env: dict[str, str]) -> None:
+    env = {**worker_env, "REDIS_URL": redis_cluster.url, "REDIS_CLUSTER": "true", "STREAM_SHARDS": str(SHARDS)}
+    created = cli(env, "services", "create", "cli-on-cluster")
+    assert created.returncode == 0, created.stderr
+    service_id = re.search(r"id=(\S+)", created.stdout).group(1)  # type: ignore[union-attr]
+    key = cli(env, "keys", "create", service_id, "laptop")
+    assert key.returncode == 0, key.stderr
+    key_id = re.search(r"^id=(\S+)", key.stdout).group(1)  # type: ignore[union-attr]
+    assert cli(env, "services", "rate-limit", service_id, "60").returncode == 0
+    assert cli(env, "keys", "revoke", service_id, key_id).returncode == 0
+    listed = cli(env, "dead-letters", "list")
+    assert listed.returncode == 0, listed.stderr
