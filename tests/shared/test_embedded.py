@@ -7,6 +7,7 @@ servers (another data folder, another process).
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,13 +33,23 @@ def _port(sock: socket.socket) -> int:
     return port
 
 
-def _processes_in(folder: Path) -> list[psutil.Process]:
-    """Processes whose working folder is `folder` (our servers chdir to their data folder)."""
-    found = []
-    for process in psutil.process_iter(["cwd"]):
-        if process.info["cwd"] and Path(process.info["cwd"]) == folder.resolve():
-            found.append(process)
-    return found
+def _processes_in(folder: Path, settle_seconds: float = 5.0) -> list[psutil.Process]:
+    """Processes whose working folder is `folder` (our servers chdir to their data folder), once they are gone.
+
+    A killed server's children (PostgreSQL's backends) exit on their own a moment after it: they are given up to
+    `settle_seconds` (a loaded machine), and whatever is still there then is returned.
+    """
+    deadline = time.monotonic() + settle_seconds
+    while True:
+        found = []
+        for process in psutil.process_iter(["cwd", "status"]):
+            if process.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if process.info["cwd"] and Path(process.info["cwd"]) == folder.resolve():
+                found.append(process)
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
 
 
 def test_a_taken_port_asked_for_is_refused_and_left_alone(tmp_path: Path, listener: socket.socket) -> None:
