@@ -77,6 +77,10 @@ class RateLimits:
                 self._limits.popitem(last=False)
         return limit
 
+    def knows(self, service_id: UUID, shard: int = 0) -> bool:
+        """Whether Redis told this process lately how many tokens the service's bucket in `shard` holds."""
+        return bool(self._known) and (service_id.int, shard) in self._known
+
     def refused_before(self, service_id: UUID, cost: int, shard: int = 0) -> RateState | None:
         """Return the state to refuse with if the service's bucket cannot hold `cost` tokens now, else None.
 

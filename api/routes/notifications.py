@@ -174,6 +174,15 @@ def _rate_limit(
     return RateLimit(shard.bucket_key(str(service_id)), per_minute, cost, per_minute / shards)
 
 
+def _items_in(raw: bytes) -> int | None:
+    """Return how many items a JSON array body holds, or None if it is not one (validation will say why)."""
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return len(parsed) if isinstance(parsed, list) else None
+
+
 def _rate_limited(state: RateState, cost: int) -> RateLimitedError:
     retry_after = max(1, math.ceil(state.wait_ms / 1000))
     return RateLimitedError(
@@ -353,6 +362,13 @@ async def serve(
         if idempotency_key is None and (refused := state.rate_limits.refused_before(service_id, 1, shard.index)):
             raise _rate_limited(refused, 1)
         raw = await read_json_body(content_type, receive, state.settings.max_body_bytes)
+        if route == MULTIPLE and idempotency_key is None and state.rate_limits.knows(service_id, shard.index):
+            # a service near its limit: its list's cost is counted (orjson: ~1/5 of validating it) and a list that
+            # cannot fit is refused before it is validated, which a flood past its limit would otherwise make the
+            # API do for every refused request
+            cost = _items_in(raw)
+            if cost and (refused := state.rate_limits.refused_before(service_id, cost, shard.index)):
+                raise _rate_limited(refused, cost)
         body, first_id, replayed, rate = await _ingest(
             state, route, service_id, raw, request_id, idempotency_key, stem, shard, root
         )

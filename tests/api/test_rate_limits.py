@@ -239,3 +239,18 @@ def test_the_cli_sets_a_limit(worker_env: dict[str, str], engine: object, redis:
     refused = cli(worker_env, "services", "rate-limit", service_id, "-3")
     assert refused.returncode == 2
     assert "invalid" in refused.stderr
+
+
+async def test_a_list_that_cannot_fit_is_refused_before_it_is_validated_or_sent(
+    client: httpx.AsyncClient, engine: AsyncEngine, redis: Redis, tenant: Tenant
+) -> None:
+    await _limit(engine, redis, tenant, 10)
+    assert (await client.post(f"{BASE}/multiple", json=_items(6))).status_code == 201  # 4 tokens left
+    scripts = await _commands(redis, "evalsha")
+
+    refused = await client.post(f"{BASE}/multiple", json=[*_items(7), {"to": 5}])  # 8 items, one of them invalid
+
+    assert refused.status_code == 429  # counted, not validated: it could not fit anyway
+    assert "needs 8" in refused.json()["detail"]
+    assert await _commands(redis, "evalsha") == scripts  # no round trip
+    assert (await client.post(f"{BASE}/multiple", json=_items(3))).status_code == 201  # what fits still goes
