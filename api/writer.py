@@ -17,8 +17,8 @@ time per request; the script is one command and one reply however many requests 
 When Redis stops answering (a flush times out, or the connection fails), the requests of the flushes already sent
 get `WriteOutcomeUnknownError`: Redis may still apply the script (say, after a pause), so their outcome is unknown
 and the 503 says how to find out. Every write still queued behind them, and every new write, fails at once with
-`RedisUnresponsiveError` (a 503: nothing queued, a retry is safe) until a PING, repeated every
-PROBE_INTERVAL_SECONDS, is answered again: during an outage nobody waits more than one REDIS_TIMEOUT_SECONDS.
+`RedisUnresponsiveError` (a 503: nothing queued, a retry is safe) until Redis answers again (a keyed command on
+the shard, repeated every PROBE_INTERVAL_SECONDS): during an outage nobody waits more than one REDIS_TIMEOUT_SECONDS.
 
 A request with an Idempotency-Key also hands over its record (`Idempotency`: its body's fingerprint and the
 answer to give again). The same script call looks the record up and, when it exists, neither keeps nor queues the
@@ -32,9 +32,16 @@ takes the cost from it, or, when there are too few tokens, neither keeps nor que
 rate-limited request learns the bucket's state (`RateState`) for its RateLimit-* headers. The limit is thus one
 count across every API process, at no extra round trip.
 
-Backpressure rides along: every flush also returns the stream's length (XLEN) in the same round trip. While that
-backlog is at MAX_BACKLOG_ENTRIES, `write` refuses new work with `BacklogFullError` (a 503), re-reading the length
-at most once a second, so writes resume by themselves as the workers drain the stream.
+Backpressure rides along: every flush also returns the stream's length (XLEN) in the same round trip. While the
+streams' backlog is at MAX_BACKLOG_ENTRIES, `write` refuses new work with `BacklogFullError` (a 503), re-reading
+the lengths at most once a second, so writes resume by themselves as the workers drain the streams.
+
+With STREAM_SHARDS each shard has its queue, its flushers and its outage state: one script call per shard and
+round trip, the shards' flushes in parallel, and every key of a call in the shard's hash slot. On a Redis Cluster
+the call goes to the node that holds the shard, through a client of that node only (redis-py's cluster client
+would send a timed-out call again); a node that no longer holds the slot answers MOVED, nothing ran, and the
+requests get a 503 that says a retry is safe. With REDIS_WAIT_REPLICAS the same connection then sends WAIT, and
+the requests are answered only once that many replicas have the write (`ReplicasUnconfirmedError` otherwise).
 """
 
 import asyncio
