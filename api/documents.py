@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 
 from api.errors import PayloadTooLargeError
 from api.template_cache import TemplateCache, TemplateVersion
-from shared.codec import encode_notification
+from shared.codec import TemplateRef, encode_notification
 from shared.ids import ids_of
 from shared.schemas import NotificationIn
 from shared.settings import Settings
@@ -104,23 +104,13 @@ def accept(
     max_rendered, max_queued = settings.max_rendered_length, settings.max_queued_bytes
     now = datetime.now(UTC).isoformat()  # formatted once for the whole request
     ids = ids_of(stem, len(items))
-    docs = []
+    docs: list[bytes] = []
     queued = 0
     for notification_id, item, template in zip(ids, items, templates, strict=True):
         values = item.personalization or {}
-        if template is None:
-            docs.append(
-                encode_notification(
-                    notification_id,
-                    service,
-                    item.to,
-                    values,
-                    now,
-                    notification_type=notification_type,
-                    reference=reference,
-                )
-            )
-        else:
+        reference_to: TemplateRef | None = None
+        subject = body = None
+        if template is not None:
             subject, body = render(template.subject, values), render(template.body, values)
             if len(subject or "") + len(body or "") > max_rendered:
                 where = ("body", len(docs)) if listed else ("body",)
@@ -133,20 +123,21 @@ def accept(
                         }
                     ]
                 )
-            docs.append(
-                encode_notification(
-                    notification_id,
-                    service,
-                    item.to,
-                    values,
-                    now,
-                    template={"id": str(template.template_id), "version": template.version},
-                    subject=subject,
-                    body=body,
-                    notification_type=notification_type,
-                    reference=reference,
-                )
+            reference_to = {"id": str(template.template_id), "version": template.version}
+        docs.append(
+            encode_notification(
+                notification_id,
+                service,
+                item.to,
+                values,
+                now,
+                template=reference_to,
+                subject=subject,
+                body=body,
+                notification_type=notification_type,
+                reference=reference,
             )
+        )
         queued += len(docs[-1])
         if queued > max_queued:
             # Characters are bounded per item, bytes per request: escaping and templates multiply the body's size
