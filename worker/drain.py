@@ -56,6 +56,8 @@ POISON_SQLSTATE_CLASSES = ("22", "23")
 MISSING_PARTITION_RETRIES = 3
 #: Cache keys given their TTL per Redis call, so one call never blocks Redis for long.
 EXPIRE_CHUNK = 5000
+#: Entries acknowledged and deleted per script call: Lua's `unpack` gives at most ~8,000 values (LUAI_MAXCSTACK).
+ACK_CHUNK = 1000
 
 # Give every cache key (KEYS) the TTL ARGV[1]; a script is one command however many keys it touches.
 EXPIRE_KEYS = """
@@ -254,7 +256,7 @@ class Drain:
                 error = f"delivered {deliveries[fetched.entry_id]} times (MAX_DELIVERIES={limit}): it may crash workers"
                 await self._dead_letter(fetched.entry_id, fetched.payload or b"", error, fetched.request_id)
         buried = {entry_id for entry_id, _ in over}
-        await self._ack_and_delete(keys=[self.stream], args=[keys.GROUP, *buried])
+        await self._ack_and_delete_all(list(buried))
         return [(entry_id, fields) for entry_id, fields in claimed if entry_id not in buried]
 
     async def drain_batch(self, raw: list[RawEntry], redelivered: bool = False) -> int:
@@ -466,7 +468,12 @@ class Drain:
         cache_keys = [entry.cache_key for entry in stored if entry.cache_key]
         for start in range(0, len(cache_keys), EXPIRE_CHUNK):
             await self._expire(keys=cache_keys[start : start + EXPIRE_CHUNK], args=[self.settings.cache_ttl_seconds])
-        await self._ack_and_delete(keys=[self.stream], args=[keys.GROUP, *entry_ids])
+        await self._ack_and_delete_all(entry_ids)
+
+    async def _ack_and_delete_all(self, entry_ids: list[bytes]) -> None:
+        """Acknowledge and delete entries of this drain's stream, ACK_CHUNK per (atomic) script call."""
+        for start in range(0, len(entry_ids), ACK_CHUNK):
+            await self._ack_and_delete(keys=[self.stream], args=[keys.GROUP, *entry_ids[start : start + ACK_CHUNK]])
 
     async def _dead_letter(self, entry_id: bytes, payload: bytes, error: str, request_id: str = "") -> None:
         logger.error(

@@ -328,3 +328,17 @@ async def test_notify_type_reference_and_status_are_stored_by_copy_and_by_the_id
     ]
     assert stored == copied  # the same document from Postgres as from Redis, the native one without the new fields
     assert b'"type"' not in copied[2]
+
+
+async def test_more_entries_than_lua_can_unpack_are_acked_and_deleted(redis: Redis, drain: Drain) -> None:
+    ids = []
+    async with redis.pipeline(transaction=False) as pipe:
+        for n in range(9_000):  # Lua's unpack stops near 8,000 values
+            pipe.xadd(drain.stream, {keys.STREAM_FIELD: b"[]", keys.REQUEST_ID_FIELD: str(n)})
+        ids = await pipe.execute()
+    await redis.xreadgroup(keys.GROUP, drain.consumer, {drain.stream: ">"}, count=10_000)
+
+    await drain._ack_and_delete_all(ids)
+
+    assert await redis.xlen(drain.stream) == 0
+    assert (await redis.xpending(drain.stream, keys.GROUP))["pending"] == 0
