@@ -240,7 +240,7 @@ _QUEUED = Written()
 class Idempotency:
     """What the flush records for a request that carries an Idempotency-Key, atomically with its write."""
 
-    #: The record's Redis key (`keys.idempotency_key`).
+    #: The record's Redis key (`keys.Shard.idempotency_key`).
     key: str
     #: The record: the request's fingerprint followed by the answer to give again.
     record: bytes

@@ -38,25 +38,9 @@ GROUP = "notify:drain"
 CACHE_PREFIX = "notify:r:"
 
 
-def request_key(service_id: str, stem: str) -> str:
-    """Return the cache key of a service's request, by the stem its notification ids share."""
-    return f"{CACHE_PREFIX}{service_id}:{stem}"
-
-
 def cache_key(service_id: str, notification_id: str) -> str:
-    """Return the cache key of the request a notification of a service came in."""
-    stem, _ = stem_and_index(notification_id)
-    return request_key(service_id, stem)
-
-
-#: Idempotency records, one per service and Idempotency-Key: the first request's fingerprint and answer, written by
-#: the group-commit script with the request's stream entry and kept for IDEMPOTENCY_TTL_SECONDS.
-IDEMPOTENCY_PREFIX = "notify:idem:"
-
-
-def idempotency_key(service_id: str, key: str) -> str:
-    """Return the Redis key of a service's idempotency record for an Idempotency-Key (hashed: any length, no `:`)."""
-    return f"{IDEMPOTENCY_PREFIX}{service_id}:{hashlib.sha256(key.encode()).hexdigest()}"
+    """Return the cache key of the request a notification of a service came in (one stream on a plain Redis)."""
+    return layout().shard_of_id(notification_id).request_key(service_id, stem_and_index(notification_id)[0])
 
 
 #: Entries the drain could not decode or store, each with `entry` (original id), `payload` and `error`.
@@ -91,16 +75,6 @@ def api_key_secrets_key(service_id: object) -> str:
 RATE_LIMITS_HASH = "notify:ratelimits"
 #: Field of RATE_LIMITS_HASH present once the hash holds every service's own limit (loaded from Postgres).
 RATE_LIMITS_COMPLETE_FIELD = "complete"
-#: Token buckets, one per rate-limited service: "<tokens> <at, Redis ms>", updated by the group-commit script and
-#: expiring once full (a missing bucket is a full one).
-RATE_BUCKET_PREFIX = "notify:bucket:"
-
-
-def rate_bucket_key(service_id: str) -> str:
-    """Return the Redis key of a service's token bucket."""
-    return f"{RATE_BUCKET_PREFIX}{service_id}"
-
-
 # --- shards --------------------------------------------------------------------------------------------------------
 #
 # With STREAM_SHARDS=N (or on a Redis Cluster) the queue is N streams. Every key one group-commit script call
@@ -140,11 +114,19 @@ class Shard:
         return f"{self._request_prefix}{service_id}:{stem}"
 
     def idempotency_key(self, service_id: str, key: str) -> str:
-        """Return the key of a service's idempotency record for an Idempotency-Key (hashed: any length, no `:`)."""
+        """Return the key of a service's idempotency record for an Idempotency-Key (hashed: any length, no `:`).
+
+        The record, the request's fingerprint and first answer, is written by the group-commit script with the
+        request's stream entry and kept for IDEMPOTENCY_TTL_SECONDS.
+        """
         return f"{self._name('idem')}:{service_id}:{hashlib.sha256(key.encode()).hexdigest()}"
 
     def bucket_key(self, service_id: str) -> str:
-        """Return the key of a service's token bucket in this shard."""
+        """Return the key of a service's token bucket in this shard.
+
+        The value is "<tokens> <at, Redis ms>", updated by the group-commit script; the key expires once the bucket
+        is full again (a missing bucket is a full one).
+        """
         return f"{self._name('bucket')}:{service_id}"
 
 
