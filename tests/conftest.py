@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from uuid import UUID
 
 import httpx
@@ -271,14 +271,33 @@ async def drain_all(drain: Drain) -> int:
     return stored
 
 
+def _on_every_node(redis: Redis) -> dict[str, Any]:
+    """On a cluster, where KEYS and INFO must go: every node (redis-py sends them to one node only otherwise)."""
+    return {"target_nodes": RedisCluster.ALL_NODES} if redis_client.is_cluster(redis) else {}
+
+
+async def keys_matching(redis: Redis, pattern: str) -> list[bytes]:
+    """Return the keys matching `pattern`, of every node on a cluster."""
+    found = await redis.keys(pattern, **_on_every_node(redis))
+    if isinstance(found, dict):  # a cluster that answered node by node
+        return [key for keys_ in found.values() for key in keys_]
+    return list(found)
+
+
 async def cache_keys(redis: Redis, settings: Settings) -> list[bytes]:
     """Return the requests' cache keys (every shard's)."""
-    found = []
-    for shard in keys.layout_for(settings).shards:
-        # on a cluster, KEYS asks the node that holds the shard's slot
-        where = {"target_nodes": cast(Any, redis).get_node_from_key(shard.stream)} if ON_CLUSTER else {}
-        found += await redis.keys(shard.request_key("*", "*"), **where)
-    return found
+    return [
+        key
+        for shard in keys.layout_for(settings).shards
+        for key in await keys_matching(redis, shard.request_key("*", "*"))
+    ]
+
+
+async def command_calls(redis: Redis, command: str) -> int:
+    """Return how often Redis (every node of a cluster) has run `command` (lower case, e.g. "evalsha")."""
+    stats = await redis.info("commandstats", **_on_every_node(redis))
+    per_node = stats.values() if redis_client.is_cluster(redis) else [stats]
+    return sum(int(node.get(f"cmdstat_{command}", {}).get("calls", 0)) for node in per_node)
 
 
 async def queued(redis: Redis, settings: Settings) -> int:

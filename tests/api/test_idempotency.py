@@ -13,7 +13,16 @@ from api.main import create_app
 from shared import keys
 from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
 from shared.settings import Settings
-from tests.conftest import Tenant, count_rows, drain_all, impatient_client, make_tenant, queued, redis_asleep
+from tests.conftest import (
+    Tenant,
+    count_rows,
+    drain_all,
+    impatient_client,
+    keys_matching,
+    make_tenant,
+    queued,
+    redis_asleep,
+)
 from worker.drain import Drain
 
 BASE = "/notifications/v1"
@@ -139,7 +148,7 @@ async def test_requests_without_a_key_are_each_queued(
         assert (await client.post(f"{BASE}/", json=BRIEF_EXAMPLE)).status_code == 201
 
     assert await queued(redis, settings) == 3
-    assert await redis.keys(f"{keys.IDEMPOTENCY_PREFIX}*") == []
+    assert await keys_matching(redis, "*:idem:*") == []  # no idempotency record, in any shard
 
 
 async def test_the_record_expires_after_idempotency_ttl_seconds(
