@@ -108,6 +108,16 @@ def _domain_is_valid(domain: str) -> bool:
     return True
 
 
+def reference_error(reference: str) -> str | None:
+    """Return Notify's message for a `reference` that is too long or holds control characters, or None.
+
+    For a send's reference and a listing's filter alike: a NUL would reach Postgres, which refuses it (a 500).
+    """
+    if len(reference) > MAX_REFERENCE_LENGTH or not _MESSAGE_TEXT.match(reference):
+        return f"reference must be at most {MAX_REFERENCE_LENGTH} characters, without control characters"
+    return None
+
+
 def email_error(address: str) -> str | None:
     """Return Notify's message for an email address that is not valid, or None.
 
@@ -239,8 +249,8 @@ def parse_send(body: bytes, notification_type: str, service_id: UUID, settings: 
     reference = data.get("reference")
     if reference is not None and not isinstance(reference, str):
         errors.append(f"reference {_shown(reference)} is not of type string")
-    elif reference is not None and (len(reference) > MAX_REFERENCE_LENGTH or not _MESSAGE_TEXT.match(reference)):
-        errors.append(f"reference must be at most {MAX_REFERENCE_LENGTH} characters, without control characters")
+    elif reference is not None and (error := reference_error(reference)):
+        errors.append(error)
     sender_field = SENDER[notification_type]
     sender = data.get(sender_field)
     if sender is not None and _uuid(sender) is None:

@@ -25,7 +25,7 @@ from api.deps import EngineDep
 from api.errors import NotifyError, NotifyNotFoundError, NotifyValidationError
 from api.notify_auth import NotifyServiceId
 from api.notify_objects import missing_personalisation, notification, preview, template
-from api.notify_validation import personalisation_values
+from api.notify_validation import personalisation_values, reference_error
 from api.routes.notifications import V2_EMAIL, V2_ONE, V2_SMS, base_url, respond
 from shared import queries
 from shared.schemas import INT4_MAX
@@ -109,9 +109,12 @@ def _list_filters(request: Request) -> tuple[list[str], list[str], str | None, U
             older_than = UUID(query["older_than"])
         except ValueError:
             errors.append("older_than is not a valid UUID")
+    reference = query.get("reference")
+    if reference is not None and (error := reference_error(reference)):
+        errors.append(error)
     if errors:
         raise NotifyValidationError(errors)
-    return types, statuses, query.get("reference"), older_than
+    return types, statuses, reference, older_than
 
 
 @router.get("/notifications")

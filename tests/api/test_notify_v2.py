@@ -335,3 +335,13 @@ async def test_a_rate_limited_v2_send_gets_notifys_429(
     ]
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.headers["ratelimit-limit"] == "1"
+
+
+@pytest.mark.parametrize("reference", ["a\x00b", "x" * 1001])
+async def test_a_listing_reference_with_a_nul_or_too_long_is_notifys_400(
+    notify: httpx.AsyncClient, reference: str
+) -> None:
+    answer = await notify.get("/v2/notifications", params={"reference": reference})
+    assert answer.status_code == 400
+    assert _errors(answer)[0]["error"] == "ValidationError"
+    assert "reference must be at most" in _errors(answer)[0]["message"]
