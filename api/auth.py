@@ -49,11 +49,20 @@ class KeyCache(Generic[K, V]):
             return False, None
         return True, entry[0]
 
-    def put(self, key: K, outcome: V | None) -> None:
-        """Remember the outcome of a lookup for the TTL, evicting the oldest entries past the size bound."""
+    def expiry(self, key: K) -> float | None:
+        """Return when (monotonic) the remembered outcome for `key` expires, or None if none is remembered."""
+        entry = self._entries.get(key)
+        return None if entry is None else entry[1]
+
+    def put(self, key: K, outcome: V | None, expires_at: float | None = None) -> None:
+        """Remember the outcome of a lookup for the TTL (or until `expires_at`), evicting the oldest past the bound.
+
+        `expires_at` ties an outcome to another one it was derived from: it must not outlive it.
+        """
         if self.ttl <= 0:
             return
-        self._entries[key] = (outcome, time.monotonic() + self.ttl)
+        until = time.monotonic() + self.ttl
+        self._entries[key] = (outcome, until if expires_at is None else min(until, expires_at))
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)

@@ -190,14 +190,17 @@ async def notify_service_for(state: State, authorization: str | None) -> UUID:
     token = _token(authorization)
     tokens: NotifyTokenCache = state.notify_tokens
     token_hash = hashlib.sha256(token.encode()).digest()
-    known, checked = tokens.get(token_hash)
-    if known and checked is not None and time.time() <= checked[1] + CLOCK_BOUND_SECONDS:
+    _, checked = tokens.get(token_hash)
+    if checked is not None and time.time() <= checked[1] + CLOCK_BOUND_SECONDS:  # only successes are remembered
         return checked[0]
     service_id = _issuer(token)
     signing_keys = await _signing_keys(state, service_id)
     if signing_keys is None:
         raise NotifyAuthError(SERVICE_NOT_FOUND)
-    tokens.put(token_hash, (service_id, _verify(token, signing_keys)))
+    # remembered no longer than the keys it was checked against: a revocation still takes AUTH_CACHE_SECONDS at most
+    key_cache: NotifyKeyCache = state.notify_keys
+    keys_expire = key_cache.expiry(service_id)
+    tokens.put(token_hash, (service_id, _verify(token, signing_keys)), expires_at=keys_expire)
     return service_id
 
 

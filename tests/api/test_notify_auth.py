@@ -437,3 +437,20 @@ async def test_a_checked_token_is_remembered_but_refused_once_its_iat_is_30_seco
     with pytest.raises(notify_auth.NotifyAuthError) as refusal:
         await notify_auth.notify_service_for(app.state, header)
     assert refusal.value.message == notify_auth.CLOCK_SKEW
+
+
+async def test_a_token_first_checked_late_is_not_remembered_past_its_keys(
+    settings: Settings, engine: AsyncEngine, redis: Redis, tenant: Tenant
+) -> None:
+    service_id, secret = tenant.key[-73:-37], secret_of(tenant)
+    async with started(settings.model_copy(update={"auth_cache_seconds": 1.0})) as (_, http):
+        first = await http.get(WHOAMI, headers=bearer(create_jwt_token(secret, service_id)))  # the keys cached now
+        await tenancy.revoke_api_key(engine, redis, tenant.service_id, tenant.key_id)
+        time.sleep(0.7)  # noqa: ASYNC251  (nothing else to run meanwhile)
+        late = bearer(jwt.encode({"iss": service_id, "iat": int(time.time()) - 3}, secret, algorithm="HS256"))
+        checked_late = await http.get(WHOAMI, headers=late)  # checked against the cached keys: passes
+        time.sleep(0.5)  # noqa: ASYNC251  the keys' cache entry has expired, the token's would not have
+        again = await http.get(WHOAMI, headers=late)
+
+    assert (first.status_code, checked_late.status_code) == (200, 200)
+    assert refused(again, 403, notify_auth.KEY_REVOKED)  # within AUTH_CACHE_SECONDS of the revocation's first sight
