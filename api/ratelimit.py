@@ -98,7 +98,7 @@ class RateLimits:
         if most >= limit:  # the bucket may be full again: nothing more is known
             del self._known[(service_id.int, shard)]
             return None
-        if cost <= most:
+        if cost <= most or cost > limit:  # it fits, or it never will: the write path's 413 says so
             return None
         wait_ms = math.ceil((cost - most) / per_second * 1000)
         return RateState(False, limit, max(0, math.floor(most * 1000)), wait_ms, refill_per_minute)

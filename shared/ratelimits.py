@@ -38,11 +38,17 @@ async def set_rate_limit(
         service = await queries.set_rate_limit(conn, service_id, per_minute)
         if service is None:
             return None
-        if per_minute is None:
-            await cast(Awaitable[int], redis.hdel(keys.RATE_LIMITS_HASH, str(service_id)))
-        else:
-            await cast(Awaitable[int], redis.hset(keys.RATE_LIMITS_HASH, str(service_id), str(per_minute)))
+        await _mirror(redis, service_id, per_minute)
+    # again after the commit: a load of the hash racing with us may have written the old limit back
+    await _mirror(redis, service_id, per_minute)
     return service
+
+
+async def _mirror(redis: Redis, service_id: UUID, per_minute: int | None) -> None:
+    if per_minute is None:
+        await cast(Awaitable[int], redis.hdel(keys.RATE_LIMITS_HASH, str(service_id)))
+    else:
+        await cast(Awaitable[int], redis.hset(keys.RATE_LIMITS_HASH, str(service_id), str(per_minute)))
 
 
 async def load_rate_limits(engine: AsyncEngine, redis: Redis) -> int:

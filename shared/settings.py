@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(5.0, ge=0)
     template_cache_seconds: float = Field(5.0, ge=0)
     # Notifications per minute per service, unless the service has its own limit (0: unlimited).
-    rate_limit_per_minute: int = Field(0, ge=0)
+    rate_limit_per_minute: int = Field(0, ge=0, le=1_000_000_000)  # as a service's own (shared.schemas)
 
     # Request limits (clients get a 4xx JSON error past them).
     max_batch_items: int = Field(1000, ge=1, le=100_000)

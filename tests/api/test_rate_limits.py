@@ -251,3 +251,14 @@ async def test_a_list_that_cannot_fit_is_refused_before_it_is_validated_or_sent(
     assert "needs 8" in refused.json()["detail"]
     assert await command_calls(redis, "evalsha") == scripts  # no round trip
     assert (await client.post(f"{BASE}/multiple", json=_items(3))).status_code == 201  # what fits still goes
+
+
+async def test_a_list_larger_than_the_limit_is_a_413_also_when_the_bucket_is_known_low(
+    client: httpx.AsyncClient, engine: AsyncEngine, redis: Redis, tenant: Tenant
+) -> None:
+    await _limit(engine, redis, tenant, 10)
+    assert (await client.post(f"{BASE}/multiple", json=_items(8))).status_code == 201  # the bucket is known: 2 left
+
+    answer = await client.post(f"{BASE}/multiple", json=_items(12))
+
+    assert answer.status_code == 413  # never fits: not a 429 whose Retry-After would never come true
