@@ -53,8 +53,6 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -69,7 +67,7 @@ from api.errors import (
 )
 from shared import keys
 from shared.metrics import BACKLOG
-from shared.redis_client import is_cluster
+from shared.redis_client import is_cluster, node_client
 
 logger = logging.getLogger(__name__)
 
@@ -451,15 +449,7 @@ class RedisWriter:
             raise RedisConnectionError(f"no node of the cluster holds {shard.stream}")
         client = self._node_clients.get(node.name)
         if client is None:
-            client = self._node_clients[node.name] = Redis(
-                host=node.host,
-                port=int(node.port),
-                socket_timeout=self.timeout_seconds,
-                socket_connect_timeout=self.timeout_seconds,
-                # as shared.redis_client: a dead pooled connection is replaced once, a timed-out command not re-sent
-                retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
-                retry_on_error=[RedisConnectionError],
-            )
+            client = self._node_clients[node.name] = node_client(node, self.timeout_seconds)
         return client
 
     async def _reload_slots(self) -> None:

@@ -2,16 +2,18 @@
 
 Timeouts turn an outage into an error within REDIS_TIMEOUT_SECONDS (a 503 at the API, a retry in the worker)
 instead of a hang; a command that timed out is not sent again. A command that fails on a dead pooled connection
-(say, after Redis restarted) is retried once on a new connection. That is safe here: if a group-commit transaction
-ran but its reply was lost, the retry adds the same requests' stream entries a second time, and the drain, which
-stores each notification id once, inserts nothing twice.
+(say, after Redis restarted) is retried once on a new connection. Nothing accepted is lost or stored twice by it:
+if a group-commit script ran but its reply was lost, the retry adds the same requests' stream entries a second
+time, and the drain, which stores each notification id once, inserts nothing twice. What the retry does repeat:
+a rate-limited request's tokens are taken twice, and a request with an Idempotency-Key finds the record its first
+run wrote and is answered as a replay (the same answer, with `Idempotent-Replayed: true`).
 """
 
-from typing import cast
+from typing import Any, cast
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import Pipeline
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -45,11 +47,29 @@ def connect(settings: Settings, read_slack_seconds: float = 0.0) -> Redis:
         socket_connect_timeout=settings.redis_timeout_seconds,
         # not on timeouts (redis-py's default retries them too): a timed-out command may still be running, and
         # sending it again would double both the wait and, for a write, the work
-        retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
-        retry_on_error=[RedisConnectionError],
+        **_retry_once_on_a_dead_connection(),
         health_check_interval=30,
     )
     return client
+
+
+def _retry_once_on_a_dead_connection() -> dict[str, Any]:
+    return {
+        "retry": Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
+        "retry_on_error": [RedisConnectionError],
+    }
+
+
+def node_client(node: ClusterNode, timeout_seconds: float) -> Redis:
+    """Return a plain client of one cluster node, with the cluster client's credentials and TLS, retrying as `connect`.
+
+    For commands that must reach that node on one connection and never be re-sent by the cluster client (the group
+    commit, and WAIT after it: `api.writer`).
+    """
+    kwargs = {k: v for k, v in node.connection_kwargs.items() if k not in ("parser_class", "retry")}
+    kwargs.update(socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds)
+    pool = ConnectionPool(connection_class=node.connection_class, **kwargs, **_retry_once_on_a_dead_connection())
+    return Redis(connection_pool=pool)
 
 
 def is_cluster(redis: Redis) -> bool:

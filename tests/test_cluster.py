@@ -358,3 +358,29 @@ def test_the_cli_on_a_cluster(redis_cluster: EmbeddedRedisCluster, worker_env: d
     assert cli(env, "keys", "revoke", service_id, key_id).returncode == 0
     listed = cli(env, "dead-letters", "list")
     assert listed.returncode == 0, listed.stderr
+
+
+async def test_the_group_commit_reaches_a_cluster_that_wants_a_password(
+    settings: Settings, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    cluster = EmbeddedRedisCluster(tmp_path / "guarded").start()
+    try:
+        for node in cluster.nodes:
+            plain = Redis.from_url(node.url)
+            await plain.config_set("requirepass", "s3cret")
+            await plain.aclose()
+        guarded = settings.model_copy(
+            update={"redis_url": cluster.url.replace("redis://", "redis://:s3cret@"), "redis_cluster": True}
+        )
+        client = redis_client.connect(guarded)
+        tenant = await make_tenant(engine, client, "guarded")
+        app = create_app(guarded)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=tenant.headers) as http:
+                answer = await http.post(f"{BASE}/", json=BRIEF_EXAMPLE)
+        assert answer.status_code == 201, answer.text  # the shard's node client authenticated as the cluster's
+        assert await client.xlen(keys.layout(1, cluster=True).shards[0].stream) == 1
+        await client.aclose()
+    finally:
+        cluster.stop()
