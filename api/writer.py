@@ -54,7 +54,7 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.errors import (
@@ -285,8 +285,9 @@ class RedisWriter:
         #: REDIS_WAIT_REPLICAS: replicas that must confirm a flush before its requests are answered.
         self.wait_replicas = wait_replicas
         self.timeout_seconds = timeout_seconds
-        #: How long WAIT waits, within the socket's REDIS_TIMEOUT_SECONDS.
-        self.wait_timeout_ms = max(1, int(timeout_seconds * 1000 * 0.8))
+        #: How long WAIT waits: half the socket's REDIS_TIMEOUT_SECONDS, so that its answer arrives well within it.
+        self.wait_timeout_ms = max(1, int(timeout_seconds * 1000 / 2))
+        self._loaded_on: set[int] = set()  # id() of the clients the flush script was loaded through
         self._node_clients: dict[str, Redis] = {}
         self._flush = redis.register_script(FLUSH)
         self._max = max_requests_per_flush
@@ -401,9 +402,10 @@ class RedisWriter:
             args += limits
             args[0] = f"{len(batch)} {len(records)} {len(buckets)}"
             try:
-                reply = await self._send(queue.shard, keys_, args)
+                reply, unconfirmed = await self._send(queue.shard, keys_, args)
             except Exception as exc:  # every waiter learns the outcome, whatever it was
                 failure: BaseException = exc
+                moved = False
                 if isinstance(exc, UNRESPONSIVE_ERRORS):
                     failure = WriteOutcomeUnknownError()
                     failure.__cause__ = exc
@@ -412,35 +414,50 @@ class RedisWriter:
                     # not applied: the slot is elsewhere now (a failover) or the cluster cannot serve it yet
                     failure = RedisUnresponsiveError("the Redis Cluster is failing over: nothing was queued; retry")
                     failure.__cause__ = exc
-                    await self._reload_slots()
+                    moved = True
                 for item in batch:
                     self._settle(item, failure)
+                if moved:  # after the waiters are answered: they need not wait for the new slot map
+                    await self._reload_slots()
             else:
                 self._set_backlog(queue, reply[0])
-                self._settle_all(batch, reply)
+                self._settle_all(batch, reply, unconfirmed)
 
-    async def _send(self, shard: keys.Shard, keys_: list[str], args: list[bytes | str]) -> list[Any]:
+    async def _send(
+        self, shard: keys.Shard, keys_: list[str], args: list[bytes | str]
+    ) -> tuple[list[Any], ReplicasUnconfirmedError | None]:
         """Run the flush script; with REDIS_WAIT_REPLICAS, then WAIT on the same connection for the replicas.
 
-        Raises:
-            ReplicasUnconfirmedError: the script ran, but fewer replicas than asked confirmed it in time.
+        Returns the script's reply, and the error for the requests it queued when fewer replicas than asked
+        confirmed the write in time (None when they did, or when none are asked for).
         """
         # On a cluster the flush goes to the node that holds the shard's slot, through a client of that node only:
         # the cluster client would send it again after a timeout (the script may have run), and WAIT counts the
         # writes of its own connection. A node that no longer holds the slot answers MOVED: nothing ran.
         client = self._node_client(shard) if is_cluster(self._redis) else self._redis
         if not self.wait_replicas:
-            return cast(list[Any], await self._flush(keys=keys_, args=args, client=client))
-        async with client.pipeline(transaction=False) as pipe:
-            await self._flush(keys=keys_, args=args, client=pipe)
-            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
-            reply, acknowledged = await pipe.execute()
-        if acknowledged < self.wait_replicas:
-            raise ReplicasUnconfirmedError(
-                f"Redis applied the write, but {acknowledged} of the REDIS_WAIT_REPLICAS={self.wait_replicas} "
-                "replicas confirmed it within REDIS_TIMEOUT_SECONDS: a failover now could lose it"
-            )
-        return cast(list[Any], reply)
+            return cast(list[Any], await self._flush(keys=keys_, args=args, client=client)), None
+        if id(client) not in self._loaded_on:  # once per client: a NOSCRIPT would also cost the WAIT's whole wait
+            await client.script_load(FLUSH)
+            self._loaded_on.add(id(client))
+        for attempt in (1, 2):
+            try:
+                # EVALSHA by hand: a Script in a pipeline costs a SCRIPT EXISTS round trip before every flush
+                async with client.pipeline(transaction=False) as pipe:
+                    pipe.execute_command("EVALSHA", self._flush.sha, len(keys_), *keys_, *args)
+                    pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+                    reply, acknowledged = await pipe.execute()
+                break
+            except NoScriptError:  # the script did not run (Redis restarted since): load it again, once
+                if attempt == 2:
+                    raise
+                await client.script_load(FLUSH)
+        if acknowledged >= self.wait_replicas:
+            return cast(list[Any], reply), None
+        return cast(list[Any], reply), ReplicasUnconfirmedError(
+            f"Redis applied the write, but {acknowledged} of the REDIS_WAIT_REPLICAS={self.wait_replicas} "
+            "replicas confirmed it within half of REDIS_TIMEOUT_SECONDS: a failover now could lose it"
+        )
 
     def _node_client(self, shard: keys.Shard) -> Redis:
         """A plain client of the cluster node that holds the shard's slot now (one per node, kept)."""
@@ -457,18 +474,25 @@ class RedisWriter:
             with contextlib.suppress(Exception):  # the next command tries again anyway
                 await cast(RedisCluster, self._redis).nodes_manager.initialize()
 
-    def _settle_all(self, batch: list[_PendingWrite], reply: list[Any]) -> None:
-        """Tell each write of a flush how it went, from the script's reply."""
+    def _settle_all(
+        self, batch: list[_PendingWrite], reply: list[Any], unconfirmed: ReplicasUnconfirmedError | None = None
+    ) -> None:
+        """Tell each write of a flush how it went, from the script's reply.
+
+        With `unconfirmed`, the requests the script queued get it instead (replays and refusals are told as usual).
+        """
         if len(reply) == 2:  # every request queued: no record found, none rate-limited
             for item in batch:
-                self._settle(item, _QUEUED)
+                self._settle(item, _QUEUED if unconfirmed is None else unconfirmed)
             return
         after_records = 2 + 2 * reply[1]
         found = {reply[n]: reply[n + 1] for n in range(2, after_records, 2)}
         rates = {reply[n]: (reply[n + 1] == 1, reply[n + 2], reply[n + 3]) for n in range(after_records, len(reply), 4)}
         for position, item in enumerate(batch, 1):
             record, rate = found.get(position), rates.get(position)
-            if rate is None:
+            if unconfirmed is not None and record is None and (rate is None or rate[0]):
+                self._settle(item, unconfirmed)  # queued, but on the primary only
+            elif rate is None:
                 self._settle(item, _QUEUED if record is None else Written(record))
             else:
                 assert item.rate_limit is not None

@@ -384,3 +384,28 @@ async def test_the_group_commit_reaches_a_cluster_that_wants_a_password(
         await client.aclose()
     finally:
         cluster.stop()
+
+
+async def test_with_wait_replicas_short_a_refused_or_replayed_request_is_still_told_so(
+    settings: Settings, redis: Redis, engine: AsyncEngine, tenant: Tenant
+) -> None:
+    waiting = settings.model_copy(update={"redis_wait_replicas": 1, "redis_timeout_seconds": 0.3})
+    app = create_app(waiting)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=tenant.headers) as client:
+            keyed = {"Idempotency-Key": "unconfirmed"}
+            first = await client.post(f"{BASE}/", json=BRIEF_EXAMPLE, headers=keyed)
+            replay = await client.post(f"{BASE}/", json=BRIEF_EXAMPLE, headers=keyed)
+            await ratelimits.set_rate_limit(engine, redis, tenant.service_id, 1)
+            limited = create_app(waiting)  # a fresh process: the limit is read at once
+            async with limited.router.lifespan_context(limited):
+                other = httpx.ASGITransport(app=limited)
+                async with httpx.AsyncClient(transport=other, base_url="http://t", headers=tenant.headers) as http:
+                    queued_once = await http.post(f"{BASE}/", json=BRIEF_EXAMPLE)
+                    refused = await http.post(f"{BASE}/", json=BRIEF_EXAMPLE)
+
+    assert first.status_code == 503  # queued, on the primary only
+    assert (replay.status_code, replay.headers.get("idempotent-replayed")) == (201, "true")  # the record is found
+    assert queued_once.status_code == 503
+    assert refused.status_code == 429  # nothing was queued: the 429, not "perhaps queued"
