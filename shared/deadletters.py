@@ -36,10 +36,11 @@ async def list_dead_letters(redis: Redis, count: int = 100, layout: keys.Layout 
 
 
 # Move dead letter ARGV[1] from KEYS[2] back to the stream KEYS[1] (payload ARGV[2], request id ARGV[3]), atomically
-# (one shard: both keys share its hash tag).
+# (one shard: both keys share its hash tag); a letter another replay moved already is not queued again.
 MOVE_BACK = f"""
+if redis.call('XDEL', KEYS[2], ARGV[1]) == 0 then return 0 end
 redis.call('XADD', KEYS[1], '*', '{keys.STREAM_FIELD.decode()}', ARGV[2], '{keys.REQUEST_ID_FIELD.decode()}', ARGV[3])
-return redis.call('XDEL', KEYS[2], ARGV[1])
+return 1
 """
 
 

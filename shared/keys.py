@@ -40,7 +40,7 @@ CACHE_PREFIX = "notify:r:"
 
 def cache_key(service_id: str, notification_id: str) -> str:
     """Return the cache key of the request a notification of a service came in (one stream on a plain Redis)."""
-    return layout().shard_of_id(notification_id).request_key(service_id, stem_and_index(notification_id)[0])
+    return layout().shard_of_id(notification_id).cache_key(service_id, notification_id)
 
 
 #: Entries the drain could not decode or store, each with `entry` (original id), `payload` and `error`.
@@ -112,6 +112,10 @@ class Shard:
     def request_key(self, service_id: str, stem: str) -> str:
         """Return the cache key of a service's request, by the stem its notification ids share."""
         return f"{self._request_prefix}{service_id}:{stem}"
+
+    def cache_key(self, service_id: str, notification_id: str) -> str:
+        """Return the cache key of the request a notification of a service came in."""
+        return self.request_key(service_id, stem_and_index(notification_id)[0])
 
     def idempotency_key(self, service_id: str, key: str) -> str:
         """Return the key of a service's idempotency record for an Idempotency-Key (hashed: any length, no `:`).

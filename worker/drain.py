@@ -33,7 +33,6 @@ from shared import keys, partitions, queries
 from shared.backlog import read_backlog
 from shared.codec import NotificationDoc, decode_entry
 from shared.heap import collector_paused
-from shared.ids import stem_and_index
 from shared.metrics import (
     BACKLOG,
     BACKLOG_BY_SHARD,
@@ -339,9 +338,7 @@ class Drain:
             try:
                 docs = decode_entry(payload)
                 cache_key = fetched.cache_key or (
-                    self.shard.request_key(str(docs[0]["service_id"]), stem_and_index(str(docs[0]["id"]))[0])
-                    if docs
-                    else None
+                    self.shard.cache_key(str(docs[0]["service_id"]), str(docs[0]["id"])) if docs else None
                 )
                 # one request's ids share their millisecond: its first and last id name its day(s)
                 days = {partitions.day_of(docs[0]["id"]), partitions.day_of(docs[-1]["id"])} if docs else set()

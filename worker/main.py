@@ -61,7 +61,10 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     for drain in drains:
         drain.stopping.set()
     try:
-        await asyncio.wait_for(asyncio.gather(*tasks), SHUTDOWN_GRACE_SECONDS)
+        # every drain gets its grace, even if another's task failed (its entries stay pending for another worker)
+        for failed in await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), SHUTDOWN_GRACE_SECONDS):
+            if isinstance(failed, BaseException):
+                logger.error("a drain failed: %r", failed)
     except TimeoutError:
         logger.warning(
             "drain did not finish in %.0fs; its batch stays pending for another worker",

@@ -60,7 +60,7 @@ async def ready(
     report: dict[str, Any] = {"redis": "ok", "postgres": "ok", "anonymous_service": settings.anonymous_service}
 
     async def probe_redis() -> None:
-        backlog = await read_backlog(redis, request.app.state.writer.layout)
+        backlog = await read_backlog(redis, writer.layout)
         report["backlog_entries"] = backlog.entries
         if len(backlog.by_shard) > 1:
             report["backlog_entries_by_shard"] = list(backlog.by_shard)
