@@ -52,7 +52,9 @@ class Servers:
 
 
 #: TEST_REDIS_CLUSTER=1: the suite's `settings`, `redis` and the app run on a local Redis Cluster of 3 primaries
-#: with 3 stream shards (`make test` runs the core modules so, after the whole suite on one Redis).
+#: with TEST_STREAM_SHARDS stream shards, 1 by default: the rate-limit tests count exactly, and N shards' buckets
+#: admit up to N times a limit (`make test` runs the core modules so, after the whole suite on one Redis; several
+#: shards on a cluster are tests/test_cluster.py's).
 ON_CLUSTER = os.environ.get("TEST_REDIS_CLUSTER") == "1"
 #: The stream shards of the cluster run.
 CLUSTER_SHARDS = int(os.environ.get("TEST_STREAM_SHARDS", "1"))

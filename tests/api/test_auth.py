@@ -18,7 +18,7 @@ from shared.embedded import free_port
 from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
 from shared.secretbox import SecretBox
 from shared.settings import Settings
-from tests.conftest import TEST_SECRET_KEY, Tenant, drain_all, insert_legacy_key, make_tenant
+from tests.conftest import TEST_SECRET_KEY, Tenant, drain_all, insert_legacy_key, make_tenant, queued
 from worker.drain import Drain
 
 BASE = "/notifications/v1"
@@ -43,7 +43,7 @@ ANY_ID = "0190b8a4-6c1e-7000-8000-000000000000"
     ids=["none", "made-up", "basic", "empty"],
 )
 async def test_notification_routes_need_a_valid_key(
-    anonymous: httpx.AsyncClient, redis: Redis, method: str, path: str, authorization: str | None
+    anonymous: httpx.AsyncClient, redis: Redis, settings: Settings, method: str, path: str, authorization: str | None
 ) -> None:
     headers = {"Authorization": authorization} if authorization else {}
     body = [{"to": "me"}] if path.endswith("multiple") else {"to": "me"}
@@ -53,7 +53,7 @@ async def test_notification_routes_need_a_valid_key(
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
     assert "key" in response.json()["detail"]
-    assert await redis.exists(keys.STREAM) == 0
+    assert await queued(redis, settings) == 0
 
 
 async def test_revoked_key_is_refused(anonymous: httpx.AsyncClient, app: FastAPI, tenant: Tenant) -> None:
