@@ -302,15 +302,9 @@ async def _notify_validation_error(request: Request, exc: Exception) -> Response
     return notify_errors_response(exc.status_code, [(exc.error, message) for message in exc.messages])
 
 
-def notify_error_response(status_code: int, error: str, message: str) -> Response:
-    """Return an error in GOV.UK Notify's shape, which its clients read (`message` of their `HTTPError`)."""
-    body = {"status_code": status_code, "errors": [{"error": error, "message": message}]}
-    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
-
-
 async def _notify_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, NotifyError)
-    return notify_error_response(exc.status_code, exc.error, exc.message)
+    return notify_errors_response(exc.status_code, [(exc.error, exc.message)])
 
 
 async def _unavailable(request: Request, exc: Exception) -> Response:

@@ -82,12 +82,6 @@ class NotifySend:
         return self.personalisation
 
 
-def _json_type(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), "number"
-    )
-
-
 def _shown(value: Any) -> str:
     """A value as Notify's messages show it (`5 is not of type object`), cut short."""
     shown = value if isinstance(value, str) else orjson.dumps(value).decode()
