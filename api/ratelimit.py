@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api.auth import KeyCache
 from api.writer import RateState
 from shared import ratelimits
 
@@ -47,34 +48,26 @@ class RateLimits:
         self.default = default_per_minute
         self.ttl = ttl_seconds
         self.max_entries = max_entries
-        self._limits: OrderedDict[int, tuple[int, float]] = OrderedDict()  # UUID.int → (limit, expiry)
+        self._limits = KeyCache[int, int](ttl_seconds, max_entries)  # UUID.int (hashed in C) → limit
         #: (service, shard) → (monotonic time, the most tokens its bucket can have held then, capacity, refill/min)
         self._known: OrderedDict[tuple[int, int], tuple[float, float, int, float]] = OrderedDict()
 
     def known_limit(self, service_id: UUID) -> int | None:
         """Return the service's limit if this process knows it (for AUTH_CACHE_SECONDS), else None: no await."""
-        known = self._limits.get(service_id.int)  # an int hashes in C; a UUID's __hash__ is Python
-        if known is not None and known[1] >= time.monotonic():
-            return known[0]
-        return None
+        return self._limits.get(service_id.int)[1]
 
     async def limit_for(self, service_id: UUID) -> int:
         """Return the service's limit in notifications per minute (0: unlimited), asking Redis if not known."""
         known = self.known_limit(service_id)
         if known is not None:
             return known
-        now = time.monotonic()
         try:
             own = await ratelimits.own_rate_limit(self._engine, self._redis, service_id)
         except SQLAlchemyError as exc:  # Redis lost the limits and Postgres cannot give them: accept on the default
             logger.warning("rate limits unknown (%r): the default applies to service %s for now", exc, service_id)
             own = None
         limit = self.default if own is None else own
-        if self.ttl > 0:
-            self._limits[service_id.int] = (limit, now + self.ttl)
-            self._limits.move_to_end(service_id.int)
-            while len(self._limits) > self.max_entries:
-                self._limits.popitem(last=False)
+        self._limits.put(service_id.int, limit)
         return limit
 
     def knows(self, service_id: UUID, shard: int = 0) -> bool:

@@ -194,11 +194,7 @@ class RateLimit:
     #: Notifications in the request.
     cost: int
     #: Tokens the bucket gains per minute: the limit, shared out over the shards (each has a bucket of its own).
-    refill_per_minute: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not self.refill_per_minute:
-            self.refill_per_minute = self.per_minute
+    refill_per_minute: float
 
 
 @dataclass(slots=True, frozen=True)
