@@ -42,7 +42,7 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-loadtest: install  ## locust, the brief's settings (60 users, 10/s, 30 s), against a running `make run`
+loadtest: install  ## locust, the brief's settings (60 users, 10/s, 30 s), against a running `make run` (or PORT, API_URL); figures in .data/loadtest/ (ARGS=--record: loadtest/results/)
 	$(BIN)/python -m loadtest.run_locust $(ARGS)
 
 bench: install  ## the service vs the naive and direct baselines, its sustained rates, again with 2 ms added to Postgres, then the app on a local Redis Cluster (WAIT 0 and 1) beside a single Redis

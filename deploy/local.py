@@ -2,7 +2,9 @@
 
 Starts an embedded PostgreSQL and Redis (data in `.data/`) unless DATABASE_URL / REDIS_URL are set, applies
 the migrations, then runs the API (uvicorn) and WORKERS drain workers (arq) as child processes. The ADMIN_TOKEN and
-the SECRET_KEY, unless set, are made once and kept in `.data/`.
+the SECRET_KEY, unless set, are made once and kept in `.data/`. While it runs, `.data/servers.env` names its
+servers, its API's URL and its SECRET_KEY's file (`shared.run_data`), where the CLI and `make loadtest` find them.
+The workers serve their metrics on HOST (WORKER_METRICS_HOST), as the API does, not on every interface.
 
 It uses only what is its own, so that two checkouts can run side by side (`PORT=` for the second API): an
 embedded server whose default port (55432, 56379) another process holds goes to a free port instead, and says so;
@@ -27,6 +29,7 @@ from shared.cli import DEV_SERVICE
 from shared.embedded import DataFolderInUse, EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError, PortInUse
 from shared.lifetime import die_with_parent
 from shared.local_server import port_is_free
+from shared.run_data import SERVERS_ENV, write_running
 from shared.secretbox import new_secret_key
 from shared.settings import get_settings
 
@@ -42,6 +45,15 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _reachable(host: str) -> str:
+    """The address a client on this machine reaches a server bound to `host` at, bracketed if IPv6."""
+    if host in ("0.0.0.0", ""):  # every interface: loopback among them
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 def _bin(name: str) -> str:
@@ -122,16 +134,23 @@ def main() -> int | str:
             env["REDIS_URL"] = redis.url
             print(f"embedded Redis: {redis.url} (AOF always, data in {redis.datadir})", flush=True)
 
-        # where `make loadtest` finds this stack's servers (the embedded ones may not be on their default ports)
-        urls = {name: env.get(name) or getattr(settings, name.lower()) for name in ("DATABASE_URL", "REDIS_URL")}
         data.mkdir(parents=True, exist_ok=True)
-        (data / "servers.env").write_text("".join(f"{name}={url}\n" for name, url in urls.items()))
         dies_with_us = die_with_parent(signal.SIGTERM)
         subprocess.run([_bin("alembic"), "upgrade", "head"], env=env, cwd=ROOT, check=True, preexec_fn=dies_with_us)
         if not settings.admin_token:
             env["ADMIN_TOKEN"] = _saved_secret(data / "admin-token")
         if not settings.secret_key:  # seals the API keys' secrets: losing it makes every key unusable for JWTs
             env["SECRET_KEY"] = _saved_secret(data / "secret-key", new_secret_key)
+        if "WORKER_METRICS_HOST" not in env:  # the workers' metrics on the API's interface, not on every one
+            env["WORKER_METRICS_HOST"] = args.host
+        # where the CLI and `make loadtest` find this stack (the embedded servers may not be on their default ports)
+        running = {
+            name: env.get(name) or getattr(settings, name.lower()) or "" for name in ("DATABASE_URL", "REDIS_URL")
+        }
+        running["API_URL"] = f"http://{_reachable(args.host)}:{args.port}"
+        if not settings.secret_key:
+            running["SECRET_KEY_FILE"] = str(data / "secret-key")
+        write_running(data, running)
         dev_key = subprocess.run(
             [sys.executable, "-m", "shared.cli", "dev-key", "--file", str(data / "dev-api-key")],
             env=env,
@@ -152,9 +171,16 @@ def main() -> int | str:
         admin = (
             "as set in ADMIN_TOKEN" if settings.admin_token else f"{env['ADMIN_TOKEN']}  (in {data / 'admin-token'})"
         )
+        metrics = (
+            f"worker metrics on http://{env['WORKER_METRICS_HOST']}:{settings.worker_metrics_port}/metrics "
+            "(WORKER_METRICS_PORT; the first worker's)"
+            if settings.worker_metrics_port
+            else "worker metrics: off (WORKER_METRICS_PORT=0)"
+        )
         sealing = "as set in SECRET_KEY" if settings.secret_key else f"in {data / 'secret-key'}"
         print(
             f"API on http://{args.host}:{args.port} (docs at /docs), {args.workers} worker(s); Ctrl-C stops\n"
+            f"{metrics}\n"
             f"API key of the `development` service: {dev_key}  (in {data / 'dev-api-key'})\n"
             f"admin token: {admin}\n"
             f"SECRET_KEY (seals the API keys' secrets): {sealing}",
@@ -184,7 +210,7 @@ def main() -> int | str:
                 child.kill()
         for server in reversed(servers):
             server.stop()
-        (data / "servers.env").unlink(missing_ok=True)
+        (data / SERVERS_ENV).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

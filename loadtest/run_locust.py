@@ -2,9 +2,12 @@
 
     .venv/bin/python -m loadtest.run_locust --scenario single --users 60 --spawn-rate 10 --run-time 30s
     .venv/bin/python -m loadtest.run_locust --scenario mixed --host http://127.0.0.1:8000
+    PORT=8300 make loadtest ARGS=--record      # a `make run` on port 8300; the figures kept in loadtest/results/
 
 Scenarios: single, multiple, heartbeat, post_get, unknown, invalid (one user class of loadtest/locustfile.py
-each) and mixed (all of them, by their class weights). Besides locust's figures (requests, failures, requests/s,
+each) and mixed (all of them, by their class weights). The service is the one at --host, else API_URL, else HOST
+and PORT (as `make run` takes them), else the running `make run`'s API, else http://127.0.0.1:8000. Besides
+locust's figures (requests, failures, requests/s,
 average, p95 and max response time, from its stats CSV), it reads the service's own servers — Postgres at
 DATABASE_URL and Redis at REDIS_URL, else those of the running `make run` (it writes them to .data/servers.env: an
 embedded server whose default port was taken is elsewhere), else postgresql://postgres@127.0.0.1:55432/postgres
@@ -16,8 +19,10 @@ and redis://127.0.0.1:56379/0:
 - notifications_accepted: successful single POSTs x1 plus successful /multiple POSTs x100.
 
 A backlog left from earlier is drained (up to 30 s) before the run starts. Appends one row to
-loadtest/results/locust.csv, keeps locust's CSVs in loadtest/results/locust/<UTC time>_<scenario>_*.csv and
-prints the row as a markdown table. Exits with locust's exit code (1 when a request failed).
+.data/loadtest/locust.csv, keeps locust's CSVs in .data/loadtest/locust/<UTC time>_<scenario>_*.csv (ignored by
+git: a run leaves the checkout clean) and prints the row as a markdown table; with --record, to the tracked
+loadtest/results/locust.csv and loadtest/results/locust/ instead. Exits with locust's exit code (1 when a request
+failed).
 """
 
 import argparse
@@ -26,6 +31,7 @@ import csv
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,16 +41,17 @@ import httpx
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from shared import keys
+from shared import keys, run_data
 
 HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "locustfile.py"
-RESULTS = HERE / "results" / "locust.csv"
-LOCUST_CSV_DIR = HERE / "results" / "locust"
+#: Where --record keeps the figures (tracked), and where a run keeps them otherwise (ignored).
+RECORDED = HERE / "results"
+UNRECORDED = run_data.DATA / "loadtest"
+RESULTS_CSV = "locust.csv"
+LOCUST_CSV_DIR = "locust"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:55432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:56379/0"
-#: The URLs of the running `make run`'s servers.
-SERVERS_ENV = HERE.parent / ".data" / "servers.env"
 DRAIN_WAIT_SECONDS = 30.0
 POLL_SECONDS = 0.01
 
@@ -179,30 +186,49 @@ def markdown(rows: list[dict[str, object]], fields: list[str]) -> str:
     return "\n".join(lines)
 
 
+def service_url(environ: Mapping[str, str], running: Mapping[str, str]) -> str:
+    """The service's URL: API_URL, else HOST and PORT (as `make run` reads them), else the running `make run`'s."""
+    if environ.get("API_URL"):
+        return environ["API_URL"].rstrip("/")
+    if environ.get("HOST") or environ.get("PORT"):
+        return f"http://{environ.get('HOST') or '127.0.0.1'}:{environ.get('PORT') or 8000}"
+    return running.get("API_URL") or "http://127.0.0.1:8000"
+
+
+def _shown(path: Path) -> Path:
+    return path.relative_to(HERE.parent) if path.is_relative_to(HERE.parent) else path
+
+
 def main() -> int:
     """Parse arguments, run locust, record and print the figures; return locust's exit code."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=60)
     parser.add_argument("--spawn-rate", type=float, default=10)
     parser.add_argument("--run-time", default="30s")
-    parser.add_argument("--host", default="http://127.0.0.1:8000")
+    parser.add_argument("--host", help="the service's URL (default: API_URL, HOST and PORT, the running `make run`)")
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="single")
+    parser.add_argument(
+        "--record", action="store_true", help="keep the figures in the tracked loadtest/results/ (else .data/loadtest/)"
+    )
     args = parser.parse_args()
 
+    running = run_data.read_running()
+    host = args.host or service_url(os.environ, running)
     try:
-        httpx.get(f"{args.host}/status/heartbeat", timeout=5).raise_for_status()
+        httpx.get(f"{host}/status/heartbeat", timeout=5).raise_for_status()
     except httpx.HTTPError as error:
-        sys.exit(f"the service does not answer at {args.host} ({error}); start it with `make run`")
-    running = dict(line.split("=", 1) for line in SERVERS_ENV.read_text().split()) if SERVERS_ENV.exists() else {}
+        sys.exit(f"the service does not answer at {host} ({error}); start it with `make run`, or set --host or PORT")
     database_url = os.environ.get("DATABASE_URL") or running.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     database_url = database_url.replace("+asyncpg", "")
     redis_url = os.environ.get("REDIS_URL") or running.get("REDIS_URL") or DEFAULT_REDIS_URL
 
     when = datetime.now(UTC)
-    prefix = LOCUST_CSV_DIR / f"{when:%Y%m%dT%H%M%SZ}_{args.scenario}"
+    folder = RECORDED if args.record else UNRECORDED
+    results = folder / RESULTS_CSV
+    prefix = folder / LOCUST_CSV_DIR / f"{when:%Y%m%dT%H%M%SZ}_{args.scenario}"
     prefix.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(args.users)]
-    command += ["-r", str(args.spawn_rate), "-t", args.run_time, "--host", args.host, "--csv", str(prefix)]
+    command += ["-r", str(args.spawn_rate), "-t", args.run_time, "--host", host, "--csv", str(prefix)]
     command += ["--only-summary", *SCENARIOS[args.scenario]]
     server = asyncio.run(run_measured(command, database_url, redis_url))
 
@@ -228,8 +254,8 @@ def main() -> int:
         "stored_per_s": round(server.stored / server.window_seconds) if server.window_seconds > 0 else 0,
         "backlog_at_end": server.backlog_at_end,
     }
-    new = not RESULTS.exists()
-    with RESULTS.open("a", newline="") as out:
+    new = not results.exists()
+    with results.open("a", newline="") as out:
         writer = csv.DictWriter(out, fieldnames=FIELDS)
         if new:
             writer.writeheader()
@@ -245,7 +271,7 @@ def main() -> int:
     print(
         f"stored: {server.stored} notifications in {server.window_seconds:.3f}s, from the first accepted request "
         f"until {until}; {server.stored_at_stop} of them by the time locust exited. "
-        f"Row appended to {RESULTS.relative_to(HERE.parent)}, locust's CSVs: {prefix.relative_to(HERE.parent)}_*.csv"
+        f"Row appended to {_shown(results)}, locust's CSVs: {_shown(prefix)}_*.csv"
     )
     return server.exit_code
 

@@ -13,13 +13,17 @@
     python -m shared.cli partitions list                 # day partitions of notifications: name, range, ~rows
     python -m shared.cli partitions maintain             # make the coming days' partitions, drop expired ones
 
-Connects to DATABASE_URL and REDIS_URL; creating keys needs SECRET_KEY too.
+Connects to DATABASE_URL and REDIS_URL; creating keys needs SECRET_KEY too. Beside a running `make run` of the
+same checkout (run from its folder), whatever of these is not set is taken from it (`.data/servers.env`, its
+`.data/secret-key`), and a line on stderr says so; a setting still missing is one line on stderr and exit code 2.
 """
 
 import argparse
 import asyncio
+import contextlib
+import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -28,7 +32,7 @@ from redis.asyncio import Redis
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import deadletters, keys, partitions, ratelimits, redis_client, tenancy
+from shared import deadletters, keys, partitions, ratelimits, redis_client, run_data, tenancy
 from shared.db import create_engine
 from shared.schemas import MAX_RATE_LIMIT
 from shared.secretbox import NO_SECRET_KEY, InvalidToken, SecretBox, secret_box
@@ -42,11 +46,37 @@ def _row(row: Any) -> str:
     return "  ".join(f"{key}={value}" for key, value in row._mapping.items() if key not in hidden)
 
 
+#: Exit code of a command that cannot run for a missing setting (as argparse's for a wrong command line).
+MISSING_SETTING = 2
+_NO_MAKE_RUN = "or start `make run` in this checkout and run this from its folder"
+
+
+class MissingSettingError(Exception):
+    """A setting the command needs is neither set nor known from a running `make run`."""
+
+
 def _secret_box() -> SecretBox:
     box = secret_box(get_settings().secret_key)
     if box is None:
-        raise SystemExit(NO_SECRET_KEY)
+        raise MissingSettingError(f"{NO_SECRET_KEY}, {_NO_MAKE_RUN}")
     return box
+
+
+def settings_from_make_run(environ: MutableMapping[str, str], data: Path = run_data.DATA) -> list[str]:
+    """Fill DATABASE_URL, REDIS_URL and SECRET_KEY that `environ` lacks from the running `make run` of `data`.
+
+    A variable set, even empty, is left as it is. Returns the names filled (none when no `make run` runs there).
+    """
+    running = run_data.read_running(data)
+    found = {name: running.get(name, "") for name in ("DATABASE_URL", "REDIS_URL")}
+    secret_file = running.get("SECRET_KEY_FILE")
+    if secret_file:
+        with contextlib.suppress(OSError):  # gone since: as if no SECRET_KEY were known
+            found["SECRET_KEY"] = Path(secret_file).read_text().strip()
+    filled = [name for name, value in found.items() if value and name not in environ]
+    for name in filled:
+        environ[name] = found[name]
+    return filled
 
 
 async def _services_create(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
@@ -224,6 +254,9 @@ def parser() -> argparse.ArgumentParser:
 
 async def _main(args: argparse.Namespace) -> int:
     settings = get_settings()
+    for name, value in (("DATABASE_URL", settings.database_url), ("REDIS_URL", settings.redis_url)):
+        if not value:
+            raise MissingSettingError(f"{name} is not set: set it, {_NO_MAKE_RUN}")
     engine = create_engine(settings.require_database_url(), pool_size=1)
     redis = redis_client.connect(settings)
     try:
@@ -236,7 +269,18 @@ async def _main(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return the exit code."""
-    return asyncio.run(_main(parser().parse_args(argv)))
+    args = parser().parse_args(argv)
+    filled = settings_from_make_run(os.environ)
+    if filled:
+        get_settings.cache_clear()
+        print(
+            f"{', '.join(filled)} from the running `make run` ({run_data.DATA / run_data.SERVERS_ENV})", file=sys.stderr
+        )
+    try:
+        return asyncio.run(_main(args))
+    except MissingSettingError as error:
+        print(error, file=sys.stderr)
+        return MISSING_SETTING
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ class Settings(BaseSettings):
 
     # Operations.
     worker_metrics_port: int = Field(9100, ge=0, le=65535)
+    worker_metrics_host: str = "0.0.0.0"  # for a container's scraper; `make run` sets its HOST (loopback)
     access_log: bool = True
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"

@@ -103,3 +103,13 @@ def test_stats_csv_is_read_and_notifications_counted(tmp_path: Path) -> None:
     assert rows[0].p95_ms == 12.0
     assert rows[3].p95_ms is None
     assert run_locust.notifications_accepted(rows) == 9 * 1 + 3 * 100  # successful POSTs only, not the invalid ones
+
+
+def test_make_loadtest_finds_the_service_as_make_run_was_told() -> None:
+    running = {"API_URL": "http://127.0.0.1:8300"}
+
+    assert run_locust.service_url({"API_URL": "http://host:1/"}, running) == "http://host:1"
+    assert run_locust.service_url({"PORT": "8301"}, running) == "http://127.0.0.1:8301"
+    assert run_locust.service_url({"HOST": "0.0.0.0", "PORT": "8301"}, running) == "http://0.0.0.0:8301"
+    assert run_locust.service_url({}, running) == "http://127.0.0.1:8300"
+    assert run_locust.service_url({}, {}) == "http://127.0.0.1:8000"

@@ -39,9 +39,11 @@ async def startup(ctx: dict[str, Any]) -> None:
     engine = create_engine(settings.require_database_url(), settings.db_pool_size)
     if settings.worker_metrics_port:
         try:
-            start_http_server(settings.worker_metrics_port)
+            start_http_server(settings.worker_metrics_port, settings.worker_metrics_host)
         except OSError as exc:  # several workers on one host (make run WORKERS=4): only the first serves
-            logger.warning("metrics not served on port %d: %s", settings.worker_metrics_port, exc)
+            logger.warning(
+                "metrics not served on %s port %d: %s", settings.worker_metrics_host, settings.worker_metrics_port, exc
+            )
     consumer = consumer_name()
     # one drain per shard, side by side: each blocks on its own stream only, so the worker idles only when all are
     # empty, and no shard waits for another's batch

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -39,16 +40,18 @@ UNSET = (
 class Launcher:
     """One `make run`: `python -m deploy.local --data <folder> --port <port>`, its output in a file."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, data: str = "data", **settings: str) -> None:
         self.folder = folder
+        self.data = folder / data
         self.port = free_port()
         self.output = folder / "output.log"
         env = {name: value for name, value in os.environ.items() if name not in UNSET}
         env.update(WORKER_METRICS_PORT="0", LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT))
+        env.update(settings)
         folder.mkdir(parents=True)
         with self.output.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "deploy.local", "--data", str(folder / "data"), "--port", str(self.port)],
+                [sys.executable, "-m", "deploy.local", "--data", str(self.data), "--port", str(self.port)],
                 cwd=ROOT,
                 env=env,
                 stdout=out,
@@ -83,7 +86,7 @@ class Launcher:
     @property
     def headers(self) -> dict[str, str]:
         """The development key's Authorization header."""
-        return {"Authorization": f"Bearer {(self.folder / 'data' / 'dev-api-key').read_text().strip()}"}
+        return {"Authorization": f"Bearer {(self.data / 'dev-api-key').read_text().strip()}"}
 
     def descendants(self) -> list[psutil.Process]:
         """Every process the launcher started (and theirs), servers included."""
@@ -93,6 +96,12 @@ class Launcher:
         """SIGKILL the launcher alone: it cannot stop anything itself."""
         self.process.kill()
         self.process.wait()
+
+    def stop(self) -> None:
+        """Stop the launcher as Ctrl-C would, if it still runs."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=60)
 
 
 def _post_and_get(launcher: Launcher, headers: dict[str, str]) -> tuple[int, int]:
@@ -196,3 +205,92 @@ def test_a_taken_default_embedded_port_moves_to_a_free_one_and_says_so(
         assert f"port {default} is in use by another process: Redis on {server.port} instead" in capsys.readouterr().out
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def beside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
+    """A `make run` of a checkout (its folder's `.data`), its workers' metrics on a port of their own."""
+    launcher = Launcher(tmp_path_factory.mktemp("checkout") / "clone", ".data", WORKER_METRICS_PORT=str(free_port()))
+    try:
+        launcher.wait_ready()
+        yield launcher
+    finally:
+        launcher.stop()
+
+
+def _clean_env() -> dict[str, str]:
+    """A user's shell with none of the service's settings, as after a fresh clone."""
+    env = {name: value for name, value in os.environ.items() if name not in UNSET}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def test_the_cli_beside_make_run_takes_its_servers_and_secret_key_and_says_so(beside: Launcher) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "shared.cli", *args],
+            cwd=beside.folder,  # the checkout's folder, as the README runs it
+            env=_clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    created = cli("services", "create", "newsletter")
+    assert created.returncode == 0, created.stderr
+    assert created.stderr.splitlines() == [
+        "DATABASE_URL, REDIS_URL, SECRET_KEY from the running `make run` (.data/servers.env)"
+    ]
+    service_id = re.search(r"id=(\S+)", created.stdout).group(1)  # type: ignore[union-attr]
+    key = cli("keys", "create", service_id, "production")
+    assert key.returncode == 0, key.stderr
+    secret = re.search(r"key=(\S+)", key.stdout).group(1)  # type: ignore[union-attr]
+    sent = httpx.post(
+        f"{beside.api}/notifications/v1/", json={"to": "cli"}, headers={"Authorization": f"Bearer {secret}"}
+    )
+    assert sent.status_code == 201, sent.text  # the key is the running API's: same servers, same SECRET_KEY
+
+
+def test_under_make_run_the_workers_metrics_listen_on_loopback_only(beside: Launcher) -> None:
+    port = int(re.search(r"worker metrics on http://127\.0\.0\.1:(\d+)/metrics", beside.output.read_text()).group(1))  # type: ignore[union-attr]
+    deadline = time.monotonic() + 120
+    listening: list[str] = []
+    while not listening and time.monotonic() < deadline:
+        for process in beside.descendants():
+            try:
+                connections = process.net_connections("inet")
+            except psutil.Error:
+                continue
+            listening += [c.laddr.ip for c in connections if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+        time.sleep(0.2)
+    assert listening == ["127.0.0.1"], beside.output.read_text()
+    assert "# TYPE" in httpx.get(f"http://127.0.0.1:{port}/metrics").text
+
+
+def _git_status() -> str:
+    return subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_make_loadtest_finds_the_service_on_port_and_leaves_the_checkout_clean(beside: Launcher) -> None:
+    before = _git_status()
+    env = {**_clean_env(), "PORT": str(beside.port), "API_KEY": (beside.data / "dev-api-key").read_text().strip()}
+    short = ["--scenario", "heartbeat", "--users", "1", "--spawn-rate", "1", "--run-time", "2s"]
+
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtest.run_locust", *short],
+        cwd=beside.folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _git_status() == before  # nothing tracked rewritten, nothing untracked left
+    (row,) = (beside.data / "loadtest" / "locust.csv").read_text().splitlines()[1:]
+    assert ",heartbeat,1," in row
+    assert list((beside.data / "loadtest" / "locust").glob("*_heartbeat_stats.csv"))

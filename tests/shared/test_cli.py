@@ -1,5 +1,6 @@
 """The admin CLI: services and keys from the command line, against the test servers."""
 
+import os
 import re
 import subprocess
 import sys
@@ -81,10 +82,44 @@ def test_keys_cannot_be_made_without_secret_key(worker_env: dict[str, str], engi
 
     refused = cli(env, "keys", "create", service_id, "laptop")
 
-    assert refused.returncode == 1
-    assert "SECRET_KEY is not set" in refused.stderr
-    assert "Fernet.generate_key()" in refused.stderr
+    assert refused.returncode == 2
+    (line,) = refused.stderr.splitlines()  # one line, no traceback
+    assert "SECRET_KEY is not set" in line
+    assert "Fernet.generate_key()" in line
+    assert "`make run`" in line
     assert "key=" not in refused.stdout
+
+
+@pytest.mark.parametrize("left_by", [None, "a launcher that was killed"])
+def test_without_a_running_make_run_a_missing_database_url_is_one_line_and_exit_code_2(
+    tmp_path: Path, left_by: str | None
+) -> None:
+    if left_by:  # its servers.env names a process that is gone: not a running `make run`
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        (tmp_path / ".data").mkdir()
+        (tmp_path / ".data" / "servers.env").write_text(
+            f"LAUNCHER_PID={gone.pid}\nDATABASE_URL=postgresql://postgres@127.0.0.1:1/postgres\n"
+            "REDIS_URL=redis://127.0.0.1:1/0\n"
+        )
+    unset = ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")
+    env = {name: value for name, value in os.environ.items() if name not in unset}
+    env["PYTHONPATH"] = str(ROOT)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "services", "create", "newsletter"],
+        env=env,
+        cwd=tmp_path,  # a folder with no `make run`
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "DATABASE_URL is not set: set it, or start `make run` in this checkout and run this from its folder"
+    ]
 
 
 async def test_reseal_seals_every_secret_with_the_new_first_key_in_postgres_and_redis(
