@@ -61,6 +61,8 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     """Send the service's logs to stderr at `level` in `log_format` ("text" or "json").
 
     In JSON mode the loggers of uvicorn and arq, which bring handlers of their own, are routed through it too.
+    uvicorn's access line is silenced in both formats: the API's own (`api.access`, with the request's id) is the
+    one line per request, and ACCESS_LOG=false turns that off.
     """
     root = logging.getLogger()
     formatter: logging.Formatter = JsonFormatter() if log_format == "json" else TextFormatter()
@@ -69,6 +71,7 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     for handler in root.handlers:
         handler.setFormatter(formatter)
     root.setLevel(level.upper())
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)  # it logs at INFO only
     if log_format == "json":
         for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "arq", "arq.worker"):
             logger = logging.getLogger(name)
