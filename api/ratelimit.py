@@ -5,8 +5,9 @@ processes. This module gives the write path the limit of a service (its own, els
 in-process for AUTH_CACHE_SECONDS, and remembers how many tokens Redis last said the service's bucket held: a
 request that cannot fit until the bucket has refilled enough is refused here without a round trip (the bucket
 cannot hold more than it held then plus what it gained since, so this never refuses what Redis would have
-allowed). Before its body is even read, a request is refused when the bucket cannot hold a single token. A
-service flooding past its limit thus costs the other services neither Redis time nor the API's flushes.
+allowed). Before its body is even read, a single notification is refused when the bucket cannot hold one token; a
+list once its items are counted (not validated), and one larger than the whole limit is a 413 whatever the bucket
+holds. A service flooding past its limit thus costs the other services neither Redis time nor the API's flushes.
 """
 
 import logging

@@ -358,8 +358,13 @@ async def serve(
             layout.count,
         )
         shard = layout.shard_of_stem(stem)
-        # not a single token: refused before its body is read (unless it may be a retry whose first answer Redis has)
-        if idempotency_key is None and (refused := state.rate_limits.refused_before(service_id, 1, shard.index)):
+        # not a single token: refused before its body is read (unless it may be a retry whose first answer Redis has);
+        # a list is counted first, below: one larger than the whole limit is a 413 even while the bucket is empty
+        if (
+            route != MULTIPLE
+            and idempotency_key is None
+            and (refused := state.rate_limits.refused_before(service_id, 1, shard.index))
+        ):
             raise _rate_limited(refused, 1)
         raw = await read_json_body(content_type, receive, state.settings.max_body_bytes)
         if route == MULTIPLE and idempotency_key is None and state.rate_limits.knows(service_id, shard.index):

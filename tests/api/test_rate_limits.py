@@ -262,3 +262,18 @@ async def test_a_list_larger_than_the_limit_is_a_413_also_when_the_bucket_is_kno
     answer = await client.post(f"{BASE}/multiple", json=_items(12))
 
     assert answer.status_code == 413  # never fits: not a 429 whose Retry-After would never come true
+
+
+async def test_a_list_larger_than_the_limit_is_a_413_also_while_the_bucket_is_empty(
+    client: httpx.AsyncClient, engine: AsyncEngine, redis: Redis, tenant: Tenant
+) -> None:
+    await _limit(engine, redis, tenant, 10)
+    assert (await client.post(f"{BASE}/multiple", json=_items(10))).status_code == 201  # the bucket is known empty
+
+    too_large = await client.post(f"{BASE}/multiple", json=_items(12))
+    fits_later = await client.post(f"{BASE}/multiple", json=_items(2))
+    single = await client.post(f"{BASE}/", json=BRIEF_EXAMPLE)
+
+    assert too_large.status_code == 413, too_large.text  # as the README says: it never fits, whatever the bucket holds
+    assert fits_later.status_code == 429
+    assert single.status_code == 429
