@@ -1,8 +1,9 @@
 """Logging set-up shared by the API and the worker: uvicorn's `INFO:     message` look, or JSON lines.
 
 With LOG_FORMAT=json every record is one JSON object carrying, where known, the `request_id` of the HTTP request
-(from the client's `X-Request-ID` or made by the API) — the worker logs the ids of the requests it stored, so a
-notification can be followed from the API's log to the drain's.
+(from the client's `X-Request-ID` or made by the API) — the worker logs the ids of the requests it stored (in the
+text format too, at the end of its batch line), so a notification can be followed from the API's log to the
+drain's.
 """
 
 import logging
@@ -28,11 +29,18 @@ def escape_controls(text: str) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """uvicorn's look, one line per record: control characters in the message are escaped, never written raw."""
+    """uvicorn's look, one line per record: control characters in the message are escaped, never written raw.
+
+    A record that names the requests it concerns (`request_ids`: the worker's batch line) ends with them, as in JSON.
+    """
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        """Render the level and the escaped message."""
-        return f"{record.levelname + ':':<9} {escape_controls(record.message)}"
+        """Render the level and the escaped message, then the request ids if the record has them."""
+        message = record.message
+        request_ids = getattr(record, "request_ids", None)
+        if request_ids:
+            message += f" (requests {' '.join(map(str, request_ids))})"
+        return f"{record.levelname + ':':<9} {escape_controls(message)}"
 
 
 class JsonFormatter(logging.Formatter):

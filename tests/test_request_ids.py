@@ -26,6 +26,9 @@ async def test_request_id_travels_from_api_to_worker_log(
         await drain_all(drain)
     batches = [record for record in caplog.records if record.getMessage().startswith("stored 1 new")]
     assert [record.request_ids for record in batches] == [["trace-42"]]  # type: ignore[attr-defined]
+    (text,) = [TextFormatter().format(record) for record in batches]  # LOG_FORMAT=text names it too
+    assert text.endswith(" (requests trace-42)")
+    assert orjson.loads(JsonFormatter().format(batches[0]))["request_ids"] == ["trace-42"]
 
 
 @pytest.mark.parametrize("sent", [None, "", "x" * 65, "bad id with spaces", "ünïcode"])
