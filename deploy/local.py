@@ -29,7 +29,7 @@ from shared.cli import DEV_SERVICE
 from shared.embedded import DataFolderInUse, EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError, PortInUse
 from shared.lifetime import die_with_parent
 from shared.local_server import port_is_free
-from shared.run_data import SERVERS_ENV, write_running
+from shared.run_data import SECRET_KEY_FILE, SERVERS_ENV, write_running
 from shared.secretbox import new_secret_key
 from shared.settings import get_settings
 
@@ -140,7 +140,7 @@ def main() -> int | str:
         if not settings.admin_token:
             env["ADMIN_TOKEN"] = _saved_secret(data / "admin-token")
         if not settings.secret_key:  # seals the API keys' secrets: losing it makes every key unusable for JWTs
-            env["SECRET_KEY"] = _saved_secret(data / "secret-key", new_secret_key)
+            env["SECRET_KEY"] = _saved_secret(data / SECRET_KEY_FILE, new_secret_key)
         if "WORKER_METRICS_HOST" not in env:  # the workers' metrics on the API's interface, not on every one
             env["WORKER_METRICS_HOST"] = args.host
         # where the CLI and `make loadtest` find this stack (the embedded servers may not be on their default ports)
@@ -149,7 +149,7 @@ def main() -> int | str:
         }
         running["API_URL"] = f"http://{_reachable(args.host)}:{args.port}"
         if not settings.secret_key:
-            running["SECRET_KEY_FILE"] = str(data / "secret-key")
+            running["SECRET_KEY_FILE"] = str(data / SECRET_KEY_FILE)
         write_running(data, running)
         dev_key = subprocess.run(
             [sys.executable, "-m", "shared.cli", "dev-key", "--file", str(data / "dev-api-key")],
@@ -177,7 +177,7 @@ def main() -> int | str:
             if settings.worker_metrics_port
             else "worker metrics: off (WORKER_METRICS_PORT=0)"
         )
-        sealing = "as set in SECRET_KEY" if settings.secret_key else f"in {data / 'secret-key'}"
+        sealing = "as set in SECRET_KEY" if settings.secret_key else f"in {data / SECRET_KEY_FILE}"
         print(
             f"API on http://{args.host}:{args.port} (docs at /docs), {args.workers} worker(s); Ctrl-C stops\n"
             f"{metrics}\n"

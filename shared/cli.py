@@ -58,6 +58,11 @@ class MissingSettingError(Exception):
 def _secret_box() -> SecretBox:
     box = secret_box(get_settings().secret_key)
     if box is None:
+        kept = run_data.DATA / run_data.SECRET_KEY_FILE
+        if kept.exists():  # a `make run` of this checkout made one, and its keys are sealed with it
+            raise MissingSettingError(
+                f"SECRET_KEY is not set: this checkout's `make run` keeps its own in {kept}; set it, {_NO_MAKE_RUN}"
+            )
         raise MissingSettingError(f"{NO_SECRET_KEY}, {_NO_MAKE_RUN}")
     return box
 

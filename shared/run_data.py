@@ -16,12 +16,14 @@ is ignored. The tools run from the checkout (as `make` does), so `.data` is rela
 import os
 from pathlib import Path
 
-__all__ = ["DATA", "SERVERS_ENV", "read_running", "write_running"]
+__all__ = ["DATA", "SECRET_KEY_FILE", "SERVERS_ENV", "read_running", "write_running"]
 
 #: `make run`'s folder, relative to the checkout the tools run from.
 DATA = Path(".data")
 #: The file, in the data folder, naming a running launcher's servers.
 SERVERS_ENV = "servers.env"
+#: The file, in the data folder, holding the SECRET_KEY the launcher made (its API keys are sealed with it).
+SECRET_KEY_FILE = "secret-key"  # noqa: S105 - a file's name
 
 
 def write_running(data: Path, values: dict[str, str]) -> Path:

@@ -16,10 +16,10 @@ from shared.secretbox import InvalidToken, SecretBox, new_secret_key
 from tests.conftest import ROOT, Tenant, insert_legacy_key
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """Run `python -m shared.cli ARGS`."""
+def cli(env: dict[str, str], *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """Run `python -m shared.cli ARGS` in `cwd` (the checkout, whose `.data/` may hold a `make run`'s files)."""
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "shared.cli", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
     )
 
 
@@ -76,11 +76,13 @@ async def test_a_saved_dev_key_of_the_older_shape_is_replaced_by_one_that_is_als
     assert await tenancy.service_for_key(engine, redis, legacy) is not None  # not revoked: it may be in use
 
 
-def test_keys_cannot_be_made_without_secret_key(worker_env: dict[str, str], engine: object, redis: object) -> None:
+def test_keys_cannot_be_made_without_secret_key(
+    worker_env: dict[str, str], tmp_path: Path, engine: object, redis: object
+) -> None:
     service_id = re.search(r"id=(\S+)", cli(worker_env, "services", "create", "no-secret").stdout).group(1)  # type: ignore[union-attr]
     env = {**worker_env, "SECRET_KEY": ""}
 
-    refused = cli(env, "keys", "create", service_id, "laptop")
+    refused = cli(env, "keys", "create", service_id, "laptop", cwd=tmp_path)  # a folder without `make run`'s files
 
     assert refused.returncode == 2
     (line,) = refused.stderr.splitlines()  # one line, no traceback
@@ -142,3 +144,18 @@ async def test_reseal_seals_every_secret_with_the_new_first_key_in_postgres_and_
     assert registered == f"v:{stored}".encode()
     with pytest.raises(InvalidToken):
         SecretBox(worker_env["SECRET_KEY"]).open(stored)  # the old key can be dropped now
+
+
+def test_a_missing_secret_key_names_the_one_make_run_made_in_this_checkout(
+    worker_env: dict[str, str], tmp_path: Path, engine: object, redis: object
+) -> None:
+    (tmp_path / ".data").mkdir()
+    (tmp_path / ".data" / "secret-key").write_text(new_secret_key() + "\n")  # a stopped `make run`'s
+    service_id = re.search(r"id=(\S+)", cli(worker_env, "services", "create", "stopped").stdout).group(1)  # type: ignore[union-attr]
+    env = {name: value for name, value in worker_env.items() if name != "SECRET_KEY"}
+
+    refused = cli(env, "keys", "create", service_id, "laptop", cwd=tmp_path)
+
+    assert refused.returncode == 2
+    (line,) = refused.stderr.splitlines()
+    assert "SECRET_KEY is not set: this checkout's `make run` keeps its own in .data/secret-key" in line
