@@ -16,12 +16,11 @@ from collections import OrderedDict
 from uuid import UUID
 
 from redis.asyncio import Redis
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.auth import KeyCache
 from api.writer import RateState
-from shared import ratelimits
+from shared import failures, ratelimits
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +62,10 @@ class RateLimits:
             return known
         try:
             own = await ratelimits.own_rate_limit(self._engine, self._redis, service_id)
-        except SQLAlchemyError as exc:  # Redis lost the limits and Postgres cannot give them: accept on the default
+        except Exception as exc:
+            if not failures.database_unreachable(exc):
+                raise
+            # Redis lost the limits and Postgres cannot give them: accept on the default (writes never wait on Postgres)
             logger.warning("rate limits unknown (%r): the default applies to service %s for now", exc, service_id)
             own = None
         limit = self.default if own is None else own
