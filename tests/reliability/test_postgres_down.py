@@ -76,7 +76,8 @@ async def test_new_service_sends_on_every_route_while_postgres_is_down(
                 )
                 assert multiple.status_code == 201, multiple.text
                 accepted.extend(item["id"] for item in multiple.json())
-                for kind, recipient in (("email", {"email_address": "x@example.com"}), ("sms", {"phone_number": "07700900123"})):  # fmt: skip
+                recipients = {"email": {"email_address": "x@example.com"}, "sms": {"phone_number": "07700900123"}}
+                for kind, recipient in recipients.items():
                     sent = await client.post(
                         f"/v2/notifications/{kind}",
                         headers=notify_headers(notify_key(tenant)),
