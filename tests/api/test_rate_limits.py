@@ -166,6 +166,30 @@ async def test_once_refused_a_service_is_refused_in_process_until_its_tokens_can
     assert await command_calls(redis, "evalsha") == scripts  # no round trip for them
 
 
+async def test_a_raised_limit_ends_the_in_process_refusals_within_auth_cache_seconds(
+    settings: Settings, engine: AsyncEngine, redis: Redis, tenant: Tenant
+) -> None:
+    app = create_app(settings.model_copy(update={"auth_cache_seconds": 1.0}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=tenant.headers) as client:
+            await _limit(engine, redis, tenant, 2)
+            answers = [(await client.post(f"{BASE}/", json=BRIEF_EXAMPLE)).status_code for _ in range(3)]
+            assert answers == [201, 201, 429]
+            assert app.state.rate_limits.refused_before(tenant.service_id, 1) is not None  # refused in-process now
+
+            await _limit(engine, redis, tenant, 6000)
+            for _ in range(600):  # until AUTH_CACHE_SECONDS have passed
+                if app.state.rate_limits.known_limit(tenant.service_id) is None:
+                    break
+                await asyncio.sleep(0.05)
+            after = await client.post(f"{BASE}/", json=BRIEF_EXAMPLE)
+
+    # at 2 a minute the old bucket could not hold a token again for ~30 s: only the new limit lets this through
+    assert after.status_code == 201, after.text
+    assert after.headers["ratelimit-limit"] == "6000"
+
+
 async def test_a_service_at_its_limit_does_not_hold_back_another(
     client: httpx.AsyncClient, engine: AsyncEngine, redis: Redis, settings: Settings, tenant: Tenant, app: FastAPI
 ) -> None:
