@@ -14,9 +14,10 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 
 from api.main import create_app
-from shared import keys
+from shared import keys, tenancy
 from shared.db import create_engine
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis
+from shared.secretbox import SecretBox
 from shared.settings import Settings
 from tests.conftest import TEST_SECRET_KEY, make_tenant, migrate, notify_headers, notify_key
 from worker.drain import Drain
@@ -43,6 +44,7 @@ async def test_new_service_sends_on_every_route_while_postgres_is_down(
         database_url=pg.url,
         redis_url=redis_server.url,
         secret_key=TEST_SECRET_KEY,
+        template_cache_seconds=0.01,  # past by the sends: the templates' last versions seen serve in the outage
         drain_block_ms=20,
         _env_file=None,  # type: ignore[call-arg]
     )
@@ -51,6 +53,10 @@ async def test_new_service_sends_on_every_route_while_postgres_is_down(
     try:
         await redis.flushall()  # a fresh Redis: no rate limits, no key registry marked complete
         tenant = await make_tenant(engine, redis, "new-during-outage")
+        # a key of the service that Redis lost (made before the loss): only Postgres knows it
+        box = SecretBox(TEST_SECRET_KEY)
+        unknown_to_redis = await tenancy.create_api_key(engine, redis, box, tenant.service_id, "lost")
+        await redis.hdel(keys.api_key_secrets_key(tenant.service_id), str(unknown_to_redis.record.id))
         assert not await redis.hexists(keys.RATE_LIMITS_HASH, keys.RATE_LIMITS_COMPLETE_FIELD)
         app = create_app(settings)
         async with app.router.lifespan_context(app):
@@ -85,6 +91,13 @@ async def test_new_service_sends_on_every_route_while_postgres_is_down(
                     )
                     assert sent.status_code == 201, sent.text
                     accepted.append(sent.json()["id"])
+                # a token none of the keys in Redis signed may be valid: the outage answers, not a refusal
+                unsure = await client.post(
+                    "/v2/notifications/sms",
+                    headers=notify_headers(unknown_to_redis.secret),
+                    json={"phone_number": "07700900123", "template_id": template_ids["sms"]},
+                )
+                assert unsure.status_code == 503, unsure.text
 
         pg.start()
         drain = Drain(redis, engine, settings, "outage-test")
