@@ -36,6 +36,7 @@ import logging
 import re
 from typing import Any
 
+import asyncpg
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -46,10 +47,11 @@ from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import ReadOnlyError as RedisReadOnlyError
 from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared import failures
 from shared.schemas import PATTERN_MESSAGES
 
 logger = logging.getLogger(__name__)
@@ -339,9 +341,6 @@ async def _invalid(request: Request, exc: Exception) -> Response:
     return error_response(reports, 422)
 
 
-#: SQLSTATE classes that mean "Postgres cannot serve now": connection exceptions, insufficient resources (too
-#: many connections), operator intervention (shutdown, recovery).
-UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
 #: Redis error replies that mean "cannot serve now" (loading, failed AOF write, read-only replica, out of memory).
 UNAVAILABLE_REDIS_REPLIES = (
     "LOADING", "MISCONF", "READONLY", "OOM", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK",
@@ -349,20 +348,9 @@ UNAVAILABLE_REDIS_REPLIES = (
 
 
 async def _database_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, DBAPIError)
-    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-    if exc.connection_invalidated or sqlstate[:2] in UNAVAILABLE_SQLSTATE_CLASSES or _is_connection_error(exc.orig):
+    if failures.database_unreachable(exc):  # else a bug or bad data: raised as it is (a 500, logged)
         return await _unavailable(request, exc)
     raise exc
-
-
-def _is_connection_error(error: BaseException | None) -> bool:
-    name = type(error).__name__
-    return isinstance(error, OSError) or name in (
-        "ConnectionDoesNotExistError",
-        "InterfaceError",
-        "CannotConnectNowError",
-    )
 
 
 #: Redis before 7 wraps the error reply of a command that a script called in its own message:
@@ -392,17 +380,15 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(NotifyValidationError, _notify_validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid)
-    app.add_exception_handler(DBAPIError, _database_error)
+    # Postgres: unreachable (`shared.failures`: connect errors, the pool exhausted, asyncpg's and SQLAlchemy's own)
+    for database_error in (DBAPIError, SQLAlchemyTimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        app.add_exception_handler(database_error, _database_error)
     app.add_exception_handler(RedisResponseError, _redis_reply)
-    app.add_exception_handler(SQLAlchemyTimeoutError, _unavailable)  # connection pool exhausted
     unavailable = (
         RedisConnectionError,  # includes BusyLoadingError: Redis is reading its AOF after a restart
         RedisTimeoutError,
         RedisOutOfMemoryError,  # maxmemory reached (noeviction): nothing was written
         RedisReadOnlyError,  # a replica during failover
-        OperationalError,
-        InterfaceError,
-        OSError,
     )
     for exc_type in unavailable:
         app.add_exception_handler(exc_type, _unavailable)

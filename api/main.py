@@ -26,6 +26,7 @@ from shared import keys, redis_client
 from shared.db import create_engine
 from shared.heap import freeze_startup_objects
 from shared.logs import configure_logging
+from shared.secret_holders import SecretHolder
 from shared.secretbox import secret_box
 from shared.settings import Settings, get_settings
 
@@ -69,15 +70,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.key_cache = KeyCache[str, UUID | None](active.auth_cache_seconds)
         app.state.notify_keys = NotifyKeyCache(active.auth_cache_seconds)
         app.state.notify_tokens = NotifyTokenCache(active.auth_cache_seconds)
-        app.state.secret_box = secret_box(active.secret_key)
-        if active.secret_key is None:
+        app.state.secret_box = box = secret_box(active.secret_key)
+        holder = None
+        if box is None:
             logger.warning("SECRET_KEY is not set: no API key can be issued, no GOV.UK Notify token verified")
+        else:  # which keys this process holds, for `keys reseal` to check (shared.secret_holders)
+            holder = SecretHolder(redis, box.fingerprints)
+            await holder.start()
         app.state.templates = TemplateCache(engine, active.template_cache_seconds)
         app.state.rate_limits = RateLimits(engine, redis, active.rate_limit_per_minute, active.auth_cache_seconds)
         freeze_startup_objects()
         try:
             yield
         finally:
+            if holder is not None:
+                await holder.stop()
             await writer.close()
             await redis.aclose()
             await engine.dispose()

@@ -35,7 +35,7 @@ from starlette.datastructures import State
 
 from api.auth import KeyCache
 from api.errors import NotifyAuthError
-from shared import tenancy
+from shared import failures, tenancy
 from shared.secretbox import InvalidToken, SecretBox
 
 __all__ = [
@@ -178,6 +178,22 @@ def _verify(token: str, signing_keys: tuple[SigningKey, ...]) -> int:
     raise NotifyAuthError(KEY_NOT_FOUND if can_sign else KEY_NOT_FOUND + NO_SIGNING_KEY)
 
 
+def _verify_during_outage(
+    token: str, sealed: list[tenancy.SealedSecret] | None, box: SecretBox | None, outage: Exception
+) -> None:
+    """Check a token against the keys Redis holds while its registry is incomplete and Postgres unreachable.
+
+    A key there that signed it decides (remembered nowhere); a token none of them signed may be signed by a key
+    only Postgres knows: the outage is raised (a 503), never a refusal.
+    """
+    try:
+        _verify(token, tuple(_open(box, secret) for secret in sealed or ()))
+    except NotifyAuthError as refused:
+        if refused.message.startswith(KEY_NOT_FOUND):
+            raise outage from None
+        raise
+
+
 async def notify_service_for(state: State, authorization: str | None) -> UUID:
     """Return the id of the service whose key signed the GOV.UK Notify JWT of an `Authorization` header value.
 
@@ -194,7 +210,13 @@ async def notify_service_for(state: State, authorization: str | None) -> UUID:
     if checked is not None and time.time() <= checked[1] + CLOCK_BOUND_SECONDS:  # only successes are remembered
         return checked[0]
     service_id = _issuer(token)
-    signing_keys = await _signing_keys(state, service_id)
+    try:
+        signing_keys = await _signing_keys(state, service_id)
+    except Exception as exc:
+        if not failures.database_unreachable(exc):
+            raise
+        _verify_during_outage(token, await tenancy.registered_secrets(state.redis, service_id), state.secret_box, exc)
+        return service_id
     if signing_keys is None:
         raise NotifyAuthError(SERVICE_NOT_FOUND)
     # remembered no longer than the keys it was checked against: a revocation still takes AUTH_CACHE_SECONDS at most

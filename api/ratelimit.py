@@ -8,6 +8,8 @@ cannot hold more than it held then plus what it gained since, so this never refu
 allowed). Before its body is even read, a single notification is refused when the bucket cannot hold one token; a
 list once its items are counted (not validated), and one larger than the whole limit is a 413 whatever the bucket
 holds. A service flooding past its limit thus costs the other services neither Redis time nor the API's flushes.
+What Redis said is trusted no longer than the limit it was counted under is kept (AUTH_CACHE_SECONDS): a limit
+raised or lifted ends the early refusals within that bound too, as it does Redis's.
 """
 
 import logging
@@ -17,12 +19,11 @@ from collections import OrderedDict
 from uuid import UUID
 
 from redis.asyncio import Redis
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.auth import KeyCache
 from api.writer import RateState
-from shared import ratelimits
+from shared import failures, ratelimits
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,9 @@ class RateLimits:
         self.ttl = ttl_seconds
         self.max_entries = max_entries
         self._limits = KeyCache[int, int](ttl_seconds, max_entries)  # UUID.int (hashed in C) → limit
-        #: (service, shard) → (monotonic time, the most tokens its bucket can have held then, capacity, refill/min)
-        self._known: OrderedDict[tuple[int, int], tuple[float, float, int, float]] = OrderedDict()
+        #: (service, shard) → (monotonic time, the most tokens its bucket can have held then, capacity, refill/min,
+        #: until when (monotonic) it may be trusted: as long as the limit it was counted under is kept)
+        self._known: OrderedDict[tuple[int, int], tuple[float, float, int, float, float]] = OrderedDict()
 
     def known_limit(self, service_id: UUID) -> int | None:
         """Return the service's limit if this process knows it (for AUTH_CACHE_SECONDS), else None: no await."""
@@ -64,7 +66,10 @@ class RateLimits:
             return known
         try:
             own = await ratelimits.own_rate_limit(self._engine, self._redis, service_id)
-        except SQLAlchemyError as exc:  # Redis lost the limits and Postgres cannot give them: accept on the default
+        except Exception as exc:
+            if not failures.database_unreachable(exc):
+                raise
+            # Redis lost the limits and Postgres cannot give them: accept on the default (writes never wait on Postgres)
             logger.warning("rate limits unknown (%r): the default applies to service %s for now", exc, service_id)
             own = None
         limit = self.default if own is None else own
@@ -86,10 +91,11 @@ class RateLimits:
         known = self._known.get((service_id.int, shard))
         if known is None:
             return None
-        at, tokens, limit, refill_per_minute = known
+        at, tokens, limit, refill_per_minute, until = known
         per_second = refill_per_minute / 60
-        most = tokens + (time.monotonic() - at) * per_second
-        if most >= limit:  # the bucket may be full again: nothing more is known
+        now = time.monotonic()
+        most = tokens + (now - at) * per_second
+        if most >= limit or now > until:  # the bucket may be full again, or the limit changed: nothing more is known
             del self._known[(service_id.int, shard)]
             return None
         if cost <= most or cost > limit:  # it fits, or it never will: the write path's 413 says so
@@ -100,7 +106,8 @@ class RateLimits:
     def note(self, state: RateState, service_id: UUID, handed_at: float, shard: int = 0) -> None:
         """Remember what Redis answered for a write of the service handed to the writer at monotonic `handed_at`."""
         most = (state.milli_tokens + 1) / 1000
-        self._known[(service_id.int, shard)] = (handed_at, most, state.limit, state.refill_per_minute)
+        until = self._limits.expiry(service_id.int) or handed_at + self.ttl
+        self._known[(service_id.int, shard)] = (handed_at, most, state.limit, state.refill_per_minute, until)
         self._known.move_to_end((service_id.int, shard))
         while len(self._known) > self.max_entries:
             self._known.popitem(last=False)

@@ -1,18 +1,30 @@
 """Template versions for the write path, cached in-process.
 
 A version never changes once written, so versions are kept (up to a bound) without expiry; which version is the
-latest can change, so that answer is kept for TEMPLATE_CACHE_SECONDS only.
+latest can change, so that answer is kept for TEMPLATE_CACHE_SECONDS only. A template (or version) the service does
+not have is remembered as missing for TEMPLATE_CACHE_SECONDS too, up to a bound: random ids cost Postgres one query
+per id and process, not one per request. (A template's id is new when it is made, so a remembered miss can only
+hide a version added meanwhile, and not in the process that added it: `remember` serves it at once.)
+
+With Postgres unreachable, the latest version last seen of a template serves past TEMPLATE_CACHE_SECONDS (a send
+keeps working during an outage on the text it had just before), and only a template never seen fails (a 503).
 """
 
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import queries
+from api.auth import KeyCache
+from shared import failures, queries
 from shared.templating import placeholders
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,25 +44,41 @@ class TemplateVersion:
 class TemplateCache:
     """Resolves (service, template, version or latest) to a `TemplateVersion`, asking Postgres on a miss."""
 
-    def __init__(self, engine: AsyncEngine, latest_ttl_seconds: float, max_versions: int = 4096) -> None:
+    def __init__(
+        self, engine: AsyncEngine, latest_ttl_seconds: float, max_versions: int = 4096, max_misses: int = 10_000
+    ) -> None:
         self.engine = engine
         self.latest_ttl = latest_ttl_seconds
         self.max_versions = max_versions
         self._versions: OrderedDict[tuple[UUID, int], TemplateVersion] = OrderedDict()
         self._latest: dict[UUID, tuple[int, float]] = {}
+        #: (service, template, version or None) → True: no such template (or version) in the service, lately
+        self._misses = KeyCache[tuple[UUID, UUID, int | None], bool](latest_ttl_seconds, max_misses)
 
     async def resolve(self, service_id: UUID, template_id: UUID, version: int | None) -> TemplateVersion | None:
         """Return the template version, or None if the service has no such template or version."""
-        if version is None:
-            latest = self._latest.get(template_id)
-            if latest is not None and latest[1] >= time.monotonic():
-                version = latest[0]
-        if version is not None and (found := self._versions.get((template_id, version))) is not None:
+        latest = self._latest.get(template_id) if version is None else None
+        wanted = latest[0] if latest is not None and latest[1] >= time.monotonic() else version
+        if wanted is not None and (found := self._versions.get((template_id, wanted))) is not None:
             return found if found.service_id == service_id else None
-        async with self.engine.connect() as conn:
-            row = await queries.get_template_version(conn, service_id, template_id, version)
-        if row is None:
+        if self._misses.get((service_id, template_id, version))[0]:
             return None
+        try:
+            async with self.engine.connect() as conn:
+                row = await queries.get_template_version(conn, service_id, template_id, version)
+        except Exception as exc:
+            stale = None if latest is None else self._versions.get((template_id, latest[0]))
+            if stale is None or stale.service_id != service_id or not failures.database_unreachable(exc):
+                raise
+            logger.warning("Postgres unreachable (%r): template %s served at its last known version", exc, template_id)
+            return stale
+        if row is None:
+            self._misses.put((service_id, template_id, version), True)
+            return None
+        return self.remember(row, latest=version is None)
+
+    def remember(self, row: Row[Any], latest: bool = True) -> TemplateVersion:
+        """Keep a template version read from Postgres (by `resolve`, or by the routes that write one)."""
         resolved = TemplateVersion(
             row.id,
             row.service_id,
@@ -60,9 +88,9 @@ class TemplateCache:
             row.body,
             tuple(placeholders(row.subject, row.body)),
         )
-        self._versions[(template_id, row.version)] = resolved
+        self._versions[(row.id, row.version)] = resolved
         while len(self._versions) > self.max_versions:
             self._versions.popitem(last=False)
-        if version is None and self.latest_ttl > 0:
-            self._latest[template_id] = (row.version, time.monotonic() + self.latest_ttl)
+        if latest and self.latest_ttl > 0:
+            self._latest[row.id] = (row.version, time.monotonic() + self.latest_ttl)
         return resolved

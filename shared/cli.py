@@ -6,7 +6,7 @@
     python -m shared.cli keys create SERVICE_ID NAME     # prints the secret once
     python -m shared.cli keys list SERVICE_ID
     python -m shared.cli keys revoke SERVICE_ID KEY_ID
-    python -m shared.cli keys reseal                     # seal every key's secret again with SECRET_KEY's first key
+    python -m shared.cli keys reseal                     # seal every secret with SECRET_KEY's first key (see README)
     python -m shared.cli dev-key [--file PATH]           # a key of the `development` service (make run)
     python -m shared.cli dead-letters list [--count N]
     python -m shared.cli dead-letters replay [ID ...]    # all when no id is given
@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import deadletters, keys, partitions, ratelimits, redis_client, run_data, tenancy
+from shared import deadletters, keys, partitions, ratelimits, redis_client, run_data, secret_holders, tenancy
 from shared.db import create_engine
 from shared.schemas import MAX_RATE_LIMIT
 from shared.secretbox import NO_SECRET_KEY, InvalidToken, SecretBox, secret_box
@@ -160,13 +160,44 @@ async def _dev_key(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) 
     return 0
 
 
+def _lacking(holders: dict[str, list[str]], fingerprint: str) -> list[str]:
+    return sorted(holder for holder, held in holders.items() if fingerprint not in held)
+
+
 async def _keys_reseal(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
+    box = _secret_box()
+    new = box.fingerprints[0]
+    lacking = _lacking(await secret_holders.live_holders(redis), new)
+    if lacking:
+        print(
+            f"refused, nothing resealed: {len(lacking)} live API process(es) do not hold SECRET_KEY's first key "
+            f"(fingerprint {new}) and could not open a secret sealed with it: {', '.join(lacking[:10])}. Give every "
+            "API process SECRET_KEY=<new>,<old> (restart them), then run this again",
+            file=sys.stderr,
+        )
+        return 1
     try:
-        resealed = await tenancy.reseal_secrets(engine, redis, _secret_box())
+        resealed = await tenancy.reseal_secrets(engine, redis, box)
     except InvalidToken:
         print("a key's secret opens with none of SECRET_KEY's keys: add the key it was sealed with", file=sys.stderr)
         return 1
-    print(f"{resealed} key secret(s) sealed again with the first key of SECRET_KEY; the others can now be dropped")
+    print(f"{resealed} key secret(s) sealed again with the first key of SECRET_KEY")
+    holders = await secret_holders.live_holders(redis)  # again: a process may have started meanwhile
+    if lacking := _lacking(holders, new):
+        print(
+            f"keep the old key: {len(lacking)} API process(es) started meanwhile without the new key: "
+            f"{', '.join(lacking[:10])}. Give them SECRET_KEY=<new>,<old> and run this again",
+            file=sys.stderr,
+        )
+        return 1
+    if sealing_old := sorted(holder for holder, held in holders.items() if held[0] != new):
+        print(
+            f"keep the old key: {len(sealing_old)} API process(es) still seal new keys with another key (their "
+            f"SECRET_KEY's first): {', '.join(sealing_old[:10])}. Put the new key first everywhere, run this again"
+        )
+        return 0
+    if len(box.fingerprints) > 1:
+        print(f"no live API process needs SECRET_KEY's other keys ({len(holders)} hold the new one): drop them now")
     return 0
 
 

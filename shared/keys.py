@@ -75,6 +75,10 @@ def api_key_secrets_key(service_id: object) -> str:
 RATE_LIMITS_HASH = "notify:ratelimits"
 #: Field of RATE_LIMITS_HASH present once the hash holds every service's own limit (loaded from Postgres).
 RATE_LIMITS_COMPLETE_FIELD = "complete"
+
+#: The SECRET_KEY keys each live API process holds (`shared.secret_holders`): field = process, value = JSON
+#: `{"keys": [fingerprint, ...] (the sealing key first), "until": unix time (Redis's clock) it counts as live}`.
+SECRET_HOLDERS_HASH = "notify:secret-holders"  # noqa: S105 (a key name, not a secret)
 # --- shards --------------------------------------------------------------------------------------------------------
 #
 # With STREAM_SHARDS=N (or on a Redis Cluster) the queue is N streams. Every key one group-commit script call

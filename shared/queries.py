@@ -217,6 +217,12 @@ async def set_rate_limit(conn: AsyncConnection, service_id: UUID, per_minute: in
     return (await conn.execute(query, {"id": service_id, "limit": per_minute})).one_or_none()
 
 
+async def lock_rate_limit(conn: AsyncConnection, service_id: UUID) -> Row[Any] | None:
+    """Lock a service's row until the transaction ends; return its (rate_limit_per_minute), None if unknown."""
+    query = text("SELECT rate_limit_per_minute FROM services WHERE id = :id FOR UPDATE")
+    return (await conn.execute(query, {"id": service_id})).one_or_none()
+
+
 async def own_rate_limits(conn: AsyncConnection) -> list[Row[Any]]:
     """Return (id, rate_limit_per_minute) of every service with a limit of its own."""
     query = text("SELECT id, rate_limit_per_minute FROM services WHERE rate_limit_per_minute IS NOT NULL")

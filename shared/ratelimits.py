@@ -32,15 +32,21 @@ async def set_rate_limit(
     """Set a service's own limit (None: back to the default); return the service, or None if there is none.
 
     Redis learns the change before it commits; should the commit fail, Redis holds a limit nobody set, until the
-    hash is loaded again (the lookups of the API processes then also see it for up to AUTH_CACHE_SECONDS).
+    hash is loaded again (the lookups of the API processes then also see it for up to AUTH_CACHE_SECONDS). After
+    the commit Redis is written again, under the service row's lock, with the limit committed by then: concurrent
+    changes of one limit take that lock in turn, so the last one to write Redis writes the last committed limit.
+    (Writing our own limit again after the commit let a slower, earlier change's write land last: Redis ≠ Postgres.)
     """
     async with engine.begin() as conn:
         service = await queries.set_rate_limit(conn, service_id, per_minute)
         if service is None:
             return None
         await _mirror(redis, service_id, per_minute)
-    # again after the commit: a load of the hash racing with us may have written the old limit back
-    await _mirror(redis, service_id, per_minute)
+    # again after the commit (a load of the hash racing with us may have written the old limit back), in turn
+    async with engine.begin() as conn:
+        committed = await queries.lock_rate_limit(conn, service_id)
+        if committed is not None:
+            await _mirror(redis, service_id, committed.rate_limit_per_minute)
     return service
 
 

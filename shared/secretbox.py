@@ -11,10 +11,21 @@ so a new key can be put in front and the old one kept until `python -m shared.cl
 stored secret again with the new one.
 """
 
+import base64
+import hashlib
+
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from pydantic import SecretStr
 
-__all__ = ["NO_SECRET_KEY", "InvalidToken", "SecretBox", "new_secret_key", "parse_secret_key", "secret_box"]
+__all__ = [
+    "NO_SECRET_KEY",
+    "InvalidToken",
+    "SecretBox",
+    "key_fingerprints",
+    "new_secret_key",
+    "parse_secret_key",
+    "secret_box",
+]
 
 HOW_TO_MAKE_ONE = (
     'make one with: python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
@@ -45,6 +56,13 @@ def parse_secret_key(value: str) -> list[Fernet]:
         ) from None
 
 
+def key_fingerprints(value: str) -> list[str]:
+    """Return a fingerprint of each key of a SECRET_KEY value, in its order: names a key without revealing it."""
+    parse_secret_key(value)
+    raw = [base64.urlsafe_b64decode(part.strip()) for part in value.split(",") if part.strip()]
+    return [hashlib.sha256(b"notify secret key fingerprint:" + key).hexdigest()[:16] for key in raw]
+
+
 def new_secret_key() -> str:
     """Return a new random SECRET_KEY (one Fernet key)."""
     return Fernet.generate_key().decode("ascii")
@@ -55,6 +73,8 @@ class SecretBox:
 
     def __init__(self, secret_key: str) -> None:
         self._fernet = MultiFernet(parse_secret_key(secret_key))
+        #: The keys' fingerprints, the sealing one first (`shared.secret_holders` reports them).
+        self.fingerprints = key_fingerprints(secret_key)
 
     def seal(self, secret: str) -> str:
         """Return `secret` encrypted (a Fernet token, ASCII)."""

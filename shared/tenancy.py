@@ -256,6 +256,16 @@ async def sealed_secrets(engine: AsyncEngine, redis: Redis, service_id: UUID) ->
     return None
 
 
+async def registered_secrets(redis: Redis, service_id: UUID) -> list[SealedSecret] | None:
+    """Return the sealed secrets Redis holds for a service, complete registry or not (Postgres unreachable).
+
+    Every key made or revoked since Redis lost the registry is there (a revocation reaches Redis before it
+    commits); keys made before may be missing, so a token none of these signed is not known to be invalid.
+    """
+    registered = await cast(Awaitable[dict[bytes, bytes]], redis.hgetall(keys.api_key_secrets_key(service_id)))
+    return _current(registered.items())
+
+
 def _current(registered: Iterable[tuple[bytes, bytes]]) -> list[SealedSecret] | None:
     since = time.time() - keys.REVOKED_KEY_GRACE_SECONDS
     parsed = [_parse_secret_entry(key_id, entry) for key_id, entry in registered]

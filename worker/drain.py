@@ -26,10 +26,9 @@ from datetime import date
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import keys, partitions, queries
+from shared import failures, keys, partitions, queries
 from shared.backlog import read_backlog
 from shared.codec import NotificationDoc, decode_entry
 from shared.heap import collector_paused
@@ -48,9 +47,6 @@ from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-#: SQLSTATE classes that say the data itself cannot be stored (22 data exception, 23 integrity constraint
-#: violation); any other failure is taken as an outage and retried.
-POISON_SQLSTATE_CLASSES = ("22", "23")
 #: How often a batch is retried at once when its day partition vanished between making it and storing into it.
 MISSING_PARTITION_RETRIES = 3
 #: Cache keys given their TTL per Redis call, so one call never blocks Redis for long.
@@ -77,21 +73,9 @@ class PoisonError(Exception):
     """Postgres refused the data of a batch (not an outage): retrying the same batch cannot succeed."""
 
 
-def _sqlstate(exc: BaseException) -> str:
-    if isinstance(exc, DBAPIError):
-        exc = exc.orig or exc
-    sqlstate = getattr(exc, "sqlstate", None)
-    return sqlstate if isinstance(sqlstate, str) else ""
-
-
-def _is_data_error(exc: BaseException) -> bool:
-    """True for Postgres errors about the data (classes 22, 23), raw asyncpg or wrapped by SQLAlchemy."""
-    return _sqlstate(exc)[:2] in POISON_SQLSTATE_CLASSES
-
-
 def _is_missing_partition(exc: BaseException) -> bool:
     """True when Postgres found no partition for a row (23514): the day's partition was dropped meanwhile."""
-    return _sqlstate(exc) == "23514" and "no partition" in str(exc)
+    return failures.sqlstate(exc) == "23514" and "no partition" in str(exc)
 
 
 @dataclass(slots=True)
@@ -443,13 +427,14 @@ class Drain:
                     missing_partition_retries -= 1
                     self._partitions.clear()  # maintenance dropped one we knew of: look again
                     continue
-                if _is_data_error(exc):
+                if failures.refused_data(exc):
                     raise PoisonError(str(getattr(exc, "orig", exc))) from exc
-                # an outage: keep the batch and try again, never drop it
+                # an outage, or a failure neither an outage nor the data's: keep the batch and retry, never drop it
                 STORAGE_ERRORS.inc()
                 if self.stopping.is_set():
                     raise
-                logger.warning("storing %d entries failed (%r); retrying in %.1fs", len(entries), exc, delay)
+                why = "Postgres unreachable" if failures.database_unreachable(exc) else "storing failed"
+                logger.warning("%s for %d entries (%r); retrying in %.1fs", why, len(entries), exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.db_retry_max_seconds)
 

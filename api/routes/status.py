@@ -2,15 +2,20 @@
 
 `GET /status/heartbeat` answers 204 without touching Redis or Postgres (is the process serving?).
 `GET /status/ready` checks both stores and reports the backlog: 200 when Redis and Postgres answer, else 503.
+Postgres's answer is kept POSTGRES_PROBE_CACHE_SECONDS, so that probes (unauthenticated) cost Postgres one
+connection a second at most, however many arrive; the backlog is read from Redis on every call.
 `GET /metrics` is the Prometheus exposition (see shared/metrics.py).
 """
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import orjson
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import text
+from starlette.datastructures import State
 
 from api.deps import EngineDep, RedisDep, WriterDep
 from shared.backlog import read_backlog
@@ -21,6 +26,8 @@ metrics_router = APIRouter()
 
 #: How long each readiness probe may take before its store counts as down.
 PROBE_TIMEOUT_SECONDS = 2.0
+#: How long Postgres's answer to a readiness probe answers the probes after it.
+POSTGRES_PROBE_CACHE_SECONDS = 1.0
 
 
 @metrics_router.get("/metrics", response_class=Response, include_in_schema=False)
@@ -72,10 +79,27 @@ async def ready(
         async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
-    for name, probe in (("redis", probe_redis), ("postgres", probe_postgres)):
-        try:
-            await asyncio.wait_for(probe(), PROBE_TIMEOUT_SECONDS)
-        except Exception as exc:  # any failure means "not ready", and says why
-            report[name] = f"unavailable: {type(exc).__name__}"
+    try:
+        await asyncio.wait_for(probe_redis(), PROBE_TIMEOUT_SECONDS)
+    except Exception as exc:  # any failure means "not ready", and says why
+        report["redis"] = f"unavailable: {type(exc).__name__}"
+    report["postgres"] = await _postgres_answer(request.app.state, probe_postgres)
     ok = report["redis"] == "ok" and (report["postgres"] == "ok" or postgres == "optional")
     return Response(orjson.dumps(report), status_code=200 if ok else 503, media_type="application/json")
+
+
+async def _postgres_answer(state: State, probe: Callable[[], Awaitable[None]]) -> str:
+    """Return "ok" or why Postgres is unavailable, probed at most once per POSTGRES_PROBE_CACHE_SECONDS."""
+    lock: asyncio.Lock | None = getattr(state, "postgres_probe_lock", None)
+    if lock is None:
+        state.postgres_probe_lock = lock = asyncio.Lock()
+    async with lock:  # probes arriving meanwhile wait for this one's answer rather than each opening a connection
+        cached: tuple[float, str] | None = getattr(state, "postgres_probe", None)
+        if cached is None or cached[0] <= time.monotonic():
+            try:
+                await asyncio.wait_for(probe(), PROBE_TIMEOUT_SECONDS)
+                answer = "ok"
+            except Exception as exc:  # any failure means "not ready", and says why
+                answer = f"unavailable: {type(exc).__name__}"
+            state.postgres_probe = cached = (time.monotonic() + POSTGRES_PROBE_CACHE_SECONDS, answer)
+    return cached[1]

@@ -7,7 +7,7 @@ with a subject; `sms`, without) is set when it is created and holds for all its 
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
@@ -35,7 +35,7 @@ def _out(row: Row[Any]) -> TemplateOut:
 
 
 @router.post("/", status_code=201, responses={**_NOT_FOUND, 409: {"description": "Name taken in your service"}})
-async def create_template(body: TemplateIn, service_id: ServiceId, engine: EngineDep) -> TemplateOut:
+async def create_template(request: Request, body: TemplateIn, service_id: ServiceId, engine: EngineDep) -> TemplateOut:
     """Create a template; this is its version 1."""
     try:
         async with engine.begin() as conn:
@@ -44,6 +44,7 @@ async def create_template(body: TemplateIn, service_id: ServiceId, engine: Engin
             )
     except IntegrityError:
         raise ConflictError(f"your service has a template named {body.name!r} already") from None
+    request.app.state.templates.remember(row)  # this process's sends use it at once, also should Postgres go down
     return _out(row)
 
 
@@ -56,7 +57,7 @@ async def list_templates(service_id: ServiceId, engine: EngineDep) -> list[Templ
 
 @router.put("/{template_id}", responses=_NOT_FOUND)
 async def update_template(
-    template_id: UUID, body: TemplateUpdate, service_id: ServiceId, engine: EngineDep
+    request: Request, template_id: UUID, body: TemplateUpdate, service_id: ServiceId, engine: EngineDep
 ) -> TemplateOut:
     """Add a new version of a template; earlier versions stay as they were."""
     async with engine.begin() as conn:
@@ -75,6 +76,7 @@ async def update_template(
                 ]
             )
         row = await queries.add_template_version(conn, service_id, template_id, body.subject, body.body, utc_now())
+    request.app.state.templates.remember(row)
     return _out(row)
 
 

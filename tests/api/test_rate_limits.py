@@ -1,14 +1,16 @@
 """Per-service rate limits: a token bucket in Redis, counted in notifications by the group-commit script."""
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.main import create_app
@@ -166,6 +168,30 @@ async def test_once_refused_a_service_is_refused_in_process_until_its_tokens_can
     assert await command_calls(redis, "evalsha") == scripts  # no round trip for them
 
 
+async def test_a_raised_limit_ends_the_in_process_refusals_within_auth_cache_seconds(
+    settings: Settings, engine: AsyncEngine, redis: Redis, tenant: Tenant
+) -> None:
+    app = create_app(settings.model_copy(update={"auth_cache_seconds": 1.0}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=tenant.headers) as client:
+            await _limit(engine, redis, tenant, 2)
+            answers = [(await client.post(f"{BASE}/", json=BRIEF_EXAMPLE)).status_code for _ in range(3)]
+            assert answers == [201, 201, 429]
+            assert app.state.rate_limits.refused_before(tenant.service_id, 1) is not None  # refused in-process now
+
+            await _limit(engine, redis, tenant, 6000)
+            for _ in range(600):  # until AUTH_CACHE_SECONDS have passed
+                if app.state.rate_limits.known_limit(tenant.service_id) is None:
+                    break
+                await asyncio.sleep(0.05)
+            after = await client.post(f"{BASE}/", json=BRIEF_EXAMPLE)
+
+    # at 2 a minute the old bucket could not hold a token again for ~30 s: only the new limit lets this through
+    assert after.status_code == 201, after.text
+    assert after.headers["ratelimit-limit"] == "6000"
+
+
 async def test_a_service_at_its_limit_does_not_hold_back_another(
     client: httpx.AsyncClient, engine: AsyncEngine, redis: Redis, settings: Settings, tenant: Tenant, app: FastAPI
 ) -> None:
@@ -223,6 +249,47 @@ async def test_limits_lost_by_redis_are_loaded_again_from_postgres(
             answers = [(await http.post(f"{BASE}/", json=BRIEF_EXAMPLE)).status_code for _ in range(2)]
     assert answers == [201, 429]
     assert await redis.hget(keys.RATE_LIMITS_HASH, keys.RATE_LIMITS_COMPLETE_FIELD) == b"1"
+
+
+class _LateSecondWrite:
+    """The test's Redis, except that its second HSET waits (up to 2 s) for `go` first: a change's late write."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self.writes = 0
+        self.waiting = asyncio.Event()
+        self.go = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._redis, name)
+
+    async def hset(self, *args: Any, **kwargs: Any) -> Any:
+        self.writes += 1
+        if self.writes == 2:
+            self.waiting.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.go.wait(), 2)
+        return await self._redis.hset(*args, **kwargs)
+
+
+async def test_concurrent_changes_of_one_limit_leave_redis_as_postgres(
+    engine: AsyncEngine, redis: Redis, tenant: Tenant
+) -> None:
+    late = _LateSecondWrite(redis)
+
+    async def second_change() -> None:
+        await late.waiting.wait()  # the first change has committed 10 and is about to write Redis again
+        await _limit(engine, redis, tenant, 20)
+        late.go.set()
+
+    first = ratelimits.set_rate_limit(engine, cast(Redis, late), tenant.service_id, 10)
+    await asyncio.gather(first, second_change())
+
+    async with engine.connect() as conn:
+        committed = (await conn.execute(text("SELECT rate_limit_per_minute FROM services WHERE id = :id"),
+                                        {"id": tenant.service_id})).scalar_one()  # fmt: skip
+    assert committed == 20
+    assert await redis.hget(keys.RATE_LIMITS_HASH, str(tenant.service_id)) == b"20"
 
 
 def test_the_cli_sets_a_limit(worker_env: dict[str, str], engine: object, redis: object) -> None:

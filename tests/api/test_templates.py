@@ -1,8 +1,11 @@
 """Versioned templates, and notifications rendered from them (before and after the drain)."""
 
+from typing import Any
+
 import httpx
+from fastapi import FastAPI
 from redis.asyncio import Redis
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.settings import Settings
@@ -138,6 +141,40 @@ async def test_unknown_template_and_version_are_422(client: httpx.AsyncClient) -
     assert unknown.status_code == no_version.status_code == version_only.status_code == 422
     assert unknown.json()["detail"][0]["loc"] == ["body", "template_id"]
     assert "version 9" in no_version.json()["detail"][0]["msg"]
+
+
+async def test_unknown_template_ids_are_remembered_not_asked_of_postgres_each_time(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    unknown = "0190b8a4-6c1e-7000-8000-000000000000"
+    checkouts = 0
+
+    def count(*_: Any) -> None:
+        nonlocal checkouts
+        checkouts += 1
+
+    event.listen(app.state.engine.sync_engine, "checkout", count)
+    try:
+        answers = [await client.post(f"{N}/", json={"to": "me", "template_id": unknown}) for _ in range(20)]
+    finally:
+        event.remove(app.state.engine.sync_engine, "checkout", count)
+
+    assert {answer.status_code for answer in answers} == {422}
+    assert len({answer.content for answer in answers}) == 1
+    assert checkouts == 1  # the first send asked Postgres; the others were answered by the remembered miss
+
+
+async def test_a_version_added_after_a_miss_is_served_at_once(client: httpx.AsyncClient) -> None:
+    template = (await client.post(f"{T}/", json={"name": "t", "type": "sms", "body": "one"})).json()
+    send = {"to": "me", "template_id": template["id"], "template_version": 2}
+
+    before = await client.post(f"{N}/", json=send)
+    assert (await client.put(f"{T}/{template['id']}", json={"body": "two"})).status_code == 200
+    after = await client.post(f"{N}/", json=send)
+
+    assert before.status_code == 422
+    assert after.status_code == 201, after.text
+    assert after.json()["body"] == "two"
 
 
 async def test_versions_beyond_postgres_integer_are_422(client: httpx.AsyncClient) -> None:
