@@ -76,6 +76,10 @@ _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     **_AUTH_ERRORS,
     400: {"description": "Idempotency-Key empty, longer than 255 characters or not printable ASCII", **_ERROR},
     409: {"description": "A request with this Idempotency-Key is still in progress", **_ERROR},
+    410: {
+        "description": "A retry with an Idempotency-Key whose first request's notifications are no longer kept",
+        **_ERROR,
+    },
     413: {
         "description": "Body larger than MAX_BODY_BYTES, notifications larger than MAX_QUEUED_BYTES, or more "
         "notifications than the service's whole rate limit per minute",
@@ -93,7 +97,8 @@ _IDEMPOTENCY_KEY_DOC = {
     "required": False,
     "schema": {"type": "string", "maxLength": 255},
     "description": "Retry safely: the same key with the same body within IDEMPOTENCY_TTL_SECONDS gets the first "
-    "answer again (with `Idempotent-Replayed: true`) and queues nothing; with another body, a 422",
+    "answer again (with `Idempotent-Replayed: true`) and queues nothing; with another body, a 422; a 410 once the "
+    "first request's notifications are no longer kept (RETENTION_DAYS)",
 }
 
 
