@@ -15,6 +15,7 @@ unavailable Redis or Postgres (503), and request validation errors, which become
     ├── ConflictError             -> 409
     │   └── IdempotencyKeyInFlightError -> 409
     ├── IdempotencyKeyMismatchError -> 422
+    ├── IdempotentAnswerGoneError -> 410
     ├── PayloadTooLargeError      -> 413
     ├── UnsupportedMediaTypeError -> 415
     ├── RateLimitedError          -> 429 (with `Retry-After` and the RateLimit-* headers)
@@ -143,6 +144,12 @@ class IdempotencyKeyInFlightError(ConflictError):
     """A request with the same Idempotency-Key is still being written by this process."""
 
     default_detail = "a request with this Idempotency-Key is still in progress; retry once it has been answered"
+
+
+class IdempotentAnswerGoneError(ApiError):
+    """A retry whose first request's notifications are no longer kept (RETENTION_DAYS): its answer cannot be rebuilt."""
+
+    status_code = 410
 
 
 class InvalidIdempotencyKeyError(ApiError):

@@ -20,10 +20,11 @@ and the 503 says how to find out. Every write still queued behind them, and ever
 `RedisUnresponsiveError` (a 503: nothing queued, a retry is safe) until Redis answers again (a keyed command on
 the shard, repeated every PROBE_INTERVAL_SECONDS): during an outage nobody waits more than one REDIS_TIMEOUT_SECONDS.
 
-A request with an Idempotency-Key also hands over its record (`Idempotency`: its body's fingerprint and the
-answer to give again). The same script call looks the record up and, when it exists, neither keeps nor queues the
-request but returns the record; otherwise it writes the record (with IDEMPOTENCY_TTL_SECONDS) with the entry, so
-no crash can queue a request without recording its key, or the reverse. A second write with a key still in flight
+A request with an Idempotency-Key also hands over its record (`Idempotency`: its body's fingerprint and what
+rebuilds its answer, `api.idempotency`: about a hundred bytes, whatever the answer's size). The same script call
+looks the record up and, when it exists, neither keeps nor queues the request but returns the record; otherwise
+it writes the record (with IDEMPOTENCY_TTL_SECONDS) with the entry, so no crash can queue a request without
+recording its key, or the reverse. A second write with a key still in flight
 in this process is refused (`IdempotencyKeyInFlightError`, a 409) until the flush that carries the first is answered.
 
 A request of a rate-limited service also hands over its place in the service's token bucket (`RateLimit`: the
@@ -236,7 +237,7 @@ class Idempotency:
 
     #: The record's Redis key (`keys.Shard.idempotency_key`).
     key: str
-    #: The record: the request's fingerprint followed by the answer to give again.
+    #: The record: the request's fingerprint followed by what rebuilds its answer (`api.idempotency.record`).
     record: bytes
     ttl_seconds: int
 

@@ -2,7 +2,9 @@
 
 The API serializes each accepted notification once (`encode_notification`); those bytes are part of the request's
 cache value (which the stream entry names) and of the response. The drain decodes a request's JSON array with
-`decode_entry`; GET rebuilds the same bytes from Postgres with `encode_notification`.
+`decode_entry`; GET rebuilds the same bytes from Postgres with `encode_notification`. The personalization is written
+in the order Postgres's `jsonb` keeps its keys (shorter first, then bytewise), so that the bytes rebuilt from a stored
+row are the bytes first answered (an Idempotency-Key's replay rebuilds its answer so, `api.idempotency`).
 """
 
 from datetime import datetime
@@ -38,6 +40,13 @@ class NotificationDoc(TypedDict):
     status: NotRequired[str]
 
 
+def jsonb_order(values: dict[str, Any]) -> dict[str, Any]:
+    """Return `values` with its keys in the order `jsonb` keeps them: by length in bytes, then bytewise."""
+    if len(values) < 2:
+        return values
+    return dict(sorted(values.items(), key=lambda item: (len(encoded := item[0].encode()), encoded)))
+
+
 def encode_notification(
     notification_id: str | UUID,
     service_id: str | UUID,
@@ -63,7 +72,7 @@ def encode_notification(
         "id": str(notification_id),
         "service_id": str(service_id),
         "to": to,
-        "personalization": personalization,
+        "personalization": jsonb_order(personalization),
         "template": template,
         "subject": subject,
         "body": body,

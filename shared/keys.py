@@ -124,8 +124,8 @@ class Shard:
     def idempotency_key(self, service_id: str, key: str) -> str:
         """Return the key of a service's idempotency record for an Idempotency-Key (hashed: any length, no `:`).
 
-        The record, the request's fingerprint and first answer, is written by the group-commit script with the
-        request's stream entry and kept for IDEMPOTENCY_TTL_SECONDS.
+        The record, the request's fingerprint and what rebuilds its first answer (`api.idempotency`), is written by
+        the group-commit script with the request's stream entry and kept for IDEMPOTENCY_TTL_SECONDS.
         """
         return f"{self._name('idem')}:{service_id}:{hashlib.sha256(key.encode()).hexdigest()}"
 

@@ -51,6 +51,10 @@ SELECT_NOTIFICATIONS_FROM = """
     LEFT JOIN template_versions AS tv ON tv.template_id = n.template_id AND tv.version = n.template_version
 """
 SELECT_NOTIFICATION = text(SELECT_NOTIFICATIONS_FROM + " WHERE n.id = :id AND n.service_id = :service_id")
+SELECT_NOTIFICATION_RANGE = text(
+    SELECT_NOTIFICATIONS_FROM
+    + " WHERE n.id BETWEEN CAST(:first AS uuid) AND CAST(:last AS uuid) AND n.service_id = :service_id ORDER BY n.id"
+)
 
 #: The nil UUID: every id is at least this (nothing has expired).
 KEEP_ALL = "00000000-0000-0000-0000-000000000000"
@@ -70,6 +74,15 @@ async def fetch_notification(conn: AsyncConnection, notification_id: UUID, servi
     """Return the JSON document of a stored notification of `service_id`, or None."""
     row = (await conn.execute(SELECT_NOTIFICATION, {"id": notification_id, "service_id": service_id})).one_or_none()
     return None if row is None else _document(row)
+
+
+async def fetch_notifications(conn: AsyncConnection, service_id: UUID, first_id: str, last_id: str) -> list[bytes]:
+    """Return the JSON documents of the stored notifications of `service_id` with ids from `first_id` to `last_id`.
+
+    In id order, in one query (one index range: a request's ids are consecutive, `shared.ids`).
+    """
+    params = {"first": first_id, "last": last_id, "service_id": service_id}
+    return [_document(row) for row in await conn.execute(SELECT_NOTIFICATION_RANGE, params)]
 
 
 def _document(row: Row[Any]) -> bytes:

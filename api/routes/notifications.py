@@ -4,8 +4,9 @@ POST parses the raw body once, checks any template against the personalization, 
 notifications time-ordered UUIDv7 ids with one shared stem (`shared.ids`), serializes each once, and hands the
 bytes to the group-commit writer: one stream entry and one cache key per request. The 201 goes out after Redis
 acknowledged. With an `Idempotency-Key` header the writer records the key in the same script call, or finds it
-recorded and hands back the first answer, which is sent again with `Idempotent-Replayed: true`. GET looks in
-the request's cached array first (notifications not yet drained, or drained a moment ago) and then in Postgres.
+recorded and hands back its record, from which `api.idempotency` rebuilds the first answer, sent again with
+`Idempotent-Replayed: true`. GET looks in the request's cached array first (notifications not yet drained, or
+drained a moment ago) and then in Postgres.
 Every route works within the service of the caller's API key; another service's notification is a 404.
 
 The GOV.UK Notify v2 routes `POST /v2/notifications/email|sms` and `GET /v2/notifications/{id}` take the same path:
@@ -18,7 +19,6 @@ the routes from the raw ASGI request; the hot path (`api.hotpath`) calls it befo
 the request, and the FastAPI routes below, which exist for the OpenAPI docs, call it too.
 """
 
-import hashlib
 import math
 import time
 from collections.abc import Sequence
@@ -32,12 +32,11 @@ from pydantic import ValidationError
 from starlette.datastructures import State
 from starlette.types import Receive, Scope
 
-from api import notify_objects, ratelimit
+from api import idempotency, notify_objects, ratelimit
 from api.auth import service_for
 from api.body import read_json_body
 from api.documents import Recipient, accept, templates_for
 from api.errors import (
-    IdempotencyKeyMismatchError,
     InvalidIdempotencyKeyError,
     PayloadTooLargeError,
     RateLimitedError,
@@ -77,6 +76,10 @@ _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     **_AUTH_ERRORS,
     400: {"description": "Idempotency-Key empty, longer than 255 characters or not printable ASCII", **_ERROR},
     409: {"description": "A request with this Idempotency-Key is still in progress", **_ERROR},
+    410: {
+        "description": "A retry with an Idempotency-Key whose first request's notifications are no longer kept",
+        **_ERROR,
+    },
     413: {
         "description": "Body larger than MAX_BODY_BYTES, notifications larger than MAX_QUEUED_BYTES, or more "
         "notifications than the service's whole rate limit per minute",
@@ -94,7 +97,8 @@ _IDEMPOTENCY_KEY_DOC = {
     "required": False,
     "schema": {"type": "string", "maxLength": 255},
     "description": "Retry safely: the same key with the same body within IDEMPOTENCY_TTL_SECONDS gets the first "
-    "answer again (with `Idempotent-Replayed: true`) and queues nothing; with another body, a 422",
+    "answer again (with `Idempotent-Replayed: true`) and queues nothing; with another body, a 422; a 410 once the "
+    "first request's notifications are no longer kept (RETENTION_DAYS)",
 }
 
 
@@ -135,7 +139,6 @@ _REPLAYED_HEADER = (b"idempotent-replayed", b"true")
 
 #: The longest Idempotency-Key accepted (draft-ietf-httpapi-idempotency-key-header leaves the limit to the server).
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
-_FINGERPRINT_LENGTH = 64  # hex SHA-256
 
 
 def _idempotency_key(value: bytes) -> str:
@@ -266,17 +269,16 @@ async def _ingest(
     answer = entry if listed else docs[0]
     if notification_type is not None:
         answer = orjson.dumps(notify_objects.created(orjson.loads(answer), root))
-    idempotency = fingerprint = None
+    keyed = fingerprint = None
     if idempotency_key is not None:
-        digest = hashlib.sha256(_ROUTE_MARKS[route])
-        digest.update(body)
-        fingerprint = digest.hexdigest().encode()
+        fingerprint = idempotency.fingerprint(_ROUTE_MARKS[route], body)
         record_key = shard.idempotency_key(service, idempotency_key)
-        idempotency = Idempotency(record_key, fingerprint + answer, settings.idempotency_ttl_seconds)
+        kept = idempotency.record(fingerprint, stem, len(ids), root if notification_type is not None else "")
+        keyed = Idempotency(record_key, kept, settings.idempotency_ttl_seconds)
     sent_at = time.monotonic()
     try:
         written = await writer.write(
-            entry, shard.request_key(service, stem), request_id, idempotency, rate_limit, shard.index
+            entry, shard.request_key(service, stem), request_id, keyed, rate_limit, shard.index
         )
     except WriteOutcomeUnknownError as exc:
         retry = (
@@ -302,14 +304,10 @@ async def _ingest(
     if found is None:
         ACCEPTED.inc(len(ids))
         return answer, ids[0], False, written.rate
-    if found[:_FINGERPRINT_LENGTH] != fingerprint:
-        raise IdempotencyKeyMismatchError(
-            f"Idempotency-Key {idempotency_key!r} was used before with another request body on this route; "
-            "use a new key for a new request"
-        )
-    answer = found[_FINGERPRINT_LENGTH:]
-    start = answer.index(b'"id":"') + 6  # the answer is ours: `{"id":"<id>"...` or `[{"id":"<id>"...`
-    first_id = answer[start : start + 36].decode()
+    # a record is found only for a keyed request
+    assert fingerprint is not None
+    assert idempotency_key is not None
+    answer, first_id = await idempotency.replay(state, found, fingerprint, service_id, idempotency_key, listed=listed)
     return answer, first_id, True, written.rate
 
 

@@ -1,12 +1,14 @@
 """Idempotency-Key on the two POST routes: a retry gets the first answer again and queues nothing, in any process."""
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import httpx
 import orjson
 import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.main import create_app
@@ -15,11 +17,14 @@ from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
 from shared.settings import Settings
 from tests.conftest import (
     Tenant,
+    cache_keys,
     count_rows,
     drain_all,
     impatient_client,
     keys_matching,
     make_tenant,
+    notify_headers,
+    notify_key,
     queued,
     redis_asleep,
 )
@@ -177,3 +182,180 @@ async def test_a_retry_after_an_unconfirmed_write_finds_it_rather_than_queueing_
     assert retry.headers["idempotent-replayed"] == "true"  # Redis applied the first one after its pause
     assert retry.json()["id"] in unconfirmed.json()["detail"]
     assert await queued(redis, settings) == 2  # the warm-up request and the keyed one, once
+
+
+# Keys in an order `jsonb` does not keep (it sorts them by length, then bytewise): the replay rebuilt from Postgres
+# must still be the first answer's bytes.
+PERSONALIZED: dict[str, object] = {
+    "to": "ann@example.com",
+    "personalization": {"name": "Ann", "é": "e", "ab": "x", "B": "b", "zz": "z", "a": "1"},
+}
+EMAIL_TEMPLATE = {"name": "welcome", "subject": "Hi ((name))", "body": "Hello ((name)), your code is ((code))."}
+SMS_TEMPLATE = {"name": "code", "type": "sms", "body": "Your code is ((code))"}
+
+
+def _record_key(settings: Settings, tenant: Tenant, key: str) -> str:
+    layout = keys.layout_for(settings)
+    return layout.shards[layout.shard_for_idempotency_key(str(tenant.service_id), key)].idempotency_key(
+        str(tenant.service_id), key
+    )
+
+
+async def _stored_only(redis: Redis, settings: Settings, drain: Drain) -> None:
+    """Store everything queued with the real drain, then drop the requests' cache keys as CACHE_TTL_SECONDS would."""
+    await drain_all(drain)
+    assert await queued(redis, settings) == 0
+    for key in await cache_keys(redis, settings):
+        await redis.delete(key)
+
+
+async def _forgotten(redis: Redis, settings: Settings, engine: AsyncEngine, drain: Drain) -> None:
+    """Store everything, then lose it from Redis and Postgres, as retention would (the records stay)."""
+    await _stored_only(redis, settings, drain)
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM notifications"))
+
+
+async def _replays(send: Callable[[], Awaitable[httpx.Response]], first: httpx.Response) -> None:
+    again = await send()
+    assert again.status_code == 201, again.text
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content  # the same ids, fields, order and personalization order: the same bytes
+    assert again.headers.get("location") == first.headers.get("location")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"), [("/", PERSONALIZED), ("/multiple", [PERSONALIZED, *BRIEF_MULTIPLE_EXAMPLE, PERSONALIZED])]
+)
+async def test_a_replay_is_the_first_answer_while_queued_cached_and_stored(
+    client: httpx.AsyncClient,
+    redis: Redis,
+    settings: Settings,
+    engine: AsyncEngine,
+    drain: Drain,
+    path: str,
+    body: object,
+) -> None:
+    async def send() -> httpx.Response:
+        return await client.post(f"{BASE}{path}", json=body, headers=_keyed("across-the-drain"))
+
+    first = await send()
+    assert first.status_code == 201
+
+    await _replays(send, first)  # queued: from the request's cache key
+    assert await drain_all(drain) == (1 if path == "/" else 4)
+    await _replays(send, first)  # stored, its cache key not yet expired
+    await _stored_only(redis, settings, drain)
+    await _replays(send, first)  # from Postgres only
+    assert await queued(redis, settings) == 0
+    assert await count_rows(engine) == (1 if path == "/" else 4)
+
+
+@pytest.mark.parametrize("channel", ["email", "sms"])
+async def test_a_v2_replay_is_the_first_answer_while_queued_and_stored(
+    client: httpx.AsyncClient,
+    tenant: Tenant,
+    redis: Redis,
+    settings: Settings,
+    engine: AsyncEngine,
+    drain: Drain,
+    channel: str,
+) -> None:
+    template = await client.post("/templates/v1/", json=EMAIL_TEMPLATE if channel == "email" else SMS_TEMPLATE)
+    to = {"email_address": "ann@example.com"} if channel == "email" else {"phone_number": "07700900123"}
+    body = {
+        **to,
+        "template_id": template.json()["id"],
+        "personalisation": {"name": "Ann", "code": "1234", "b": "x", "aa": "y"},
+        "reference": "order-1",
+    }
+
+    async def send() -> httpx.Response:
+        headers = {**notify_headers(notify_key(tenant)), "Idempotency-Key": "v2-across-the-drain"}
+        return await client.post(f"/v2/notifications/{channel}", json=body, headers=headers)
+
+    first = await send()
+    assert first.status_code == 201, first.text
+
+    await _replays(send, first)
+    await _stored_only(redis, settings, drain)
+    await _replays(send, first)
+    assert await count_rows(engine) == 1
+
+
+async def test_a_keyed_multiple_keeps_tens_of_bytes_per_notification_for_the_day(
+    client: httpx.AsyncClient, redis: Redis, settings: Settings, tenant: Tenant
+) -> None:
+    count = settings.max_batch_items
+    body = [
+        {"to": f"user-{n}@example.com", "personalization": {"name": f"User {n}", "band": "Korn"}} for n in range(count)
+    ]
+    first = await client.post(f"{BASE}/multiple", json=body, headers=_keyed("a-big-one"))
+    assert first.status_code == 201
+    assert len(first.content) > 100 * count  # the answer itself is larger than what may be kept for it
+
+    usage = await redis.memory_usage(_record_key(settings, tenant, "a-big-one"))
+    assert usage is not None
+    assert usage < 100 * count
+
+
+async def test_a_record_of_the_old_format_still_replays_its_answer(
+    client: httpx.AsyncClient, redis: Redis, settings: Settings, engine: AsyncEngine, tenant: Tenant, drain: Drain
+) -> None:
+    first = await client.post(f"{BASE}/", json=PERSONALIZED, headers=_keyed("from-before"))
+    record_key = _record_key(settings, tenant, "from-before")
+    record = await redis.get(record_key)
+    assert record is not None
+    # what deployments kept before: the fingerprint, then the whole answer (nothing else has the notification now)
+    await redis.set(record_key, record[:64] + first.content, keepttl=True)
+    await _forgotten(redis, settings, engine, drain)
+
+    again = await client.post(f"{BASE}/", json=PERSONALIZED, headers=_keyed("from-before"))
+
+    assert again.status_code == 201
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    assert again.headers["location"] == first.headers["location"]
+
+
+async def test_a_replay_whose_notifications_are_gone_is_a_410_and_queues_nothing(
+    client: httpx.AsyncClient, redis: Redis, settings: Settings, engine: AsyncEngine, drain: Drain
+) -> None:
+    first = await client.post(f"{BASE}/multiple", json=BRIEF_MULTIPLE_EXAMPLE, headers=_keyed("long-ago"))
+    await _forgotten(redis, settings, engine, drain)
+
+    again = await client.post(f"{BASE}/multiple", json=BRIEF_MULTIPLE_EXAMPLE, headers=_keyed("long-ago"))
+    other_body = await client.post(f"{BASE}/multiple", json=[BRIEF_EXAMPLE], headers=_keyed("long-ago"))
+
+    assert again.status_code == 410
+    detail = again.json()["detail"]
+    assert "long-ago" in detail
+    assert first.json()[0]["id"] in detail
+    assert "no longer kept" in detail
+    assert other_body.status_code == 422  # another body is still told apart
+    assert await queued(redis, settings) == 0
+    assert await count_rows(engine) == 0
+
+
+async def test_a_v2_replay_whose_notification_is_gone_is_notifys_410(
+    client: httpx.AsyncClient, tenant: Tenant, redis: Redis, settings: Settings, engine: AsyncEngine, drain: Drain
+) -> None:
+    template = await client.post("/templates/v1/", json=SMS_TEMPLATE)
+    body = {"phone_number": "07700900123", "template_id": template.json()["id"], "personalisation": {"code": "1"}}
+
+    async def send() -> httpx.Response:
+        headers = {**notify_headers(notify_key(tenant)), "Idempotency-Key": "v2-long-ago"}
+        return await client.post("/v2/notifications/sms", json=body, headers=headers)
+
+    first = await send()
+    assert first.status_code == 201
+    await _forgotten(redis, settings, engine, drain)
+
+    again = await send()
+
+    assert again.status_code == 410
+    errors = again.json()
+    assert errors["status_code"] == 410
+    assert errors["errors"][0]["error"] == "IdempotentAnswerGoneError"
+    assert first.json()["id"] in errors["errors"][0]["message"]
+    assert await queued(redis, settings) == 0
