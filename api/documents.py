@@ -19,7 +19,7 @@ from shared.codec import TemplateRef, encode_notification
 from shared.ids import ids_of
 from shared.schemas import NotificationIn
 from shared.settings import Settings
-from shared.templating import render
+from shared.templating import RenderedTooLongError, render_within
 
 
 async def templates_for(
@@ -97,7 +97,8 @@ def accept(
     the request.
 
     Raises:
-        RequestValidationError: a rendered subject and body together are longer than MAX_RENDERED_LENGTH (422).
+        RequestValidationError: a rendered subject and body together would be longer than MAX_RENDERED_LENGTH (422);
+            measured before rendering (`shared.templating.render_within`).
         PayloadTooLargeError: the documents add up to more than MAX_QUEUED_BYTES (413); checked as they are
             made, so an oversized request stops there.
     """
@@ -111,18 +112,20 @@ def accept(
         reference_to: TemplateRef | None = None
         subject = body = None
         if template is not None:
-            subject, body = render(template.subject, values), render(template.body, values)
-            if len(subject or "") + len(body or "") > max_rendered:
+            try:
+                subject, body = render_within((template.subject, template.body), values, max_rendered)
+            except RenderedTooLongError as exc:
                 where = ("body", len(docs)) if listed else ("body",)
                 raise RequestValidationError(
                     [
                         {
                             "type": "rendered_too_long",
-                            "loc": (*where, "personalization"),
-                            "msg": f"the rendered template is longer than {max_rendered} characters",
+                            "loc": (*where, "personalisation" if notification_type else "personalization"),
+                            "msg": f"renders a template of {exc.length} characters, longer than "
+                            f"MAX_RENDERED_LENGTH={max_rendered}",
                         }
                     ]
-                )
+                ) from None
             reference_to = {"id": str(template.template_id), "version": template.version}
         docs.append(
             encode_notification(

@@ -15,10 +15,10 @@ from uuid import UUID
 
 from sqlalchemy import Row
 
-from api.errors import NotifyError
+from api.errors import NotifyError, NotifyValidationError
 from api.notify_validation import NotifySend
 from api.template_cache import TemplateVersion
-from shared.templating import placeholders, render
+from shared.templating import RenderedTooLongError, placeholders, render_within
 
 #: Notify's datetime format (`2026-12-01T10:00:00.000000Z`).
 NOTIFY_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -136,12 +136,26 @@ def template(row: Row[Any]) -> dict[str, Any]:
     }
 
 
-def preview(row: Row[Any], values: dict[str, str]) -> dict[str, Any]:
+def preview(row: Row[Any], values: dict[str, str], max_rendered: int) -> dict[str, Any]:
     """Return Notify's template preview: the version rendered with `values` (every placeholder has one).
 
     `html` is the body's paragraphs, escaped, for an email template (Notify's full email layout is not built here).
+    The subject and body are bounded as a send's are: measured first, a 400 past `max_rendered` characters, so the
+    answer (the escaped `html` at most six times the body) stays small.
+
+    Raises:
+        NotifyValidationError: the rendering would be longer than `max_rendered` (400; nothing was rendered).
     """
-    body = render(row.body, values) or ""
+    try:
+        subject, body = render_within((row.subject, row.body), values, max_rendered)
+    except RenderedTooLongError as exc:
+        raise NotifyValidationError(
+            [
+                f"personalisation renders a template of {exc.length} characters, longer than "
+                f"MAX_RENDERED_LENGTH={max_rendered}"
+            ]
+        ) from None
+    body = body or ""
     paragraphs = [part.strip() for part in body.replace("\r\n", "\n").split("\n\n") if part.strip()]
     markup = "".join(f"<p>{html.escape(part).replace(chr(10), '<br>')}</p>" for part in paragraphs)
     return {
@@ -150,6 +164,6 @@ def preview(row: Row[Any], values: dict[str, str]) -> dict[str, Any]:
         "version": row.version,
         "body": body,
         "html": markup if row.type == "email" else None,
-        "subject": render(row.subject, values),
+        "subject": subject,
         "postage": None,
     }

@@ -86,7 +86,11 @@ async def fetch_notifications(conn: AsyncConnection, service_id: UUID, first_id:
 
 
 def _document(row: Row[Any]) -> bytes:
-    """Rebuild a stored notification's JSON document, the same bytes the API queued (templates rendered again)."""
+    """Rebuild a stored notification's JSON document, the same bytes the API queued (templates rendered again).
+
+    The rendering is as long as the one the API measured against MAX_RENDERED_LENGTH before accepting it (the
+    template version and the personalization are those it checked), so it is bounded by the write path's check.
+    """
     personalization: dict[str, str] = orjson.loads(row.personalization)
     template: TemplateRef | None = None
     if row.template_id is not None:

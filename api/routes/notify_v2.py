@@ -194,4 +194,4 @@ async def preview_template(
     missing = missing_personalisation(placeholders(row.subject, row.body), values)
     if missing is not None:
         raise missing
-    return _json(preview(row, values))
+    return _json(preview(row, values, request.app.state.settings.max_rendered_length))
