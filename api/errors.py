@@ -27,7 +27,7 @@ unavailable Redis or Postgres (503), and request validation errors, which become
 
     NotifyError                   -> its `status_code`, in GOV.UK Notify's shape (error `BadRequestError`)
     ├── NotifyAuthError           -> 401 (no token, not Bearer) or 403 (the rest), error `AuthError`
-    ├── NotifyValidationError     -> 400, one `ValidationError` per message (every problem of the request)
+    ├── NotifyValidationError     -> 400, one `ValidationError` per problem (up to MAX_ERRORS_LISTED, then a count)
     └── NotifyNotFoundError       -> 404, error `NoResultFound`, `No result found`
 
 Redis or Postgres being unreachable answers 503 with `Retry-After`, never a 500.
@@ -58,6 +58,9 @@ from shared.schemas import PATTERN_MESSAGES
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "2"
+#: Most problems one error answer lists, native or Notify's (a 3.6 MB request can hold 250,000: a 24 MB answer);
+#: a last entry says how many more there were. Notify's clients read the first.
+MAX_ERRORS_LISTED = 100
 
 
 class ApiError(Exception):
@@ -120,7 +123,7 @@ class NotifyValidationError(NotifyError):
     error = "ValidationError"
 
     def __init__(self, messages: list[str]) -> None:
-        super().__init__("; ".join(messages))
+        super().__init__("; ".join(messages[:MAX_ERRORS_LISTED]))
         self.messages = messages
 
 
@@ -274,11 +277,23 @@ def _is_notify(request: Request) -> bool:
     return request.url.path.startswith(NOTIFY_PREFIX)
 
 
+def _left_out(count: int) -> str:
+    return f"and {count} more errors, not listed (an answer lists the first {MAX_ERRORS_LISTED})"
+
+
 def notify_errors_response(
-    status_code: int, errors: list[tuple[str, str]], headers: dict[str, str] | None = None
+    status_code: int, errors: list[tuple[str, str]], headers: dict[str, str] | None = None, *, unlisted: int = 0
 ) -> Response:
-    """Return several errors in GOV.UK Notify's shape: `{"status_code": N, "errors": [{"error", "message"}...]}`."""
-    body = {"status_code": status_code, "errors": [{"error": error, "message": message} for error, message in errors]}
+    """Return several errors in GOV.UK Notify's shape: `{"status_code": N, "errors": [{"error", "message"}...]}`.
+
+    At most MAX_ERRORS_LISTED are listed, then one more saying how many were left out (those past the cap, and
+    `unlisted` more the caller did not even put in `errors`), with the last listed one's `error`.
+    """
+    listed = [{"error": error, "message": message} for error, message in errors[:MAX_ERRORS_LISTED]]
+    left_out = len(errors) - len(listed) + unlisted
+    if left_out:
+        listed.append({"error": listed[-1]["error"], "message": _left_out(left_out)})
+    body = {"status_code": status_code, "errors": listed}
     return Response(
         orjson.dumps(_json_safe(body), default=_printable),
         status_code=status_code,
@@ -341,10 +356,15 @@ def _validation_report(error: dict[str, Any]) -> dict[str, Any]:
 async def _invalid(request: Request, exc: Exception) -> Response:
     # FastAPI's own handler fails (a 500) on inputs it cannot serialize, such as NaN or 1e400 in the body
     assert isinstance(exc, RequestValidationError)
-    reports = [_validation_report(error) for error in exc.errors()]
+    errors = exc.errors()
+    reports = [_validation_report(error) for error in errors[:MAX_ERRORS_LISTED]]
     if _is_notify(request):  # Notify's 400: `<field> <what is wrong>` per error
         messages = [f"{report['loc'][-1] if report.get('loc') else ''} {report['msg']}".strip() for report in reports]
-        return notify_errors_response(400, [("ValidationError", message) for message in messages])
+        return notify_errors_response(
+            400, [("ValidationError", message) for message in messages], unlisted=len(errors) - len(reports)
+        )
+    if len(errors) > MAX_ERRORS_LISTED:
+        reports.append({"type": "too_many_errors", "loc": [], "msg": _left_out(len(errors) - MAX_ERRORS_LISTED)})
     return error_response(reports, 422)
 
 

@@ -5,12 +5,14 @@ import tracemalloc
 import httpx
 from redis.asyncio import Redis
 
+from api.errors import MAX_ERRORS_LISTED
 from shared.settings import Settings
 from tests.conftest import Tenant, notify_headers, notify_key, queued
 
 #: `((a))` x 20,000 (the longest template body) with `a` = 4,096 `&`: 82 million characters from a 4 KB request.
 BLOWUP_BODY = "((a))" * 20_000
 BLOWUP_VALUES = {"a": "&" * 4096}
+TEMPLATE_ID = "0190b8a4-6c1e-7000-8000-000000000000"
 
 
 async def _template(client: httpx.AsyncClient, body: str, template_type: str = "email") -> str:
@@ -72,3 +74,33 @@ async def test_a_send_past_max_rendered_length_is_refused_without_rendering_it(
     assert native.json()["detail"][0]["loc"] == ["body", 0, "personalization"]
     assert peak < 20 * 1024 * 1024  # the rendering alone would be 82 MB
     assert await queued(redis, settings) == 0
+
+
+async def test_error_answers_list_at_most_100_problems_and_count_the_rest(
+    client: httpx.AsyncClient, tenant: Tenant, settings: Settings
+) -> None:
+    native = await client.post("/notifications/v1/multiple", json=[{"to": ""}] * 1000)  # 1,000 empty recipients
+    personalisation = {f"k{n}": [n] for n in range(1000)}  # 1,000 values that are not strings, and too many keys
+    v2 = await client.post(
+        "/v2/notifications/email",
+        json={"email_address": "a@example.com", "template_id": TEMPLATE_ID, "personalisation": personalisation},
+        headers=notify_headers(notify_key(tenant)),
+    )
+
+    assert native.status_code == 422
+    detail = native.json()["detail"]
+    assert len(detail) == MAX_ERRORS_LISTED + 1
+    assert detail[0]["loc"] == ["body", 0, "to"]
+    assert detail[-1] == {
+        "type": "too_many_errors",
+        "loc": [],
+        "msg": f"and {1000 - MAX_ERRORS_LISTED} more errors, not listed (an answer lists the first 100)",
+    }
+    assert v2.status_code == 400
+    errors = v2.json()["errors"]
+    assert len(errors) == MAX_ERRORS_LISTED + 1
+    assert errors[0]["message"] == f"personalisation has more than {settings.max_personalization_keys} keys"
+    assert errors[-1] == {
+        "error": "ValidationError",
+        "message": f"and {1001 - MAX_ERRORS_LISTED} more errors, not listed (an answer lists the first 100)",
+    }
