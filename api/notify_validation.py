@@ -9,6 +9,7 @@ honour is refused with a 400 that says so: scheduling (`scheduled_for`), reply-t
 (`email_reply_to_id`, `sms_sender_id`: none exist here), one-click unsubscribe links and content sanitising.
 """
 
+import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -175,7 +176,11 @@ def _uuid(value: Any) -> UUID | None:
 
 
 def personalisation_values(value: Any, settings: Settings, errors: list[str]) -> dict[str, str]:
-    """Check Notify's `personalisation` (strings and numbers, numbers shown as they were sent) within the limits."""
+    """Check Notify's `personalisation` (strings and numbers) within the limits; return each value as text.
+
+    A number is shown as orjson writes it (exactly as sent for an integer of 64 bits): `exact_personalisation`
+    gives every number as it was sent.
+    """
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -204,6 +209,38 @@ def personalisation_values(value: Any, settings: Settings, errors: list[str]) ->
             )
         values[key] = text
     return values
+
+
+def _inexact(value: Any) -> bool:
+    """Whether orjson may have parsed a number of `value` (a personalisation) into something other than was sent."""
+    # orjson parses a number with a fraction or an exponent, and an integer beyond 64 bits, as a float, and `-0` as 0
+    return isinstance(value, dict) and any(
+        isinstance(item, float) or (type(item) is int and item == 0) for item in value.values()
+    )
+
+
+def exact_personalisation(
+    values: dict[str, str], data: dict[str, Any], body: bytes, settings: Settings
+) -> dict[str, str]:
+    """Return a valid body's personalisation `values` with each number as it was sent (`12345678901234567890123`).
+
+    orjson parses every body (fast); only a body whose personalisation holds a number orjson may not have kept
+    exactly is parsed again, by the standard library, its numbers kept as their text, and checked again (a number
+    sent with 5,000 digits is too long a value). Called once the body is known valid, so it is bounded: every other
+    field has a length limit and a number is one token.
+
+    Raises:
+        NotifyValidationError: a number, as sent, is longer than MAX_PERSONALIZATION_VALUE_LENGTH.
+    """
+    if not _inexact(data.get("personalisation")):
+        return values
+    errors: list[str] = []
+    exact = personalisation_values(
+        json.loads(body, parse_int=str, parse_float=str).get("personalisation"), settings, errors
+    )
+    if errors:
+        raise NotifyValidationError(errors)
+    return exact
 
 
 def parse_send(body: bytes, notification_type: str, service_id: UUID, settings: Settings) -> NotifySend:
@@ -251,6 +288,7 @@ def parse_send(body: bytes, notification_type: str, service_id: UUID, settings: 
         errors.append(f"{sender_field} is not a valid UUID")
     if errors:
         raise NotifyValidationError(errors)
+    personalisation = exact_personalisation(personalisation, data, body, settings)
     _refuse_what_cannot_be_honoured(data, sender_field, sender, service_id)
     assert isinstance(recipient, str)
     assert template_id is not None

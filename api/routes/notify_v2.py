@@ -25,7 +25,7 @@ from api.deps import EngineDep
 from api.errors import NotifyError, NotifyNotFoundError, NotifyValidationError
 from api.notify_auth import NotifyServiceId
 from api.notify_objects import missing_personalisation, notification, preview, template
-from api.notify_validation import personalisation_values, reference_error
+from api.notify_validation import exact_personalisation, personalisation_values, reference_error
 from api.routes.notifications import V2_EMAIL, V2_ONE, V2_SMS, base_url, respond
 from shared import queries
 from shared.schemas import INT4_MAX
@@ -181,17 +181,20 @@ async def preview_template(
 ) -> Response:
     """Render the latest version of a template with `{"personalisation": {...}}`; 400 naming missing values."""
     try:
-        body = orjson.loads(await request.body() or b"{}")
+        raw = await request.body() or b"{}"
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise NotifyError("Invalid JSON supplied in POST data") from None
     if not isinstance(body, dict):
         raise NotifyValidationError(["POST data is not of type object"])
     errors: list[str] = []
-    values = personalisation_values(body.get("personalisation"), request.app.state.settings, errors)
+    settings = request.app.state.settings
+    values = personalisation_values(body.get("personalisation"), settings, errors)
     if errors:
         raise NotifyValidationError(errors)
+    values = exact_personalisation(values, body, raw, settings)
     row = await _template_row(engine, service_id, template_id)
     missing = missing_personalisation(placeholders(row.subject, row.body), values)
     if missing is not None:
         raise missing
-    return _json(preview(row, values, request.app.state.settings.max_rendered_length))
+    return _json(preview(row, values, settings.max_rendered_length))

@@ -345,3 +345,38 @@ async def test_a_listing_reference_with_a_nul_or_too_long_is_notifys_400(
     assert answer.status_code == 400
     assert _errors(answer)[0]["error"] == "ValidationError"
     assert "reference must be at most" in _errors(answer)[0]["message"]
+
+
+async def test_personalisation_numbers_are_rendered_as_they_were_sent(
+    notify: httpx.AsyncClient, templates: tuple[str, str], redis: Redis, drain: Drain
+) -> None:
+    email_template, _ = templates
+    numbers = [b"12345678901234567890123", b"1.50", b"-0", b"1e2", b"-9223372036854775809", b"7"]
+    body = b'{"email_address": "a@example.com", "template_id": "%s", "personalisation": {"name": "A", "code": %s}}'
+    sent = [
+        await notify.post("/v2/notifications/email", content=body % (email_template.encode(), number))
+        for number in numbers
+    ]
+    preview = await notify.post(
+        f"/v2/template/{email_template}/preview", content=b'{"personalisation": {"name": 0.10, "code": -0}}'
+    )
+    too_long = await notify.post(
+        "/v2/notifications/email",
+        content=body % (email_template.encode(), b"1." + b"0" * 5000),
+    )
+
+    assert [response.status_code for response in sent] == [201] * len(numbers)
+    expected = [f"Hello A, your code is {number.decode()}." for number in numbers]
+    assert [response.json()["content"]["body"] for response in sent] == expected
+    await drain_all(drain)
+    await redis.flushdb()  # read back from Postgres: rendered again from the stored personalisation
+    stored = [(await notify.get(f"/v2/notifications/{response.json()['id']}")).json()["body"] for response in sent]
+    assert stored == expected
+    assert preview.json()["body"] == "Hello 0.10, your code is -0."
+    assert too_long.status_code == 400
+    assert _errors(too_long) == [
+        {
+            "error": "ValidationError",
+            "message": "personalisation code must be at most 4096 characters, without control characters",
+        }
+    ]
