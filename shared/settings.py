@@ -4,6 +4,7 @@ Nothing reads the environment at import time: call `get_settings()` (cached) fro
 Every field is documented in the README's configuration table.
 """
 
+import re
 from functools import lru_cache
 from typing import Literal
 
@@ -11,6 +12,9 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.secretbox import parse_secret_key
+
+#: An absolute http(s) URL without query, fragment, credentials or whitespace.
+_BASE_URL = re.compile(r"https?://[^/?#@\s]+(/[^?#\s]*)?")
 
 
 class Settings(BaseSettings):
@@ -73,6 +77,10 @@ class Settings(BaseSettings):
     # Storage: notifications are kept in day partitions for this many days (0: kept for ever).
     retention_days: int = Field(7, ge=0, le=36_500)
 
+    # The API's URL as clients reach it (`https://notify.example.com/`): the base of the v2 answers' `uri` and
+    # `links`. Unset: the request's Host header, if it is a plain host[:port].
+    public_base_url: str | None = None
+
     # Operations.
     worker_metrics_port: int = Field(9100, ge=0, le=65535)
     worker_metrics_host: str = "0.0.0.0"  # for a container's scraper; `make run` sets its HOST (loopback)
@@ -99,6 +107,15 @@ class Settings(BaseSettings):
             return None
         parse_secret_key(value.get_secret_value())  # a wrong key stops the process at start, saying how to fix it
         return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not _BASE_URL.fullmatch(value):
+            raise ValueError("PUBLIC_BASE_URL must look like https://host[:port][/path] (no query, no fragment)")
+        return value.rstrip("/") + "/"
 
     @field_validator("redis_url", "arq_redis_url")
     @classmethod

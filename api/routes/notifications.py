@@ -20,6 +20,7 @@ the request, and the FastAPI routes below, which exist for the OpenAPI docs, cal
 """
 
 import math
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +39,7 @@ from api.body import read_json_body
 from api.documents import Recipient, accept, templates_for
 from api.errors import (
     InvalidIdempotencyKeyError,
+    NotifyError,
     PayloadTooLargeError,
     RateLimitedError,
     ReplicasUnconfirmedError,
@@ -311,13 +313,29 @@ async def _ingest(
     return answer, first_id, True, written.rate
 
 
-def base_url(scope: Scope) -> str:
-    """The API's base URL as the client called it, with a trailing slash (Notify's answers hold absolute URIs)."""
+#: A plain `host[:port]`: a name or an IPv4 address, or a bracketed IPv6 address, and an optional port.
+_PLAIN_HOST = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
+
+
+def base_url(scope: Scope, public_base_url: str | None) -> str:
+    """The base URL of the v2 answers' URIs, with its trailing slash: PUBLIC_BASE_URL, else as the client called it.
+
+    Without PUBLIC_BASE_URL the Host header is taken only if it is a plain host[:port] (lower-cased): anything else
+    (a path, credentials, quotes, markup) would be written into the answers, and into the answers an
+    Idempotency-Key replays.
+
+    Raises:
+        NotifyError: no PUBLIC_BASE_URL and a Host header that is not a plain host[:port] (400).
+    """
+    if public_base_url is not None:
+        return public_base_url
     host = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"host"), None)
     if host is None:
         server_host, port = scope.get("server") or ("localhost", 80)
         host = f"{server_host}:{port}"
-    return f"{scope.get('scheme', 'http')}://{host}/"
+    elif not _PLAIN_HOST.fullmatch(host):
+        raise NotifyError("The Host header must be a plain host[:port] (or set PUBLIC_BASE_URL)")
+    return f"{scope.get('scheme', 'http')}://{host.lower()}/"
 
 
 async def serve(
@@ -339,7 +357,7 @@ async def serve(
             idempotency_header = value
     notify = route in _NOTIFY_ROUTES
     service_id = await (notify_service_for if notify else service_for)(state, authorization)
-    root = base_url(scope) if notify else ""
+    root = base_url(scope, state.settings.public_base_url) if notify else ""
     if route in (ONE, V2_ONE):
         assert notification_id is not None
         if notify:

@@ -129,7 +129,7 @@ async def list_notifications(request: Request, service_id: NotifyServiceId, engi
         docs = await queries.list_notify_notifications(
             conn, service_id, types=types, statuses=statuses, reference=reference, older_than=older_than
         )
-    root = base_url(request.scope)
+    root = base_url(request.scope, request.app.state.settings.public_base_url)
     found = [notification(orjson.loads(doc), root) for doc in docs]
     params = list(request.query_params.multi_items())
     current = f"{root}v2/notifications" + (f"?{urlencode(params)}" if params else "")

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api.main import create_app
 from shared import ratelimits
 from shared.settings import Settings
 from tests.conftest import Tenant, drain_all, notify_headers, notify_key, queued
@@ -380,3 +381,68 @@ async def test_personalisation_numbers_are_rendered_as_they_were_sent(
             "message": "personalisation code must be at most 4096 characters, without control characters",
         }
     ]
+
+
+async def test_a_host_header_that_is_not_a_plain_host_never_reaches_an_answer(
+    notify: httpx.AsyncClient, templates: tuple[str, str]
+) -> None:
+    email_template, _ = templates
+    send = {
+        "email_address": "a@example.com",
+        "template_id": email_template,
+        "personalisation": {"name": "A", "code": 1},
+    }
+    plain = await notify.post("/v2/notifications/email", json=send, headers={"Host": "API.Example.com:8443"})
+    answers = [
+        await notify.post("/v2/notifications/email", json=send, headers={"Host": host})
+        for host in ("evil.example/phish?", "a@evil.example", '"><script>', "evil.example\t", "")
+    ]
+    listing = await notify.get("/v2/notifications", headers={"Host": "evil.example/x"})
+    one = await notify.get(f"/v2/notifications/{plain.json()['id']}", headers={"Host": "evil.example/x"})
+
+    assert plain.json()["uri"] == f"http://api.example.com:8443/v2/notifications/{plain.json()['id']}"
+    for answer in [*answers, listing, one]:
+        assert answer.status_code == 400
+        assert _errors(answer) == [
+            {
+                "error": "BadRequestError",
+                "message": "The Host header must be a plain host[:port] (or set PUBLIC_BASE_URL)",
+            }
+        ]
+
+
+async def test_public_base_url_builds_every_v2_uri_and_link_whatever_the_host(
+    settings: Settings, redis: Redis, engine: AsyncEngine, tenant: Tenant, templates: tuple[str, str], drain: Drain
+) -> None:
+    email_template, _ = templates
+    configured = Settings(**{**settings.model_dump(), "public_base_url": "https://notify.example.com/api"})
+    assert configured.public_base_url == "https://notify.example.com/api/"
+    app = create_app(configured)
+    send = {
+        "email_address": "a@example.com",
+        "template_id": email_template,
+        "personalisation": {"name": "A", "code": 1},
+    }
+    root = "https://notify.example.com/api/"
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost:8000") as http,
+    ):
+        headers = {**notify_headers(notify_key(tenant)), "Host": "evil.example/x", "Idempotency-Key": "k1"}
+        sent = await http.post("/v2/notifications/email", json=send, headers=headers)
+        replayed = await http.post("/v2/notifications/email", json=send, headers={**headers, "Host": "other.example"})
+        await drain_all(drain)
+        listed = (await http.get("/v2/notifications", headers=headers)).json()
+
+    notification_id = sent.json()["id"]
+    assert sent.status_code == 201
+    assert sent.json()["uri"] == f"{root}v2/notifications/{notification_id}"
+    assert sent.json()["template"]["uri"] == f"{root}v2/template/{email_template}/version/1"
+    assert replayed.content == sent.content
+    assert listed["notifications"][0]["template"]["uri"] == f"{root}v2/template/{email_template}/version/1"
+    assert listed["links"] == {
+        "current": f"{root}v2/notifications",
+        "next": f"{root}v2/notifications?older_than={notification_id}",
+    }
+    with pytest.raises(ValueError, match="PUBLIC_BASE_URL"):
+        Settings(public_base_url="https://notify.example.com/?q#f", _env_file=None)  # type: ignore[call-arg]
