@@ -34,7 +34,7 @@ from starlette.datastructures import State
 from starlette.types import Receive, Scope
 
 from api import idempotency, notify_objects, ratelimit
-from api.auth import service_for
+from api.auth import ServiceId, service_for
 from api.body import read_json_body
 from api.documents import Recipient, accept, templates_for
 from api.errors import (
@@ -442,9 +442,10 @@ async def create_notifications(request: Request) -> Response:
     "/{notification_id}",
     response_model=NotificationOut,
     responses={**_AUTH_ERRORS, 404: {"description": "No such notification in your service", **_ERROR}},
-    openapi_extra=_SECURED,
     summary="Get one notification, queued or stored",
 )
-async def get_notification(request: Request, notification_id: UUID) -> Response:
+async def get_notification(request: Request, service_id: ServiceId, notification_id: UUID) -> Response:
     """Return a notification from the Redis cache or, once drained and expired there, from Postgres."""
+    # reached for an id that is not in the canonical form (the hot path serves those): FastAPI runs the key check
+    # (the dependency) before it validates the id, so a request without a valid key is a 401, never a 422
     return await respond(request, ONE, notification_id)

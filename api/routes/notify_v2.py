@@ -86,8 +86,12 @@ async def send_letter(service_id: NotifyServiceId) -> Response:
 
 
 @router.get("/notifications/{notification_id}")
-async def get_notification(request: Request, notification_id: Annotated[str, Path()]) -> Response:
+async def get_notification(
+    request: Request, notification_id: Annotated[str, Path()], service_id: NotifyServiceId
+) -> Response:
     """Return one notification of your service, still queued or stored (read-your-write)."""
+    # reached for an id that is not a canonical UUID (the hot path serves those): the token is checked (the
+    # dependency) before the id, so that nobody learns anything of the API without a valid token
     return await respond(request, V2_ONE, _uuid(notification_id, "notification_id"))
 
 

@@ -387,3 +387,13 @@ async def test_get_of_one_of_many_does_not_parse_the_requests_array(
     assert fetched.status_code == 200
     assert fetched.json() == posted.json()[100]
     assert [size for size in parsed if size >= len(posted.content)] == []  # the array was searched, not parsed
+
+
+async def test_a_malformed_id_is_checked_after_the_key(anonymous: httpx.AsyncClient, tenant: Tenant) -> None:
+    without = await anonymous.get(f"{BASE}/not-a-uuid")
+    unknown_key = await anonymous.get(f"{BASE}/not-a-uuid", headers={"Authorization": "Bearer nope"})
+    with_key = await anonymous.get(f"{BASE}/not-a-uuid", headers=tenant.headers)
+
+    assert without.status_code == unknown_key.status_code == 401
+    assert with_key.status_code == 422
+    assert with_key.json()["detail"][0]["loc"] == ["path", "notification_id"]

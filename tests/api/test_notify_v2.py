@@ -446,3 +446,18 @@ async def test_public_base_url_builds_every_v2_uri_and_link_whatever_the_host(
     }
     with pytest.raises(ValueError, match="PUBLIC_BASE_URL"):
         Settings(public_base_url="https://notify.example.com/?q#f", _env_file=None)  # type: ignore[call-arg]
+
+
+async def test_a_bad_notification_id_is_checked_after_the_token(
+    anonymous: httpx.AsyncClient, tenant: Tenant, settings: Settings
+) -> None:
+    assert settings.anonymous_service is None
+    without = await anonymous.get("/v2/notifications/not-a-uuid")
+    wrong = await anonymous.get("/v2/notifications/not-a-uuid", headers={"Authorization": "Bearer not-a-jwt"})
+    valid = await anonymous.get("/v2/notifications/not-a-uuid", headers=notify_headers(notify_key(tenant)))
+
+    assert without.status_code == 401
+    assert _errors(without)[0]["error"] == "AuthError"
+    assert wrong.status_code == 403
+    assert valid.status_code == 400
+    assert _errors(valid) == [{"error": "ValidationError", "message": "notification_id is not a valid UUID"}]
