@@ -5,10 +5,10 @@ the body into the cached document), when it previews a template, and by GET when
 from Postgres, so all produce the same text.
 
 A rendering can be far longer than its request: a template of `((a))` x 20,000 with a 4,096-character `a` renders
-82 million characters from a 4 KB request. So `render_within` measures a rendering before producing it: one scan
-of the template collects its pieces (literal slices and references to the values, no copies of the values) and
-adds up their lengths; only a rendering within the limit is joined. A refused one costs the scan of the template
-(bounded by its own length), never the rendering.
+82 million characters from a 4 KB request. So `render_within` measures a rendering before producing it: one split
+of the template gives its pieces (its literal parts, and references to the values in place of its placeholders:
+no copy of a value), whose lengths are added up; only a rendering within the limit is joined. A refused one costs
+the split of the template (bounded by the template's own length), never the rendering.
 """
 
 import re
@@ -36,26 +36,33 @@ def placeholders(*texts: str | None) -> list[str]:
     return list(seen)
 
 
-def _pieces(text: str, values: Mapping[str, str]) -> tuple[list[str], int]:
-    """Return the pieces `text` renders to with `values` (a missing value leaves its placeholder) and their length."""
+def _pieces(text: str, values: Mapping[str, str]) -> list[str]:
+    """Return the pieces `text` renders to with `values`: its literal parts and the values, not yet joined."""
+    pieces = PLACEHOLDER.split(text)  # [literal, name, literal, name, ..., literal], split in C
+    for index in range(1, len(pieces), 2):
+        value = values.get(pieces[index])
+        if value is None:  # rare (GET and sends check every placeholder has a value): keep it as written
+            return _pieces_keeping_missing(text, values)
+        pieces[index] = value
+    return pieces
+
+
+def _pieces_keeping_missing(text: str, values: Mapping[str, str]) -> list[str]:
+    """`_pieces`, leaving a placeholder without a value as it was written (`(( name ))`)."""
     pieces: list[str] = []
-    length = last = 0
+    last = 0
     for match in PLACEHOLDER.finditer(text):
         start, end = match.span()
-        value = values.get(match.group(1))
-        if value is None:
-            value = match.group(0)
         pieces.append(text[last:start])
-        pieces.append(value)
-        length += start - last + len(value)
+        pieces.append(values.get(match.group(1), match.group(0)))
         last = end
     pieces.append(text[last:])
-    return pieces, length + len(text) - last
+    return pieces
 
 
 def rendered_length(text: str | None, values: Mapping[str, str]) -> int:
     """Return how many characters `render(text, values)` would produce, without producing them."""
-    return 0 if text is None else _pieces(text, values)[1]
+    return 0 if text is None else sum(map(len, _pieces(text, values)))
 
 
 def render(text: str | None, values: Mapping[str, str]) -> str | None:
@@ -63,9 +70,7 @@ def render(text: str | None, values: Mapping[str, str]) -> str | None:
 
     Unbounded: for a template and values a client chose, use `render_within`.
     """
-    if text is None:
-        return None
-    return "".join(_pieces(text, values)[0])
+    return None if text is None else "".join(_pieces(text, values))
 
 
 def render_within(texts: Sequence[str | None], values: Mapping[str, str], limit: int) -> list[str | None]:
@@ -75,7 +80,7 @@ def render_within(texts: Sequence[str | None], values: Mapping[str, str], limit:
         RenderedTooLongError: the renderings would add up to more than `limit` characters; none was produced.
     """
     measured = [None if text is None else _pieces(text, values) for text in texts]
-    length = sum(pieces[1] for pieces in measured if pieces is not None)
+    length = sum(sum(map(len, pieces)) for pieces in measured if pieces is not None)
     if length > limit:
         raise RenderedTooLongError(length, limit)
-    return [None if pieces is None else "".join(pieces[0]) for pieces in measured]
+    return [None if pieces is None else "".join(pieces) for pieces in measured]
