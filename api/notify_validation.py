@@ -214,9 +214,11 @@ def personalisation_values(value: Any, settings: Settings, errors: list[str]) ->
 def _inexact(value: Any) -> bool:
     """Whether orjson may have parsed a number of `value` (a personalisation) into something other than was sent."""
     # orjson parses a number with a fraction or an exponent, and an integer beyond 64 bits, as a float, and `-0` as 0
-    return isinstance(value, dict) and any(
-        isinstance(item, float) or (type(item) is int and item == 0) for item in value.values()
-    )
+    if isinstance(value, dict):
+        for item in value.values():
+            if type(item) is float or (type(item) is int and item == 0):
+                return True
+    return False
 
 
 def exact_personalisation(

@@ -79,8 +79,13 @@ def render_within(texts: Sequence[str | None], values: Mapping[str, str], limit:
     Raises:
         RenderedTooLongError: the renderings would add up to more than `limit` characters; none was produced.
     """
-    measured = [None if text is None else _pieces(text, values) for text in texts]
-    length = sum(sum(map(len, pieces)) for pieces in measured if pieces is not None)
+    measured: list[list[str] | None] = []
+    length = 0
+    for text in texts:
+        pieces = None if text is None else _pieces(text, values)
+        if pieces is not None:
+            length += sum(map(len, pieces))
+        measured.append(pieces)
     if length > limit:
         raise RenderedTooLongError(length, limit)
     return [None if pieces is None else "".join(pieces) for pieces in measured]

@@ -23,6 +23,7 @@ import math
 import re
 import time
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
@@ -333,9 +334,16 @@ def base_url(scope: Scope, public_base_url: str | None) -> str:
     if host is None:
         server_host, port = scope.get("server") or ("localhost", 80)
         host = f"{server_host}:{port}"
-    elif not _PLAIN_HOST.fullmatch(host):
+    root = _root(scope.get("scheme", "http"), host)
+    if root is None:
         raise NotifyError("The Host header must be a plain host[:port] (or set PUBLIC_BASE_URL)")
-    return f"{scope.get('scheme', 'http')}://{host.lower()}/"
+    return root
+
+
+@lru_cache(maxsize=256)
+def _root(scheme: str, host: str) -> str | None:
+    """`scheme://host/` (lower-cased) if `host` is a plain host[:port], else None; cached: clients use few hosts."""
+    return f"{scheme}://{host.lower()}/" if _PLAIN_HOST.fullmatch(host) else None
 
 
 async def serve(
