@@ -44,8 +44,12 @@ class EmbeddedRedisCluster:
         """REDIS_URL naming the first node (with REDIS_CLUSTER=true the client learns the others from it)."""
         return self.nodes[0].url
 
-    def start(self, timeout: float = 30.0) -> Self:
-        """Start the nodes, join them into a cluster and wait until every node says the cluster is ok."""
+    def start(self, timeout: float = 30.0, form: bool = True) -> Self:
+        """Start the nodes, join them into a cluster and wait until every node says the cluster is ok.
+
+        With `form=False` the nodes run but are not joined (no slots served yet, as just after a deployment
+        started them); `form()` joins them later.
+        """
         try:
             for n in range(self.primaries * (1 + self.replicas)):
                 for attempt in range(5):
@@ -56,29 +60,27 @@ class EmbeddedRedisCluster:
                     except PortInUse:
                         if attempt == 4:
                             raise
-            cli = Path(EmbeddedRedis.executable()).with_name("redis-cli")
-            addresses = [f"{HOST}:{node.port}" for node in self.nodes]
-            subprocess.run(
-                [
-                    str(cli),
-                    "--cluster",
-                    "create",
-                    *addresses,
-                    "--cluster-replicas",
-                    str(self.replicas),
-                    "--cluster-yes",
-                ],
-                check=True,
-                capture_output=True,
-                timeout=timeout,
-            )
-            self._wait_ok(timeout)
+            if form:
+                self.form(timeout)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_ok(self, timeout: float) -> None:
+    def form(self, timeout: float = 30.0) -> None:
+        """Join the running nodes into a cluster (`redis-cli --cluster create`) and wait until it is ok."""
+        cli = Path(EmbeddedRedis.executable()).with_name("redis-cli")
+        addresses = [f"{HOST}:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [str(cli), "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+        self.wait_ok(timeout)
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Wait until every node says the cluster is ok (after `form`, or after the nodes were restarted)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             states = []

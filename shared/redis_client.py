@@ -9,6 +9,7 @@ a rate-limited request's tokens are taken twice, and a request with an Idempoten
 run wrote and is answered as a replay (the same answer, with `Idempotent-Replayed: true`).
 """
 
+import asyncio
 from typing import Any, cast
 
 from redis.asyncio import ConnectionPool, Redis
@@ -16,6 +17,7 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.cluster import get_node_name
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.settings import Settings
@@ -25,13 +27,14 @@ def connect(settings: Settings, read_slack_seconds: float = 0.0) -> Redis:
     """Create a client for REDIS_URL; `read_slack_seconds` extends the read timeout for blocking reads.
 
     With REDIS_CLUSTER, a `RedisCluster` that learns the cluster from the node REDIS_URL names and routes each
-    command by its key's slot (following MOVED/ASK itself). It has the commands of `Redis` that the service uses
-    (the callers keep every multi-key command within one shard's hash tag), so it is typed as one.
+    command by its key's slot (following MOVED/ASK itself), and that can always learn it again from that node
+    (`StartupNodesCluster`). It has the commands of `Redis` that the service uses (the callers keep every multi-key
+    command within one shard's hash tag), so it is typed as one.
     """
     if settings.redis_cluster:
         return cast(
             Redis,
-            RedisCluster.from_url(
+            StartupNodesCluster.from_url(
                 settings.require_redis_url(),
                 socket_timeout=settings.redis_timeout_seconds + read_slack_seconds,
                 socket_connect_timeout=settings.redis_timeout_seconds,
@@ -51,6 +54,37 @@ def connect(settings: Settings, read_slack_seconds: float = 0.0) -> Redis:
         health_check_interval=30,
     )
     return client
+
+
+class StartupNodesCluster(RedisCluster):
+    """A `RedisCluster` that learns the cluster again from the nodes it was configured with, whatever it saw since.
+
+    redis-py's client forgets a node for good once a command to it failed on its connection (redis-py issue #3693)
+    and replaces its startup nodes with the nodes it last discovered. Its tasks share it, so one task's
+    re-initialisation (after CLUSTERDOWN, as on a cluster that is still forming) closes the connections the other
+    tasks are blocked on, and each of those forgets its node: once every node is forgotten it answers "Redis
+    Cluster cannot be connected. Please provide at least one reachable node: None" for ever. This one puts the
+    configured nodes (REDIS_URL's) back before each re-initialisation, so it recovers once any of them answers.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._configured_nodes = [(node.host, node.port) for node in self.nodes_manager.startup_nodes.values()]
+
+    async def initialize(self) -> RedisCluster:
+        """Put the configured startup nodes back, then (re-)learn the cluster as `RedisCluster.initialize` does."""
+        if self._initialize:
+            # under the lock RedisCluster.initialize holds while it walks the startup nodes
+            if not self._lock:
+                self._lock = asyncio.Lock()
+            async with self._lock:
+                if self._initialize:
+                    startup = self.nodes_manager.startup_nodes
+                    for host, port in self._configured_nodes:
+                        name = get_node_name(host, port)
+                        if name not in startup:
+                            startup[name] = ClusterNode(host, port, **self.connection_kwargs)
+        return await super().initialize()
 
 
 def _retry_once_on_a_dead_connection() -> dict[str, Any]:

@@ -409,3 +409,115 @@ async def test_with_wait_replicas_short_a_refused_or_replayed_request_is_still_t
     assert (replay.status_code, replay.headers.get("idempotent-replayed")) == (201, "true")  # the record is found
     assert queued_once.status_code == 503
     assert refused.status_code == 429  # nothing was queued: the 429, not "perhaps queued"
+
+
+async def _blocked_clients(cluster: EmbeddedRedisCluster) -> int:
+    total = 0
+    for node in cluster.nodes:
+        client = Redis(host="127.0.0.1", port=node.port)
+        try:
+            total += int((await client.info("clients"))["blocked_clients"])
+        finally:
+            await client.aclose()
+    return total
+
+
+@pytest.fixture
+def restarted_cluster(tmp_path: Path) -> Iterator[EmbeddedRedisCluster]:
+    """Three primaries that this test restarts (the cluster is its own)."""
+    cluster = EmbeddedRedisCluster(tmp_path / "restarted").start()
+    yield cluster
+    cluster.stop()
+
+
+async def test_a_cluster_client_that_lost_every_node_at_once_learns_the_cluster_again(
+    cluster_settings: Settings, restarted_cluster: EmbeddedRedisCluster
+) -> None:
+    # A worker's drains share one client, each blocked on its shard's stream (one per primary). When every node
+    # goes away at once (a restart; or the client closing their connections itself to re-initialise, as it does
+    # on CLUSTERDOWN while a cluster forms), each read fails on its connection and redis-py forgets that node for
+    # good (issue #3693): with all forgotten it could never connect again.
+    settings = cluster_settings.model_copy(update={"redis_url": restarted_cluster.url, "redis_timeout_seconds": 2})
+    client = redis_client.connect(settings, read_slack_seconds=60)
+    try:
+        await client.ping()
+        streams = [shard.stream for shard in LAYOUT.shards]
+        reads = [asyncio.create_task(client.xread({stream: "$"}, block=60_000)) for stream in streams]
+        for _ in range(300):
+            if await _blocked_clients(restarted_cluster) == len(streams):
+                break
+            await asyncio.sleep(0.1)
+        assert await _blocked_clients(restarted_cluster) == len(streams)
+        for node in restarted_cluster.nodes:
+            node.stop(kill=True)
+        failed = await asyncio.gather(*reads, return_exceptions=True)
+        assert all(isinstance(error, Exception) for error in failed), failed
+        for node in restarted_cluster.nodes:
+            node.start()
+        await asyncio.to_thread(restarted_cluster.wait_ok)
+        # the nodes answer again, at the addresses the client was configured with: it must find them
+        await client.set("{a}after", "1")
+        assert await client.get("{a}after") == b"1"
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def unformed_cluster(tmp_path: Path) -> Iterator[EmbeddedRedisCluster]:
+    """Six cluster-enabled nodes, running but not joined yet (as compose starts them before redis-cluster-init)."""
+    cluster = EmbeddedRedisCluster(tmp_path / "unformed", primaries=3, replicas=1).start(form=False)
+    yield cluster
+    cluster.stop()
+
+
+async def test_a_worker_started_before_the_cluster_is_formed_drains_once_it_is(
+    settings: Settings,
+    engine: AsyncEngine,
+    unformed_cluster: EmbeddedRedisCluster,
+    servers: Servers,
+    worker_env: dict[str, str],
+    venv_bin: Path,
+    tmp_path: Path,
+) -> None:
+    shards = 6  # as the compose file's cluster profile: two drains on each primary
+    env = {
+        **worker_env,
+        "REDIS_URL": unformed_cluster.url,
+        "REDIS_CLUSTER": "true",
+        "STREAM_SHARDS": str(shards),
+        "ARQ_REDIS_URL": servers.redis_url,
+        "DB_RETRY_MAX_SECONDS": "1",
+    }
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(  # noqa: ASYNC220 - started once, before the cluster exists
+            [str(venv_bin / "arq"), "worker.main.WorkerSettings"], env=env, cwd=ROOT, stdout=out, stderr=out
+        )
+    try:
+        for _ in range(600):  # the worker met the unformed cluster and failed on it
+            if "All slots are not covered" in log.read_text():
+                break
+            await asyncio.sleep(0.1)
+        assert "All slots are not covered" in log.read_text(), log.read_text()
+        await asyncio.to_thread(unformed_cluster.form)
+        on_cluster = settings.model_copy(
+            update={"redis_url": unformed_cluster.url, "redis_cluster": True, "stream_shards": shards}
+        )
+        client = redis_client.connect(on_cluster)
+        try:
+            tenant = await make_tenant(engine, client, "formed-late")
+        finally:
+            await client.aclose()
+        app = create_app(on_cluster)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=tenant.headers) as http:
+                accepted = [(await http.post(f"{BASE}/", json=BRIEF_EXAMPLE)).json()["id"] for _ in range(30)]
+        for _ in range(600):  # stored by the same worker, never restarted
+            if await count_rows(engine) == len(accepted):
+                break
+            await asyncio.sleep(0.1)
+        assert await count_rows(engine) == len(accepted), log.read_text()[-5000:]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
