@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     # Operations.
     worker_metrics_port: int = Field(9100, ge=0, le=65535)
     worker_metrics_host: str = "0.0.0.0"  # for a container's scraper; `make run` sets its HOST (loopback)
+    # Each worker's health signal (worker.health): a file its drains date with their latest completed loop.
+    worker_heartbeat_file: str | None = None
+    worker_heartbeat_max_age_seconds: float = Field(60.0, gt=0)
     access_log: bool = True
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -95,7 +98,7 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_URL must look like postgresql://user:pass@host:port/db")
         return value
 
-    @field_validator("anonymous_service")
+    @field_validator("anonymous_service", "worker_heartbeat_file")
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None

@@ -293,6 +293,15 @@ def test_worker_deployment(k8s: list[Doc]) -> None:
     assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > SHUTDOWN_GRACE_SECONDS
 
 
+def test_worker_liveness_is_its_own_heartbeat(k8s: list[Doc]) -> None:
+    container = _container(_one(k8s, "Deployment", "notify-worker"))
+    assert container["livenessProbe"]["exec"]["command"] == ["python", "-m", "worker.health"]
+    environment = {item["name"]: item["value"] for item in container["env"]}
+    assert environment["WORKER_HEARTBEAT_FILE"].startswith("/tmp/")  # noqa: S108 - the pod's writable emptyDir
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]  # noqa: S108
+    assert set(environment) <= {name.upper() for name in Settings.model_fields}
+
+
 def test_pods_carry_prometheus_scrape_annotations(k8s: list[Doc]) -> None:
     for name, port in (("notify-api", "8000"), ("notify-worker", "9100")):
         deployment = _one(k8s, "Deployment", name)

@@ -158,6 +158,7 @@ class Drain:
         consumer: str,
         shard: keys.Shard | None = None,
         observes_backlog: bool = True,
+        on_loop: Callable[[], None] | None = None,
     ) -> None:
         self.redis = redis
         #: The stream this drain reads (a worker runs one drain per shard, side by side).
@@ -168,6 +169,8 @@ class Drain:
         self.engine = engine
         self.settings = settings
         self.consumer = consumer
+        #: Called after each loop `run` completes (the worker's heartbeat, worker.health).
+        self.on_loop = on_loop
         self.stopping = asyncio.Event()
         self.stored = 0
         self._expire = redis.register_script(EXPIRE_KEYS)
@@ -532,6 +535,8 @@ class Drain:
                     if len(batch) < self.settings.drain_batch_entries:
                         await self._linger(read_at + self.settings.drain_linger_ms / 1000 - loop.time())
                 delay = 0.1
+                if self.on_loop is not None:
+                    self.on_loop()
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):  # Redis lost the group (flushed, or restarted without AOF)
                     await self._retry_later(self.ensure_group, exc, delay)

@@ -7,7 +7,9 @@ partitions of `notifications` (makes the coming days', drops those past RETENTIO
 """
 
 import asyncio
+import functools
 import logging
+from pathlib import Path
 from typing import Any
 
 from arq import cron
@@ -20,6 +22,7 @@ from shared.heap import freeze_startup_objects
 from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
 from worker.drain import Drain, consumer_name
+from worker.health import Heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +48,21 @@ async def startup(ctx: dict[str, Any]) -> None:
                 "metrics not served on %s port %d: %s", settings.worker_metrics_host, settings.worker_metrics_port, exc
             )
     consumer = consumer_name()
+    shards = keys.layout_for(settings).shards
+    heartbeat = Heartbeat(Path(settings.worker_heartbeat_file), len(shards)) if settings.worker_heartbeat_file else None
     # one drain per shard, side by side: each blocks on its own stream only, so the worker idles only when all are
     # empty, and no shard waits for another's batch
     drains = [
-        Drain(redis, engine, settings, consumer, shard, observes_backlog=shard.index == 0)
-        for shard in keys.layout_for(settings).shards
+        Drain(
+            redis,
+            engine,
+            settings,
+            consumer,
+            shard,
+            observes_backlog=shard.index == 0,
+            on_loop=functools.partial(heartbeat.beat, shard.index) if heartbeat else None,
+        )
+        for shard in shards
     ]
     ctx["drain"], ctx["drains"] = drains[0], drains
     ctx["drain_tasks"] = [asyncio.create_task(drain.run(), name=f"drain-{drain.shard.index}") for drain in drains]
