@@ -4,7 +4,8 @@ The log line: `GET http://localhost:8000/status/heartbeat 204 0.014161s`.
 
 A bare ASGI middleware (cheaper than Starlette's BaseHTTPMiddleware). It also gives each request its id
 (`X-Request-ID`, the client's or a new one), which the write path stores with the stream entry so that the
-worker's logs name it. ACCESS_LOG=false raises the `api.access` logger's level above INFO: no line is written.
+worker's logs name it. ACCESS_LOG=false raises the `api.access` logger's level above INFO: no line is written;
+ACCESS_LOG_PROBES=false leaves out only the lines of the health probes (`/status/*`, every few seconds).
 """
 
 import itertools
@@ -23,6 +24,8 @@ logger = logging.getLogger("api.access")
 _SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 #: The status logged and counted for a request whose client left before the answer (nginx's convention).
 CLIENT_CLOSED = 499
+#: Where the health probes ask (liveness, readiness): left out of the log with ACCESS_LOG_PROBES=false.
+PROBE_PATHS = "/status/"
 
 
 def _url(scope: Scope) -> str:
@@ -42,6 +45,13 @@ def _route(scope: Scope) -> str:
         return str(scope["notify.route"])
     route = scope.get("route")
     return str(getattr(route, "path", "unmatched"))
+
+
+def leave_out_probes(record: logging.LogRecord) -> bool:
+    """Filter of the `api.access` logger: False for the line of a probe (`METHOD scheme://host/status/… …`)."""
+    _, _, after_scheme = record.getMessage().partition("://")
+    path = after_scheme[after_scheme.find("/") :] if "/" in after_scheme else ""
+    return not path.startswith(PROBE_PATHS)
 
 
 _counters: dict[tuple[str, str, int], Any] = {}

@@ -12,7 +12,7 @@ from uuid import UUID
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from api.access_log import AccessLogMiddleware
+from api.access_log import AccessLogMiddleware, leave_out_probes
 from api.auth import KeyCache
 from api.body import BodyLimitMiddleware
 from api.errors import install_error_handlers
@@ -57,7 +57,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = active = settings or get_settings()
         configure_logging(active.log_level, active.log_format)
-        logging.getLogger("api.access").setLevel(logging.INFO if active.access_log else logging.WARNING)
+        access = logging.getLogger("api.access")
+        access.setLevel(logging.INFO if active.access_log else logging.WARNING)
+        if active.access_log_probes:
+            access.removeFilter(leave_out_probes)
+        else:
+            access.addFilter(leave_out_probes)
         app.state.redis = redis = redis_client.connect(active)
         app.state.writer = writer = RedisWriter(
             redis,

@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     worker_heartbeat_file: str | None = None
     worker_heartbeat_max_age_seconds: float = Field(60.0, gt=0)
     access_log: bool = True
+    # Log the health probes' requests (/status/*) too; false leaves them out of the access log.
+    access_log_probes: bool = True
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 
