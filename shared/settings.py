@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None
 
+    @field_validator("admin_token")
+    @classmethod
+    def _empty_token_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        # an empty ADMIN_TOKEN (compose passes `${ADMIN_TOKEN:-}`) turns the admin API off, never on with ""
+        return value if value is not None and value.get_secret_value().strip() else None
+
     @field_validator("secret_key")
     @classmethod
     def _fernet_keys(cls, value: SecretStr | None) -> SecretStr | None:

@@ -224,6 +224,27 @@ async def test_admin_api_is_off_without_admin_token(settings: object, redis: Red
     assert "ADMIN_TOKEN" in response.json()["detail"]
 
 
+async def test_an_empty_admin_token_turns_the_admin_api_off(
+    settings: Settings, redis: Redis, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api.main import create_app
+
+    # `ADMIN_TOKEN: ${ADMIN_TOKEN:-}` in docker-compose.yml gives an empty value when the operator sets none
+    monkeypatch.setenv("ADMIN_TOKEN", "")
+    from_env = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert from_env.admin_token is None
+    app = create_app(settings.model_copy(update={"admin_token": from_env.admin_token}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            bare = await http.get("/services/v1/")
+            empty = await http.get("/services/v1/", headers={"Authorization": "Bearer "})
+
+    for response in (bare, empty):
+        assert response.status_code == 403
+        assert "ADMIN_TOKEN" in response.json()["detail"]
+
+
 async def test_admin_creates_service_and_key_that_works(anonymous: httpx.AsyncClient) -> None:
     service = await anonymous.post("/services/v1/", json={"name": "newsletter"}, headers=ADMIN)
     assert service.status_code == 201
