@@ -2,7 +2,10 @@
 
 import asyncio
 import secrets
+import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +19,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from api.main import create_app
 from shared.db import create_engine, sqlalchemy_url
+from shared.embedded import EmbeddedPostgres
+from shared.local_server import free_port
 from shared.settings import Settings
 from tests.conftest import ROOT, Servers, drain_all, make_tenant, migrate
 from worker.drain import Drain
@@ -201,3 +206,49 @@ def test_downgrade_and_upgrade_again(scratch_db: str) -> None:
         "template_versions",
         "templates",
     ]
+
+
+def test_a_migration_started_before_postgres_listens_waits_for_it(
+    tmp_path: Path, worker_env: dict[str, str], venv_bin: Path
+) -> None:
+    # compose starts `migrate` once Postgres's healthcheck passes, which may be before it takes TCP connections
+    port = free_port()
+    env = {**worker_env, "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/postgres"}
+    log = tmp_path / "migrate.log"
+    with log.open("wb") as out:
+        migration = subprocess.Popen(
+            [str(venv_bin / "alembic"), "upgrade", "head"], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        for _ in range(600):  # it met a closed port and is waiting
+            if "does not take connections yet" in log.read_text() or migration.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert migration.poll() is None, log.read_text()
+        server = EmbeddedPostgres(tmp_path / "late", port).start()
+        try:
+            assert migration.wait(timeout=120) == 0, log.read_text()
+            tables = _sql(server.url, "SELECT to_regclass('notifications') IS NOT NULL")
+            assert tables == [[(True,)]]
+        finally:
+            server.stop()
+    finally:
+        if migration.poll() is None:
+            migration.kill()
+            migration.wait()
+
+
+def test_a_migration_with_a_wrong_database_fails_at_once(
+    servers: Servers, worker_env: dict[str, str], venv_bin: Path
+) -> None:
+    wrong = servers.database_url.rsplit("/", 1)[0] + "/no_such_database"
+    done = subprocess.run(
+        [str(venv_bin / "alembic"), "upgrade", "head"],
+        env={**worker_env, "DATABASE_URL": wrong},
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert b"no_such_database" in done.stderr + done.stdout
+    assert b"does not take connections yet" not in done.stderr + done.stdout
