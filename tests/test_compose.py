@@ -1,11 +1,18 @@
-"""The production shape: no Docker engine runs here, so the compose file is parsed and its promises checked."""
+"""The production shape: the compose file parsed and its promises checked; with a Docker engine, `compose config` too.
 
+`make compose-check` (deploy/compose_check.py) brings the file up for real; it needs a Docker engine and minutes.
+"""
+
+import json
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from shared.secretbox import new_secret_key
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +34,10 @@ def test_redis_fsyncs_every_write(compose: dict[str, Any]) -> None:
     assert command[command.index("--appendonly") + 1] == "yes"
     assert command[command.index("--appendfsync") + 1] == "always"
     assert compose["services"]["redis"]["volumes"]
+
+
+APP_SERVICES = ("migrate", "api", "worker", "api-cluster", "worker-cluster")
+WORKERS = ("worker", "worker-cluster")
 
 
 def test_worker_is_scalable(compose: dict[str, Any]) -> None:
@@ -60,8 +71,36 @@ def test_app_services_share_one_image_built_from_deploy(compose: dict[str, Any])
     assert (ROOT / "deploy" / "Dockerfile").exists()
 
 
+def test_every_app_service_gets_the_secret_key_and_the_admin_token(compose: dict[str, Any]) -> None:
+    # the cluster profile once replaced the environment it inherits, and its API refused every Notify token
+    for name in APP_SERVICES:
+        environment = compose["services"][name]["environment"]
+        assert environment["SECRET_KEY"] == "${SECRET_KEY:-}", name
+        assert environment["ADMIN_TOKEN"] == "${ADMIN_TOKEN:-}", name
+        assert environment["DATABASE_URL"] == compose["services"]["api"]["environment"]["DATABASE_URL"], name
+        assert environment["ACCESS_LOG_PROBES"] == "false", name
+        assert set(environment) <= {field.upper() for field in Settings.model_fields}, name
+
+
+def test_each_worker_is_checked_by_its_own_heartbeat(compose: dict[str, Any]) -> None:
+    for name in WORKERS:
+        worker = compose["services"][name]
+        assert worker["environment"]["WORKER_HEARTBEAT_FILE"].startswith("/tmp/"), name  # noqa: S108
+        assert worker["healthcheck"]["test"] == ["CMD", "python", "-m", "worker.health"], name
+
+
+def test_postgres_is_healthy_only_once_it_takes_tcp_connections(compose: dict[str, Any]) -> None:
+    # on its first start the official image answers on its socket before it listens on TCP
+    test = " ".join(compose["services"]["postgres"]["healthcheck"]["test"])
+    assert "pg_isready -h 127.0.0.1" in test
+
+
+def test_compose_v1_can_read_the_file(compose: dict[str, Any]) -> None:
+    assert "name" not in compose  # Compose v1 refuses a top-level `name:`
+
+
 def test_api_publishes_its_port(compose: dict[str, Any]) -> None:
-    assert compose["services"]["api"]["ports"] == ["8000:8000"]
+    assert compose["services"]["api"]["ports"] == ["${API_PORT:-8000}:8000"]
 
 
 def test_observability_profile_scrapes_api_and_workers(compose: dict[str, Any]) -> None:
@@ -157,7 +196,7 @@ def test_cluster_apps_run_the_app_on_the_cluster(compose: dict[str, Any]) -> Non
     assert worker["environment"]["ARQ_REDIS_URL"] == "redis://redis:6379/0"
     assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
     # both APIs can run side by side
-    assert services["api-cluster"]["ports"] == ["8001:8000"]
+    assert services["api-cluster"]["ports"] == ["${CLUSTER_API_PORT:-8001}:8000"]
     assert "ports" not in services["worker-cluster"]
     assert "container_name" not in services["worker-cluster"]
 
@@ -174,9 +213,46 @@ def test_cluster_environment_is_accepted_by_the_service_settings(
 ) -> None:
     for name in [name.upper() for name in Settings.model_fields]:
         monkeypatch.delenv(name, raising=False)
+    secret_key = new_secret_key()
     for name, value in compose["services"]["worker-cluster"]["environment"].items():
-        monkeypatch.setenv(name, value)
+        monkeypatch.setenv(name, value.replace("${SECRET_KEY:-}", secret_key).replace("${ADMIN_TOKEN:-}", ""))
     settings = Settings(_env_file=None)
     assert settings.redis_cluster is True
     assert settings.stream_shards == 6
     assert settings.arq_redis_url == "redis://redis:6379/0"
+    assert settings.secret_key is not None
+    assert settings.secret_key.get_secret_value() == secret_key
+    assert settings.admin_token is None  # empty: the admin API is off
+
+
+def _compose_command() -> list[str] | None:
+    """`docker compose` (v2) or `docker-compose` (v1), whichever answers; None without either."""
+    if shutil.which("docker"):
+        done = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=60)
+        if done.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+def test_compose_config_gives_every_app_service_the_secret_key() -> None:
+    command = _compose_command()
+    if command is None:
+        pytest.skip("no docker compose here")
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "SECRET_KEY": "the-secret", "ADMIN_TOKEN": "the-token"}
+    done = subprocess.run(
+        [*command, "-f", str(ROOT / "docker-compose.yml"), "--profile", "cluster", "config"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load(done.stdout)
+    for name in APP_SERVICES:
+        environment = config["services"][name]["environment"]
+        assert environment["SECRET_KEY"] == "the-secret", name
+        assert environment["ADMIN_TOKEN"] == "the-token", name
+    assert json.dumps(config["services"]["api-cluster"]["environment"]).count("redis-node-1") == 1
