@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 
-.PHONY: install run test check format migrate loadtest bench bench-drain bench-fairness bench-app bench-worker-start bench-redis clean
+.PHONY: install run test check format compose-check migrate loadtest bench bench-drain bench-fairness bench-app bench-worker-start bench-redis clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,9 @@ bench-worker-start: install  ## seconds from starting `arq worker.main.WorkerSet
 bench-redis: install  ## one Redis process: the group-commit script from redis-py, AOF always/everysec/off, + redis-benchmark
 	command -v redis-benchmark >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-tools)
 	$(BIN)/python -m loadtest.bench_redis $(ARGS)
+
+compose-check: install  ## docker-compose.yml for real (needs Docker and minutes): up, a key, a POST stored, 3 workers, one killed under load, the cluster profile
+	$(BIN)/python -m deploy.compose_check $(ARGS)
 
 migrate: install
 	$(BIN)/alembic upgrade head
