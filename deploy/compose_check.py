@@ -1,7 +1,8 @@
 """`make compose-check`: docker-compose.yml brought up for real, the README's production steps followed literally.
 
-Needs a Docker engine and Compose (v2's `docker compose`, else v1's `docker-compose`) and takes minutes, so it is
-not part of the test suite. On the project `notify-check` (removed at the end unless --keep) it checks that:
+Needs a Docker engine and Compose (v2's `docker compose`; else v1's `docker-compose`, given a copy of the file
+without the top-level `name:` it refuses) and takes minutes, so it is not part of the test suite. On the project
+`notify-check` (removed at the end unless --keep) it checks that:
 
 1. `up -d --build` brings postgres, redis, migrate, api and worker up, every long-running service healthy;
 2. the README's command makes a service and a key (`exec api python -m shared.cli ...`);
@@ -55,11 +56,27 @@ def compose_command() -> list[str]:
     raise CheckFailed("neither `docker compose` nor `docker-compose` is installed")
 
 
+def file_arguments(command: Sequence[str]) -> list[str]:
+    """The `-f` arguments for `command`: the compose file itself, or for v1 a copy without its top-level `name:`.
+
+    The copy (in .data/) is read with --project-directory at the checkout, so its relative paths mean the same.
+    """
+    compose_file = ROOT / "docker-compose.yml"
+    if list(command) != ["docker-compose"]:
+        return ["-f", str(compose_file)]
+    copy = ROOT / ".data" / "compose-v1.yml"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    lines = compose_file.read_text().splitlines(keepends=True)
+    copy.write_text("".join(line for line in lines if not line.startswith("name:")))
+    return ["-f", str(copy), "--project-directory", str(ROOT)]
+
+
 class Compose:
     """Runs compose commands on the project, with the settings the README asks for in the environment."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.base = [*compose_command(), "-p", PROJECT, "-f", str(ROOT / "docker-compose.yml")]
+        command = compose_command()
+        self.base = [*command, "-p", PROJECT, *file_arguments(command)]
         self.env = env
 
     def run(self, *args: str, profile: str | None = None, timeout: float = 1800) -> str:
@@ -278,19 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         if not args.keep:
+            command = compose_command()
+            down = ["--profile", "cluster", "down", "-v", "--remove-orphans"]
             subprocess.run(
-                [
-                    *compose_command(),
-                    "-p",
-                    PROJECT,
-                    "-f",
-                    str(ROOT / "docker-compose.yml"),
-                    "--profile",
-                    "cluster",
-                    "down",
-                    "-v",
-                    "--remove-orphans",
-                ],
+                [*command, "-p", PROJECT, *file_arguments(command), *down],
                 cwd=ROOT,
                 env=env,
                 capture_output=True,

@@ -4,7 +4,6 @@
 """
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from deploy import compose_check
 from shared.secretbox import new_secret_key
 from shared.settings import Settings
 
@@ -95,8 +95,10 @@ def test_postgres_is_healthy_only_once_it_takes_tcp_connections(compose: dict[st
     assert "pg_isready -h 127.0.0.1" in test
 
 
-def test_compose_v1_can_read_the_file(compose: dict[str, Any]) -> None:
-    assert "name" not in compose  # Compose v1 refuses a top-level `name:`
+def test_the_project_keeps_its_name(compose: dict[str, Any]) -> None:
+    # the volumes (pgdata, redisdata) are named after the project: another name would start on empty ones
+    assert compose["name"] == "notify"
+    assert "Compose v2" in (ROOT / "README.md").read_text()
 
 
 def test_api_publishes_its_port(compose: dict[str, Any]) -> None:
@@ -225,24 +227,14 @@ def test_cluster_environment_is_accepted_by_the_service_settings(
     assert settings.admin_token is None  # empty: the admin API is off
 
 
-def _compose_command() -> list[str] | None:
-    """`docker compose` (v2) or `docker-compose` (v1), whichever answers; None without either."""
-    if shutil.which("docker"):
-        done = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=60)
-        if done.returncode == 0:
-            return ["docker", "compose"]
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    return None
-
-
 def test_compose_config_gives_every_app_service_the_secret_key() -> None:
-    command = _compose_command()
-    if command is None:
+    try:
+        command = compose_check.compose_command()
+    except compose_check.CheckFailed:
         pytest.skip("no docker compose here")
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "SECRET_KEY": "the-secret", "ADMIN_TOKEN": "the-token"}
     done = subprocess.run(
-        [*command, "-f", str(ROOT / "docker-compose.yml"), "--profile", "cluster", "config"],
+        [*command, *compose_check.file_arguments(command), "--profile", "cluster", "config"],
         cwd=ROOT,
         env=env,
         capture_output=True,
