@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 
-.PHONY: install run test check format compose-check migrate loadtest bench bench-drain bench-fairness bench-app bench-worker-start bench-redis clean
+.PHONY: install run test test-tools check format compose-check migrate loadtest bench bench-drain bench-fairness bench-app bench-worker-start bench-redis clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ CLUSTER_TESTS := tests/api/test_notifications.py tests/api/test_templates.py tes
 	tests/api/test_rate_limits.py tests/api/test_auth.py tests/api/test_notify_auth.py tests/api/test_notify_v2.py \
 	tests/reliability/test_backpressure.py
 
-test: install  ## the whole suite, against real servers (embedded unless TEST_DATABASE_URL/TEST_REDIS_URL), then the core again on a Redis Cluster
+# Tools the suite runs besides Python: Debian's faketime (a real worker and the CLI run with their clock moved).
+test-tools:
+	command -v faketime >/dev/null || (apt-get update -qq && apt-get install -y -qq faketime)
+
+test: install test-tools  ## the whole suite, against real servers (embedded unless TEST_DATABASE_URL/TEST_REDIS_URL), then the core again on a Redis Cluster
 	$(BIN)/pytest
 	TEST_REDIS_CLUSTER=1 $(BIN)/pytest -q $(CLUSTER_TESTS)
 

@@ -226,12 +226,16 @@ async def _partitions_list(engine: AsyncEngine, redis: Redis, args: argparse.Nam
 
 
 async def _partitions_maintain(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
-    retention = get_settings().retention_days
-    done = await partitions.maintain(engine, retention)
+    settings = get_settings()
+    retention = settings.retention_days
+    done = await partitions.maintain(engine, redis, retention, keys.layout_for(settings))
     if done.skipped:
         print("another process is maintaining the partitions right now; nothing done", file=sys.stderr)
         return 1
     print(f"made {done.created or 'none'}; dropped {done.dropped or 'none'} (RETENTION_DAYS={retention})")
+    if done.refused:
+        print(f"dropped nothing: {done.refused}", file=sys.stderr)
+        return 1
     return 0
 
 

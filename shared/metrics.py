@@ -42,9 +42,6 @@ DRAIN_BATCH_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 STORAGE_ERRORS = Counter("notify_storage_errors", "Failed attempts to store a batch (retried)")
-EXPIRED = Counter(
-    "notify_notifications_expired", "Notifications not stored because their day was past RETENTION_DAYS when drained"
-)
 PARTITIONS_DROPPED = Counter("notify_partitions_dropped", "Day partitions of notifications dropped by retention")
 DEAD_LETTERS = Counter("notify_dead_letters", "Entries moved to the dead-letter stream")
 

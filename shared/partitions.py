@@ -12,10 +12,14 @@ Who makes and drops them:
   RETENTION_DAYS (0 keeps everything): `DETACH PARTITION … CONCURRENTLY` (reads and the drain go on), then
   `DROP TABLE`. Only one process maintains at a time (a session advisory lock); the others skip.
 - The drain calls `ensure` before storing, so a notification never fails for want of a partition (a backlog held
-  for longer than DAYS_AHEAD, a clock step forward): any missing day is made on the spot.
-- A notification whose day is already past retention when it is finally drained is not stored (its partition
-  is, or is about to be, dropped): `expired_before` gives the first id that is kept, and the drain counts and logs
-  what it skips.
+  for longer than DAYS_AHEAD, a clock step forward, a day dropped by retention while it was queued): any missing
+  day is made on the spot. An accepted notification is always stored, however old its day.
+
+Whose clock says what is old: Postgres's (`SELECT now()`), the clock the stored data is judged by, never the
+maintaining process's alone. A process whose clock disagrees with Postgres's by more than MAX_CLOCK_SKEW drops
+nothing and logs why (a worker's clock stepped 9 days ahead once dropped every partition). Whatever the clocks
+say, the partition of Postgres's today and the day of any notification still queued in the streams (the oldest
+QUEUE_SAMPLE entries of each shard: their stream ids and their notification ids) are never dropped.
 
 A new partition is made as a plain table and attached (`ATTACH PARTITION` takes only a SHARE UPDATE EXCLUSIVE
 lock on `notifications`, so the drain and GETs are not blocked), in one transaction under a transaction advisory
@@ -23,14 +27,18 @@ lock, so concurrent makers never race.
 """
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from shared import keys
 from shared.metrics import PARTITIONS_DROPPED
 
 logger = logging.getLogger(__name__)
@@ -41,6 +49,11 @@ DAYS_AHEAD = 3
 #: Advisory lock keys (arbitrary constants of this service): one to make partitions, one to maintain.
 CREATE_LOCK = 7_160_001
 MAINTAIN_LOCK = 7_160_002
+#: How far the maintaining process's clock may be from Postgres's before maintenance refuses to drop anything.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+#: Entries read from the head of each stream for the oldest day still queued: the head holds the oldest entries,
+#: and API processes' clocks differ a little, so the first entry alone may not hold the oldest notification id.
+QUEUE_SAMPLE = 100
 _EPOCH = date(1970, 1, 1)
 _DAY_MS = 86_400_000
 
@@ -48,7 +61,11 @@ _DAY_MS = 86_400_000
 def day_of(notification_id: UUID | str) -> date:
     """Return the UTC day a UUIDv7 was made on (from its 48-bit millisecond prefix)."""
     raw = notification_id.bytes if isinstance(notification_id, UUID) else UUID(notification_id).bytes
-    return _EPOCH + timedelta(milliseconds=int.from_bytes(raw[:6], "big"))
+    return _day_of_millis(int.from_bytes(raw[:6], "big"))
+
+
+def _day_of_millis(millis: int) -> date:
+    return _EPOCH + timedelta(milliseconds=millis)
 
 
 def first_id(day: date) -> UUID:
@@ -76,12 +93,6 @@ def first_kept_day(retention_days: int, now: datetime | None = None) -> date | N
     if retention_days <= 0:
         return None
     return today((now or datetime.now(UTC)) - timedelta(days=retention_days))
-
-
-def expired_before(retention_days: int, now: datetime | None = None) -> UUID | None:
-    """Return the first notification id that is still kept (ids below it are expired), or None if none expire."""
-    day = first_kept_day(retention_days, now)
-    return None if day is None else first_id(day)
 
 
 async def create(conn: AsyncConnection, day: date) -> bool:
@@ -154,46 +165,129 @@ async def list_partitions(conn: AsyncConnection) -> list[Partition]:
     return [Partition(row[0], _day_of_name(row[0]), row[1], int(row[2]), bool(row[3])) for row in rows]
 
 
+# A request's cache key ends with the stem its notification ids share (26 hex digits, the first 12 its millisecond).
+_KEY_STEM = re.compile(rb":([0-9a-f]{26})$")
+# An inline entry's JSON array starts with its first notification, whose document starts with its id.
+_FIRST_ID = re.compile(rb'"id":"([0-9a-fA-F-]{36})"')
+
+
+def queued_days(entry_id: bytes, fields: dict[bytes, bytes] | None) -> set[date]:
+    """Return the days a stream entry speaks for: its own (Redis's clock) and its notifications' (the API's)."""
+    days = {_day_of_millis(int(entry_id.split(b"-", 1)[0]))}
+    fields = fields or {}
+    key, inline = fields.get(keys.STREAM_KEY_FIELD), fields.get(keys.STREAM_FIELD)
+    if key and (stem := _KEY_STEM.search(key)):
+        days.add(_day_of_millis(int(stem.group(1)[:12], 16)))
+    elif inline and (first := _FIRST_ID.search(inline[:256])):
+        days.add(day_of(first.group(1).decode()))
+    return days
+
+
+async def oldest_queued_day(redis: Redis, layout: keys.Layout) -> date | None:
+    """Return the oldest day of a notification still queued in any shard's stream (None: the streams are empty).
+
+    Read from the first QUEUE_SAMPLE entries of each stream (one pipeline): entries leave a stream only once
+    stored, so those are the oldest not yet stored, pending at a consumer or not.
+    """
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in layout.shards:
+            pipe.xrange(shard.stream, count=QUEUE_SAMPLE)
+        replies = await pipe.execute()
+    days = [day for entries in replies for entry_id, fields in entries for day in queued_days(entry_id, fields)]
+    return min(days, default=None)
+
+
+async def clocks(conn: AsyncConnection, now: datetime | None = None) -> tuple[datetime, timedelta]:
+    """Return Postgres's `now()` and how far this process's clock (or `now`, standing in for it) is from it."""
+    before = now or datetime.now(UTC)
+    database: datetime = await conn.scalar(text("SELECT now()"))
+    after = now or datetime.now(UTC)
+    if database < before:
+        return database, before - database
+    return database, max(database - after, timedelta(0))
+
+
 @dataclass(slots=True)
 class Maintenance:
-    """What one `maintain` call did (`skipped`: another process held the maintenance lock)."""
+    """What one `maintain` call did (`skipped`: another process held the maintenance lock).
+
+    `refused` says why nothing was dropped although RETENTION_DAYS asked for it (empty: nothing was refused).
+    """
 
     created: list[str]
     dropped: list[str]
     skipped: bool = False
+    refused: str = ""
 
 
-async def maintain(engine: AsyncEngine, retention_days: int, now: datetime | None = None) -> Maintenance:
+async def maintain(
+    engine: AsyncEngine,
+    redis: Redis,
+    retention_days: int,
+    layout: keys.Layout | None = None,
+    now: datetime | None = None,
+) -> Maintenance:
     """Make the partitions from yesterday to DAYS_AHEAD days ahead; detach and drop the expired ones.
 
-    Safe to run from many processes at once: one holds the maintenance lock, the others return `skipped`.
-    Dropping is `DETACH PARTITION … CONCURRENTLY` (it cannot run inside a transaction, so this connection is in
-    autocommit) and then `DROP TABLE`; a detach interrupted earlier is finished with `FINALIZE`.
+    Days are Postgres's (`now` stands in for this process's clock, as tests move it): nothing is dropped when the
+    two clocks disagree by more than MAX_CLOCK_SKEW, nor Postgres's today, nor a day still queued in the streams
+    of `layout` (if they cannot be read, nothing is dropped). Safe to run from many processes at once: one holds
+    the maintenance lock, the others return `skipped`. Dropping is `DETACH PARTITION … CONCURRENTLY` (it cannot
+    run inside a transaction, so this connection is in autocommit) and then `DROP TABLE`; a detach interrupted
+    earlier is finished with `FINALIZE`.
     """
     result = Maintenance([], [])
-    start = today(now)
     async with engine.connect() as conn:
         auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
         if not await auto.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": MAINTAIN_LOCK}):
             result.skipped = True
             return result
         try:
-            keep_from = first_kept_day(retention_days, now)
+            database_now, skew = await clocks(auto, now)
+            start = today(database_now)
+            keep_from = first_kept_day(retention_days, database_now)
             wanted = {start + timedelta(days=offset) for offset in range(-1, DAYS_AHEAD + 1)}
             if keep_from is not None:
                 wanted = {day for day in wanted if day >= keep_from}
             result.created = [name_of(day) for day in await ensure(engine, wanted, set())]
             if keep_from is not None:
-                for partition in await list_partitions(auto):
-                    if partition.day is None or partition.day >= keep_from:
-                        continue
-                    await _drop(auto, partition)
-                    result.dropped.append(partition.name)
-                    PARTITIONS_DROPPED.inc()
-                    logger.info("dropped partition %s (older than RETENTION_DAYS=%d)", partition.name, retention_days)
+                limit, result.refused = await _first_day_to_keep(redis, layout or keys.layout(), skew, keep_from, start)
+                if limit is None:
+                    logger.warning("partition maintenance dropped nothing: %s", result.refused)
+                else:
+                    result.dropped = await _drop_before(auto, limit, retention_days)
         finally:
             await auto.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MAINTAIN_LOCK})
     return result
+
+
+async def _first_day_to_keep(
+    redis: Redis, layout: keys.Layout, skew: timedelta, by_retention: date, database_today: date
+) -> tuple[date | None, str]:
+    """Return the first day not to drop: RETENTION_DAYS's, unless today or a queued day is older; or None and why."""
+    if skew > MAX_CLOCK_SKEW:
+        return None, (
+            f"this process's clock is {skew} away from Postgres's (more than MAX_CLOCK_SKEW={MAX_CLOCK_SKEW}): "
+            "set the clocks right (NTP)"
+        )
+    try:
+        queued = await oldest_queued_day(redis, layout)
+    except (RedisError, OSError) as exc:
+        return None, f"the streams cannot be read ({exc!r}): the day of a queued notification might be dropped"
+    return min(by_retention, database_today, queued or database_today), ""
+
+
+async def _drop_before(conn: AsyncConnection, limit: date, retention_days: int) -> list[str]:
+    """Detach and drop the partitions of the days before `limit`; return their names."""
+    dropped = []
+    for partition in await list_partitions(conn):
+        if partition.day is None or partition.day >= limit:
+            continue
+        await _drop(conn, partition)
+        dropped.append(partition.name)
+        PARTITIONS_DROPPED.inc()
+        logger.info("dropped partition %s (older than RETENTION_DAYS=%d)", partition.name, retention_days)
+    return dropped
 
 
 async def _drop(conn: AsyncConnection, partition: Partition) -> None:

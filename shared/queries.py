@@ -39,7 +39,6 @@ INSERT_NOTIFICATIONS = text(
          json_to_recordset(e.payload::json) AS x(
            id uuid, service_id uuid, "to" text, personalization jsonb, template json,
            created_at timestamptz, updated_at timestamptz, sent_at timestamptz, type text, reference text)
-    WHERE x.id >= CAST(:kept_from AS uuid)
     ON CONFLICT (id) DO NOTHING
     """
 )
@@ -56,18 +55,13 @@ SELECT_NOTIFICATION_RANGE = text(
     + " WHERE n.id BETWEEN CAST(:first AS uuid) AND CAST(:last AS uuid) AND n.service_id = :service_id ORDER BY n.id"
 )
 
-#: The nil UUID: every id is at least this (nothing has expired).
-KEEP_ALL = "00000000-0000-0000-0000-000000000000"
 
-
-async def insert_notifications(conn: AsyncConnection, payloads: list[str], kept_from: UUID | None = None) -> int:
+async def insert_notifications(conn: AsyncConnection, payloads: list[str]) -> int:
     """Insert the notifications of some stream entries (each a JSON array); return how many rows were new.
 
-    Runs inside the caller's transaction; already stored notifications are skipped, and so are those with ids
-    below `kept_from` (expired: older than retention).
+    Runs inside the caller's transaction; already stored notifications are skipped.
     """
-    params = {"payloads": payloads, "kept_from": str(kept_from or KEEP_ALL)}
-    return int((await conn.execute(INSERT_NOTIFICATIONS, params)).rowcount)
+    return int((await conn.execute(INSERT_NOTIFICATIONS, {"payloads": payloads})).rowcount)
 
 
 async def fetch_notification(conn: AsyncConnection, notification_id: UUID, service_id: UUID) -> bytes | None:

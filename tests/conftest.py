@@ -8,6 +8,7 @@ import asyncio
 import os
 import secrets
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -159,6 +160,36 @@ def worker_env(servers: Servers) -> dict[str, str]:
         SECRET_KEY=TEST_SECRET_KEY,
         PYTHONPATH=str(ROOT),
     )
+    return env
+
+
+#: How far `clock_ahead` moves a process's clock: past RETENTION_DAYS's default (7), as in issue 19's report.
+CLOCK_AHEAD_DAYS = 9
+
+
+@pytest.fixture(scope="session")
+def clock_ahead() -> dict[str, str]:
+    """Environment that runs a process with its clock CLOCK_AHEAD_DAYS days ahead (Debian's libfaketime).
+
+    libfaketime, preloaded, moves every clock the process reads (time, datetime, the event loop's); the process
+    stays the one started (its signals and exit code are its own). `make test-tools` installs it; the environment
+    is checked to move the clock, so no test passes on an unmoved one.
+    """
+    found = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1")) + sorted(
+        Path("/usr/lib/faketime").glob("libfaketime.so.1")
+    )
+    if not found:
+        pytest.fail("libfaketime is not installed: `make test-tools` installs it (Debian's faketime package)")
+    env = {"LD_PRELOAD": str(found[0]), "FAKETIME": f"+{CLOCK_AHEAD_DAYS}d"}
+    shown = subprocess.run(
+        [sys.executable, "-c", "import time; print(time.time())"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    ahead = float(shown.stdout) - time.time()
+    assert ahead > (CLOCK_AHEAD_DAYS - 0.5) * 86_400, f"libfaketime did not move the clock: {shown}"
     return env
 
 

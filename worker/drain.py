@@ -38,7 +38,6 @@ from shared.metrics import (
     DEAD_LETTERS,
     DRAIN_BATCH_SECONDS,
     DRAIN_BATCH_SIZE,
-    EXPIRED,
     OLDEST_PENDING_AGE,
     ROWS_STORED,
     STORAGE_ERRORS,
@@ -334,7 +333,6 @@ class Drain:
                 finished.append(entry_id)
                 continue
             entries.append(Entry(entry_id, payload, docs, cache_key, request_id, days))
-        self._skip_expired(entries)
         stored = await self._store(entries, redelivered) if entries else 0
         await self._ack(entries, finished)
         self.stored += stored
@@ -351,32 +349,6 @@ class Drain:
             )
         DRAIN_BATCH_SECONDS.observe(time.perf_counter() - started)
         return stored
-
-    def _skip_expired(self, entries: list[Entry]) -> None:
-        """Leave out notifications whose day is past RETENTION_DAYS: their partition is dropped, or about to be.
-
-        They are counted and logged, and their entries acked like stored ones: storing them would only make a
-        partition for maintenance to drop again.
-        """
-        kept_from = partitions.first_kept_day(self.settings.retention_days)
-        if kept_from is None:
-            return
-        for entry in entries:
-            if not entry.days or min(entry.days) >= kept_from:
-                continue
-            first_kept = str(partitions.first_id(kept_from))
-            kept = [doc for doc in entry.docs if doc["id"] >= first_kept]
-            skipped = len(entry.docs) - len(kept)
-            EXPIRED.inc(skipped)
-            logger.warning(
-                "not storing %d notifications of request %s: older than RETENTION_DAYS=%d",
-                skipped,
-                entry.request_id or "?",
-                self.settings.retention_days,
-                extra={"request_id": entry.request_id, "entry": entry.entry_id.decode()},
-            )
-            entry.docs = kept
-            entry.days = {day for day in entry.days if day >= kept_from}
 
     async def _store(self, entries: list[Entry], redelivered: bool) -> int:
         """Insert entries in one transaction; split the batch to isolate entries that cannot be stored."""
@@ -402,15 +374,15 @@ class Drain:
         payloads = [entry.payload.decode() for entry in entries if entry.docs]
         if not payloads:
             return 0
-        kept_from = partitions.expired_before(self.settings.retention_days)
         async with self.engine.begin() as conn:
-            return await queries.insert_notifications(conn, payloads, kept_from)
+            return await queries.insert_notifications(conn, payloads)
 
     async def _insert_with_retry(self, entries: list[Entry], idempotent: bool) -> int:
         """Store entries, retrying outages with capped backoff; raise PoisonError for data Postgres refuses.
 
         The partitions of the entries' days are made first if missing (a backlog older than the partitions made
-        ahead, a clock step): a notification never fails for want of one.
+        ahead, a clock step, a day retention dropped while it was queued): an accepted notification is always
+        stored, whatever its day and whatever this process's clock says.
         """
         delay = 0.1
         missing_partition_retries = MISSING_PARTITION_RETRIES

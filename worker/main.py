@@ -119,7 +119,8 @@ async def forget_idle_consumers(ctx: dict[str, Any], idle_ms: int = IDLE_CONSUME
 async def maintain_partitions(ctx: dict[str, Any]) -> None:
     """Make the coming days' partitions and drop expired ones (skipped while another process does it)."""
     drain: Drain = ctx["drain"]
-    done = await partitions.maintain(drain.engine, drain.settings.retention_days)
+    settings = drain.settings
+    done = await partitions.maintain(drain.engine, drain.redis, settings.retention_days, keys.layout_for(settings))
     if done.skipped:
         logger.info("partition maintenance skipped: another process holds it")
 

@@ -1,5 +1,6 @@
 """Day partitions of `notifications`: made ahead and on demand, pruned by GET, dropped by retention; the CLI."""
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
@@ -7,6 +8,7 @@ from uuid import UUID
 
 import httpx
 import orjson
+import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 from sqlalchemy import text
@@ -46,9 +48,9 @@ async def partition_names(engine: AsyncEngine) -> list[str]:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def made_partitions(engine: AsyncEngine) -> AsyncIterator[None]:
+async def made_partitions(engine: AsyncEngine, redis: Redis) -> AsyncIterator[None]:
     """Partitions as a deployment has them; afterwards, drop the ones a test made outside today's window."""
-    await partitions.maintain(engine, retention_days=7)
+    await partitions.maintain(engine, redis, retention_days=7)
     before = set(await partition_names(engine))
     yield
     async with engine.connect() as conn:
@@ -146,22 +148,85 @@ async def test_drain_remakes_a_partition_dropped_under_it(
     assert await redis.xlen(keys.DEAD_LETTER_STREAM) == 0
 
 
-async def test_notifications_past_retention_are_not_stored_and_their_entries_acked(
-    engine: AsyncEngine, redis: Redis, tenant: Tenant, drain: Drain, made_partitions: None
+async def test_notifications_past_retention_are_stored_all_the_same(
+    engine: AsyncEngine, redis: Redis, tenant: Tenant, drain: Drain, client: httpx.AsyncClient, made_partitions: None
 ) -> None:
+    # answered 201 long ago (a backlog held past RETENTION_DAYS): accepted, so stored, its day's partition made again
     old = datetime.now(UTC) - timedelta(days=drain.settings.retention_days + 2)
-    await queue_at(redis, tenant, old)
+    old_ids = await queue_at(redis, tenant, old)
     fresh = await queue_at(redis, tenant, datetime.now(UTC))
 
-    assert await drain_all(drain) == 2
+    assert await drain_all(drain) == 4
 
     async with engine.connect() as conn:
         stored = (await conn.execute(text("SELECT id::text FROM notifications ORDER BY id"))).scalars().all()
-    assert stored == fresh
-    assert partitions.name_of(old.date()) not in await partition_names(engine)
-    assert await redis.xlen(keys.STREAM) == 0
-    assert (await redis.xpending(keys.STREAM, keys.GROUP))["pending"] == 0
-    assert await redis.xlen(keys.DEAD_LETTER_STREAM) == 0
+    assert stored == old_ids + fresh
+    assert partitions.name_of(old.date()) in await partition_names(engine)
+    await redis.flushdb()
+    assert (await client.get(f"{BASE}/{old_ids[0]}")).status_code == 200
+    assert (await client.get(f"{BASE}/{fresh[0]}")).status_code == 200
+
+
+async def test_maintain_never_drops_the_day_of_a_queued_notification(
+    engine: AsyncEngine, redis: Redis, tenant: Tenant, drain: Drain, made_partitions: None
+) -> None:
+    ten_days_ago = datetime.now(UTC) - timedelta(days=10)
+    old_day = partitions.name_of(ten_days_ago.date())
+    await queue_at(redis, tenant, ten_days_ago)
+    assert await drain_all(drain) == 2  # its day's partition made
+    await queue_at(redis, tenant, ten_days_ago)  # another of that day, still queued
+
+    held = await partitions.maintain(engine, redis, retention_days=7)
+
+    assert held.dropped == []
+    assert held.refused == ""
+    assert old_day in await partition_names(engine)
+    assert await drain_all(drain) == 2
+    assert await count_rows(engine) == 4
+    assert (await partitions.maintain(engine, redis, retention_days=7)).dropped == [old_day]  # none queued now
+
+
+def test_queued_days_are_read_from_the_entry_id_and_the_notification_ids(tenant: Tenant) -> None:
+    ten_days_ago = datetime.now(UTC) - timedelta(days=10)
+    old_id = id_at(ten_days_ago)
+    shard = keys.layout().shards[0]
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    entry_id = f"{now_ms}-0".encode()
+    named = {keys.STREAM_KEY_FIELD: shard.cache_key(str(tenant.service_id), old_id).encode()}
+    doc = encode_notification(old_id, tenant.service_id, "x", {}, ten_days_ago)
+    inline = {keys.STREAM_FIELD: join_array([doc])}
+
+    today = datetime.now(UTC).date()
+    assert partitions.queued_days(entry_id, named) == {today, ten_days_ago.date()}
+    assert partitions.queued_days(entry_id, inline) == {today, ten_days_ago.date()}
+    assert partitions.queued_days(entry_id, None) == {today}
+
+
+async def test_maintain_with_a_clock_far_from_the_databases_drops_nothing(
+    engine: AsyncEngine,
+    redis: Redis,
+    tenant: Tenant,
+    drain: Drain,
+    made_partitions: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await queue_at(redis, tenant, datetime.now(UTC))
+    await queue_at(redis, tenant, datetime.now(UTC) - timedelta(days=1))
+    assert await drain_all(drain) == 4
+    before = await partition_names(engine)
+    ahead = datetime.now(UTC) + timedelta(days=9)
+
+    with caplog.at_level(logging.WARNING, logger="shared.partitions"):
+        done = await partitions.maintain(engine, redis, retention_days=7, now=ahead)
+
+    assert done.dropped == []
+    assert "clock" in done.refused
+    assert "dropped nothing" in caplog.text
+    assert await partition_names(engine) == before
+    assert await count_rows(engine) == 4
+    # a skew within MAX_CLOCK_SKEW is no reason to refuse
+    near = datetime.now(UTC) + partitions.MAX_CLOCK_SKEW / 2
+    assert (await partitions.maintain(engine, redis, retention_days=7, now=near)).refused == ""
 
 
 async def test_maintain_drops_expired_days_and_their_notifications_are_404(
@@ -174,9 +239,9 @@ async def test_maintain_drops_expired_days_and_their_notifications_are_404(
     assert await drain_all(Drain(redis, engine, keep_all, "keeper")) == 2  # RETENTION_DAYS=0 stores it
     assert (await client.get(f"{BASE}/{old_ids[0]}")).status_code == 200
 
-    kept = await partitions.maintain(engine, retention_days=0)
+    kept = await partitions.maintain(engine, redis, retention_days=0)
     assert kept.dropped == []
-    done = await partitions.maintain(engine, retention_days=7)
+    done = await partitions.maintain(engine, redis, retention_days=7)
 
     assert done.dropped == [old_day]
     assert not done.skipped
@@ -187,26 +252,36 @@ async def test_maintain_drops_expired_days_and_their_notifications_are_404(
     assert missing.json()["detail"]
 
 
-async def test_only_one_process_maintains_at_a_time(engine: AsyncEngine, made_partitions: None) -> None:
+async def test_only_one_process_maintains_at_a_time(engine: AsyncEngine, redis: Redis, made_partitions: None) -> None:
     async with engine.connect() as conn:
         await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": partitions.MAINTAIN_LOCK})
         try:
-            busy = await partitions.maintain(engine, retention_days=7)
+            busy = await partitions.maintain(engine, redis, retention_days=7)
         finally:
             await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": partitions.MAINTAIN_LOCK})
     assert busy.skipped
     assert busy.created == busy.dropped == []
-    assert not (await partitions.maintain(engine, retention_days=7)).skipped
+    assert not (await partitions.maintain(engine, redis, retention_days=7)).skipped
 
 
-async def test_maintain_makes_the_days_ahead(engine: AsyncEngine, made_partitions: None) -> None:
-    later = datetime.now(UTC) + timedelta(days=20)
+async def test_maintain_makes_the_days_ahead_of_the_databases_today(
+    engine: AsyncEngine, redis: Redis, made_partitions: None
+) -> None:
+    async with engine.connect() as conn:
+        database_today = (await conn.execute(text("SELECT (now() AT TIME ZONE 'UTC')::date"))).scalar_one()
+        last = partitions.name_of(database_today + timedelta(days=partitions.DAYS_AHEAD))
+        await conn.execute(text(f"DROP TABLE {last}"))
+        await conn.commit()
+    ahead = datetime.now(UTC) + timedelta(days=20)
 
-    done = await partitions.maintain(engine, retention_days=7, now=later)
+    done = await partitions.maintain(engine, redis, retention_days=7, now=ahead)  # by Postgres's clock, not this one
 
-    expected = [partitions.name_of(later.date() + timedelta(days=d)) for d in range(-1, partitions.DAYS_AHEAD + 1)]
-    assert done.created == expected
+    assert done.created == [last]
+    expected = [partitions.name_of(database_today + timedelta(days=d)) for d in range(-1, partitions.DAYS_AHEAD + 1)]
     assert set(expected) <= set(await partition_names(engine))
+    assert not {partitions.name_of(ahead.date() + timedelta(days=d)) for d in range(4)} & set(
+        await partition_names(engine)
+    )
 
 
 def test_cli_lists_and_maintains_partitions(worker_env: dict[str, str], engine: object, redis: object) -> None:
@@ -220,3 +295,25 @@ def test_cli_lists_and_maintains_partitions(worker_env: dict[str, str], engine: 
     line = next(line for line in listed.stdout.splitlines() if line.startswith(f"name={today}"))
     assert f"FROM ('{partitions.first_id(datetime.now(UTC).date())}')" in line
     assert "approximate_rows=" in line
+
+
+async def test_cli_with_a_clock_9_days_ahead_drops_nothing(
+    worker_env: dict[str, str],
+    engine: AsyncEngine,
+    redis: Redis,
+    tenant: Tenant,
+    drain: Drain,
+    made_partitions: None,
+    clock_ahead: dict[str, str],
+) -> None:
+    stored = await queue_at(redis, tenant, datetime.now(UTC), count=50)
+    assert await drain_all(drain) == 50
+    before = await partition_names(engine)
+
+    maintained = cli({**worker_env, **clock_ahead, "RETENTION_DAYS": "7"}, "partitions", "maintain")
+
+    assert maintained.returncode == 1, maintained
+    assert "dropped nothing" in maintained.stderr
+    assert "MAX_CLOCK_SKEW" in maintained.stderr
+    assert await partition_names(engine) == before
+    assert await count_rows(engine) == len(stored)

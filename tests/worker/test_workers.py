@@ -14,8 +14,9 @@ from redis.exceptions import ResponseError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import keys
-from tests.conftest import ROOT, count_rows
+from shared import keys, partitions
+from tests.conftest import ROOT, count_rows, drain_all
+from worker.drain import Drain
 
 BASE = "/notifications/v1"
 STORED = re.compile(r"drain (\S+) stopped after storing (\d+) notifications")
@@ -181,3 +182,41 @@ async def test_sigterm_lets_the_worker_finish_its_batch(
         stored = sorted((await conn.execute(text("SELECT id::text FROM notifications"))).scalars())
     assert stored == accepted
     assert await pending(redis) == 0
+
+
+async def test_a_worker_whose_clock_is_9_days_ahead_drops_nothing_and_stores_everything(
+    client: httpx.AsyncClient,
+    redis: Redis,
+    engine: AsyncEngine,
+    drain: Drain,
+    workers: Workers,
+    clock_ahead: dict[str, str],
+) -> None:
+    await partitions.maintain(engine, redis, retention_days=7)  # the partitions a deployment has
+    accepted: list[str] = []
+    for batch in range(40):
+        response = await client.post(f"{BASE}/multiple", json=[{"to": f"{batch}-{i}"} for i in range(10)])
+        accepted.extend(item["id"] for item in response.json())
+        if batch == 19:
+            assert await drain_all(drain) == 200  # half stored already, half still queued
+    async with engine.connect() as conn:
+        before = [partition.name for partition in await partitions.list_partitions(conn)]
+
+    worker = workers.start(**clock_ahead, RETENTION_DAYS="7")
+
+    async def drained_and_maintained() -> bool:
+        log = workers.log(worker)
+        return await redis.xlen(keys.STREAM) == 0 and ("dropped nothing" in log or "dropped partition" in log)
+
+    await wait_for(drained_and_maintained)
+    assert await stop(worker) == 0
+    log = workers.log(worker)
+    assert "dropped nothing" in log, log
+    assert "MAX_CLOCK_SKEW" in log, log
+    async with engine.connect() as conn:
+        assert [partition.name for partition in await partitions.list_partitions(conn)] == before
+        stored = list((await conn.execute(text("SELECT id::text FROM notifications"))).scalars())
+    assert sorted(stored) == sorted(accepted)
+    await redis.flushdb()  # GET answers from Postgres
+    for notification_id in accepted:
+        assert (await client.get(f"{BASE}/{notification_id}")).status_code == 200, notification_id
