@@ -5,6 +5,7 @@ its ASGI interface with the lifespan running, so the same connections a server w
 """
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -17,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import httpx
@@ -74,6 +76,62 @@ async def redis_asleep(redis: Redis, seconds: float) -> AsyncIterator[None]:
         yield
     finally:
         await sleeping
+
+
+@dataclass
+class LossyProxy:
+    """A TCP proxy to Redis that can lose the reply to a command: the command runs, the client never hears back."""
+
+    url: str
+    #: The command (e.g. b"XREADGROUP") whose next reply is lost; cleared once it was sent.
+    lose_reply_to: bytes | None = None
+    #: Replies lost so far.
+    lost: int = 0
+
+
+@asynccontextmanager
+async def lossy_proxy(redis_url: str) -> AsyncIterator[LossyProxy]:
+    """A LossyProxy to the Redis at `redis_url`, its `url` the same with the proxy's address.
+
+    A reply is lost after its command ran, as when Redis stalls between running a command and answering it (an
+    fsync of `appendfsync always`) and the client times out meanwhile: the rest of that connection's replies are
+    lost too (the client drops it on its timeout).
+    """
+    target = urlsplit(redis_url)
+    proxy = LossyProxy("")
+
+    async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(target.hostname, target.port)
+        deaf = False
+
+        async def commands() -> None:
+            nonlocal deaf
+            with contextlib.suppress(ConnectionError):
+                while chunk := await client_reader.read(65536):
+                    if proxy.lose_reply_to is not None and proxy.lose_reply_to in chunk.upper():
+                        deaf, proxy.lose_reply_to = True, None
+                        proxy.lost += 1
+                    upstream_writer.write(chunk)
+                    await upstream_writer.drain()
+            upstream_writer.close()
+
+        async def replies() -> None:
+            with contextlib.suppress(ConnectionError):
+                while chunk := await upstream_reader.read(65536):
+                    if not deaf:
+                        client_writer.write(chunk)
+                        await client_writer.drain()
+            client_writer.close()
+
+        await asyncio.gather(commands(), replies())
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy.url = target._replace(netloc=f"127.0.0.1:{port}").geturl()
+    try:
+        yield proxy
+    finally:
+        server.close()
 
 
 @asynccontextmanager

@@ -8,9 +8,10 @@ once its transaction committed, with its cache keys given CACHE_TTL_SECONDS to l
 COPY (the fast path); if any of their notifications is stored already (a redelivery), or for entries reclaimed from
 another consumer, the part is stored by the idempotent insert (`ON CONFLICT DO NOTHING` on the notification id)
 instead. A worker that dies between the two leaves its entries pending; another worker reclaims them after
-RECLAIM_IDLE_MS (XAUTOCLAIM) and stores them again, which inserts nothing twice. Postgres being down is retried with
-capped backoff, holding the batch; an entry that cannot be decoded or stored (bad data, not an outage) is isolated
-by splitting the batch and moved to the dead-letter stream, so it never blocks the rest.
+RECLAIM_IDLE_MS (XAUTOCLAIM) and stores them again, which inserts nothing twice. A drain that lives on after an
+error (a read whose reply was lost in a Redis stall) reads its own pending entries again at once. Postgres being
+down is retried with capped backoff, holding the batch; an entry that cannot be decoded or stored (bad data, not an
+outage) is isolated by splitting the batch and moved to the dead-letter stream, so it never blocks the rest.
 """
 
 import asyncio
@@ -192,6 +193,17 @@ class Drain:
             {self.stream: ">"},
             count=self.settings.drain_batch_entries,
             block=self.settings.drain_block_ms,
+        )
+        return list(response[0][1]) if response else []
+
+    async def read_own_pending(self) -> list[RawEntry]:
+        """Read up to DRAIN_BATCH_ENTRIES entries delivered to this consumer and not acknowledged (XREADGROUP from 0).
+
+        After a failed read these may be entries Redis delivered whose reply never arrived (a timeout in a stall):
+        nobody else would take them before RECLAIM_IDLE_MS.
+        """
+        response = await self.redis.xreadgroup(
+            keys.GROUP, self.consumer, {self.stream: "0"}, count=self.settings.drain_batch_entries
         )
         return list(response[0][1]) if response else []
 
@@ -489,10 +501,18 @@ class Drain:
         loop = asyncio.get_running_loop()
         next_reclaim = next_observation = 0.0
         delay = 0.1
+        # after any error: a read whose reply was lost (a timeout) left entries pending at this consumer, which
+        # XAUTOCLAIM would give back only after RECLAIM_IDLE_MS; they are read again (from 0) before anything new
+        reread_own = False
         logger.info("drain %s started", self.consumer)
         # No XGROUP CREATE up front: the first read answers NOGROUP if the group is missing, and that creates it.
         while not self.stopping.is_set():
             try:
+                if reread_own:
+                    while own := await self.read_own_pending():
+                        logger.info("read again %d entries left pending at this consumer by an error", len(own))
+                        await self.drain_batch(await self.bury_overdelivered(own), redelivered=True)
+                    reread_own = False
                 if loop.time() >= next_reclaim:
                     next_reclaim = loop.time() + self.settings.reclaim_interval_seconds
                     while stale := await self.reclaim_stale():
@@ -510,17 +530,20 @@ class Drain:
                 if self.on_loop is not None:
                     self.on_loop()
             except ResponseError as exc:
+                reread_own = True
                 if "NOGROUP" in str(exc):  # Redis lost the group (flushed, or restarted without AOF)
                     await self._retry_later(self.ensure_group, exc, delay)
                 else:  # LOADING, MISCONF, READONLY, OOM…: Redis cannot serve now, the entries wait
                     await self._pause(exc, delay)
                 delay = min(delay * 2, self.settings.db_retry_max_seconds)
             except (RedisError, OSError) as exc:
+                reread_own = True
                 if self.stopping.is_set():
                     break
                 await self._pause(exc, delay)
                 delay = min(delay * 2, self.settings.db_retry_max_seconds)
             except Exception:  # a bug must not end the drain: whatever it was, the entries stay pending
+                reread_own = True
                 logger.exception("drain iteration failed; retrying in %.1fs", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.db_retry_max_seconds)

@@ -11,12 +11,12 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import keys, partitions, queries
+from shared import keys, partitions, queries, redis_client
 from shared.codec import encode_notification, join_array
 from shared.ids import request_ids
 from shared.schemas import BRIEF_MULTIPLE_EXAMPLE
 from shared.tenancy import new_id
-from tests.conftest import count_rows, drain_all
+from tests.conftest import count_rows, drain_all, lossy_proxy
 from worker.drain import Drain
 from worker.main import forget_idle_consumers
 
@@ -342,3 +342,39 @@ async def test_more_entries_than_lua_can_unpack_are_acked_and_deleted(redis: Red
 
     assert await redis.xlen(drain.stream) == 0
     assert (await redis.xpending(drain.stream, keys.GROUP))["pending"] == 0
+
+
+async def test_entries_whose_read_reply_was_lost_are_read_again_at_once(
+    client: httpx.AsyncClient, redis: Redis, engine: AsyncEngine, drain: Drain
+) -> None:
+    accepted: list[str] = []
+    for batch in range(5):
+        response = await client.post(f"{BASE}/multiple", json=[{"to": f"{batch}-{i}"} for i in range(10)])
+        accepted.extend(item["id"] for item in response.json())
+
+    async with lossy_proxy(drain.settings.redis_url or "") as proxy:
+        # reclaiming (XAUTOCLAIM after RECLAIM_IDLE_MS) is out of reach: only a re-read of its own entries stores them
+        settings = drain.settings.model_copy(
+            update={"redis_url": proxy.url, "reclaim_idle_ms": 600_000, "redis_timeout_seconds": 0.3}
+        )
+        impatient = redis_client.connect(settings)
+        stalled = Drain(impatient, engine, settings, "stalled", observes_backlog=False)
+        proxy.lose_reply_to = b"XREADGROUP"  # it runs (the entries are delivered), its reply times out
+        running = asyncio.create_task(stalled.run())
+        try:
+            for _ in range(300):  # 30 s at most, far below RECLAIM_IDLE_MS
+                if await count_rows(engine) == len(accepted):
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            stalled.stopping.set()
+            await asyncio.wait_for(running, 30)
+            await impatient.aclose()
+
+    assert proxy.lost == 1
+    async with engine.connect() as conn:
+        stored = sorted((await conn.execute(text("SELECT id::text FROM notifications"))).scalars())
+    assert stored == sorted(accepted)
+    assert stalled.stored == len(accepted)  # each stored once
+    assert await redis.xlen(keys.STREAM) == 0
+    assert (await redis.xpending(keys.STREAM, keys.GROUP))["pending"] == 0
