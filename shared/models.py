@@ -90,7 +90,7 @@ notifications = Table(
     Column("status", Text, nullable=False, server_default="created"),
     CheckConstraint("(template_id IS NULL) = (template_version IS NULL)", name="notifications_template_check"),
     CheckConstraint("type IN ('email', 'sms')", name="notifications_type_check"),
-    # GET /v2/notifications: a service's Notify notifications newest first, and by reference
+    # GET /v2/notifications: a service's Notify notifications newest first: all, of one type, of one reference
     Index(
         "notifications_service_newest_idx",
         "service_id",
@@ -98,9 +98,17 @@ notifications = Table(
         postgresql_where=text("type IS NOT NULL"),
     ),
     Index(
-        "notifications_service_reference_idx",
+        "notifications_service_type_newest_idx",
+        "service_id",
+        "type",
+        "id",
+        postgresql_where=text("type IS NOT NULL"),
+    ),
+    Index(
+        "notifications_service_reference_newest_idx",
         "service_id",
         "reference",
+        "id",
         postgresql_where=text("reference IS NOT NULL"),
     ),
     postgresql_partition_by="RANGE (id)",

@@ -13,7 +13,7 @@ from typing import Any
 from uuid import UUID
 
 import orjson
-from sqlalchemy import Row, text
+from sqlalchemy import Row, TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.codec import NotificationDoc, TemplateRef, encode_notification
@@ -108,6 +108,52 @@ def _document(row: Row[Any]) -> bytes:
 
 #: Most notifications one page of `GET /v2/notifications` lists (Notify's page size).
 NOTIFY_PAGE_SIZE = 250
+#: The types a stored v2 notification can have (the column's CHECK: letters are refused) and its statuses (the drain
+#: leaves the column's default; this service does not deliver). A listing filter naming none of them matches nothing.
+STORED_TYPES = frozenset({"email", "sms"})
+STORED_STATUSES = frozenset({"created"})
+
+
+def listing_can_match(types: list[str], statuses: list[str]) -> bool:
+    """Whether a listing filter can match a stored notification (empty: no filter): if not, the page is empty."""
+    return (not types or not STORED_TYPES.isdisjoint(types)) and (
+        not statuses or not STORED_STATUSES.isdisjoint(statuses)
+    )
+
+
+def listing_query(
+    service_id: UUID,
+    *,
+    types: list[str],
+    statuses: list[str],
+    reference: str | None,
+    older_than: UUID | None,
+    limit: int = NOTIFY_PAGE_SIZE,
+) -> tuple[TextClause, dict[str, Any]]:
+    """Return the SQL and parameters listing a service's stored v2 notifications, newest first.
+
+    Each filter has an index serving it newest first (migrations 0005, 0006): `(service_id, id)` for all types,
+    `(service_id, type, id)` for one, `(service_id, reference, id)` for a reference; ids below `older_than` are a
+    range of each. Types and statuses are narrowed to those a stored notification can have first: a type filter
+    naming every stored type is no filter, one naming one type is an equality the type index serves.
+    """
+    where = ["n.service_id = :service_id", "n.type IS NOT NULL"]
+    params: dict[str, Any] = {"service_id": service_id, "limit": limit}
+    wanted_types = sorted(STORED_TYPES.intersection(types))
+    if types and len(wanted_types) < len(STORED_TYPES):
+        where.append("n.type = :type")
+        params["type"] = wanted_types[0] if wanted_types else ""
+    if statuses:
+        where.append("n.status = ANY(:statuses)")
+        params["statuses"] = sorted(STORED_STATUSES.intersection(statuses))
+    if reference is not None:
+        where.append("n.reference = :reference")
+        params["reference"] = reference
+    if older_than is not None:
+        where.append("n.id < :older_than")
+        params["older_than"] = older_than
+    query = SELECT_NOTIFICATIONS_FROM + " WHERE " + " AND ".join(where) + " ORDER BY n.id DESC LIMIT :limit"
+    return text(query), params
 
 
 async def list_notify_notifications(
@@ -122,24 +168,12 @@ async def list_notify_notifications(
 ) -> list[bytes]:
     """Return the JSON documents of a service's stored v2 notifications (type not NULL), newest first.
 
-    Filters: any of `types` and of `statuses` (empty: all), the exact `reference`, ids below `older_than`. Served
-    by the partial index (service_id, id) scanned backwards, or (service_id, reference).
+    Filters: any of `types` and of `statuses` (empty: all), the exact `reference`, ids below `older_than`
+    (`listing_query`). Callers answer a filter that cannot match (`listing_can_match`) without calling this.
     """
-    where = ["n.service_id = :service_id", "n.type IS NOT NULL"]
-    params: dict[str, Any] = {"service_id": service_id, "limit": limit}
-    if types:
-        where.append("n.type = ANY(:types)")
-        params["types"] = types
-    if statuses:
-        where.append("n.status = ANY(:statuses)")
-        params["statuses"] = statuses
-    if reference is not None:
-        where.append("n.reference = :reference")
-        params["reference"] = reference
-    if older_than is not None:
-        where.append("n.id < :older_than")
-        params["older_than"] = older_than
-    query = text(SELECT_NOTIFICATIONS_FROM + " WHERE " + " AND ".join(where) + " ORDER BY n.id DESC LIMIT :limit")
+    query, params = listing_query(
+        service_id, types=types, statuses=statuses, reference=reference, older_than=older_than, limit=limit
+    )
     return [_document(row) for row in await conn.execute(query, params)]
 
 

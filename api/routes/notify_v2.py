@@ -129,10 +129,12 @@ async def list_notifications(request: Request, service_id: NotifyServiceId, engi
     is stored in Postgres; a notification still queued in Redis shows up once drained (GET by id finds it at once).
     """
     types, statuses, reference, older_than = _list_filters(request)
-    async with engine.connect() as conn:
-        docs = await queries.list_notify_notifications(
-            conn, service_id, types=types, statuses=statuses, reference=reference, older_than=older_than
-        )
+    docs: list[bytes] = []
+    if queries.listing_can_match(types, statuses):  # else empty (`status=delivered`): no query, no scan
+        async with engine.connect() as conn:
+            docs = await queries.list_notify_notifications(
+                conn, service_id, types=types, statuses=statuses, reference=reference, older_than=older_than
+            )
     root = base_url(request.scope, request.app.state.settings.public_base_url)
     found = [notification(orjson.loads(doc), root) for doc in docs]
     params = list(request.query_params.multi_items())
