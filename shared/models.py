@@ -90,13 +90,7 @@ notifications = Table(
     Column("status", Text, nullable=False, server_default="created"),
     CheckConstraint("(template_id IS NULL) = (template_version IS NULL)", name="notifications_template_check"),
     CheckConstraint("type IN ('email', 'sms')", name="notifications_type_check"),
-    # GET /v2/notifications: a service's Notify notifications newest first: all, of one type, of one reference
-    Index(
-        "notifications_service_newest_idx",
-        "service_id",
-        "id",
-        postgresql_where=text("type IS NOT NULL"),
-    ),
+    # GET /v2/notifications: a service's Notify notifications newest first, of each type, of one reference
     Index(
         "notifications_service_type_newest_idx",
         "service_id",
