@@ -75,7 +75,7 @@ async def fill(redis: Redis, total: int, per_entry: int, kind: str = "native") -
     """Queue `total` notifications in requests of `per_entry`, as the API's /multiple would (cache key + entry).
 
     `kind` "email": as the Notify v2 route makes them (type `email`, a reference each), so that they enter the
-    listing indexes of migration 0005, which the native routes' notifications (type and reference NULL) do not.
+    listing indexes (migrations 0005, 0006), which the native routes' notifications (type and reference NULL) do not.
     """
     now = datetime.now(UTC)
     v2 = kind == "email"
