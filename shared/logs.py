@@ -28,10 +28,16 @@ def escape_controls(text: str) -> str:
     return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
 
 
+#: Request ids a text-format line names at most.
+TEXT_REQUEST_IDS = 10
+
+
 class TextFormatter(logging.Formatter):
     """uvicorn's look, one line per record: control characters in the message are escaped, never written raw.
 
-    A record that names the requests it concerns (`request_ids`: the worker's batch line) ends with them, as in JSON.
+    A record that names the requests it concerns (`request_ids`: the worker's batch line) ends with the first
+    TEXT_REQUEST_IDS of them and how many more there were (JSON lists them all): a batch of 500 requests would
+    otherwise write a 17 KB line.
     """
 
     def formatMessage(self, record: logging.LogRecord) -> str:
@@ -39,7 +45,9 @@ class TextFormatter(logging.Formatter):
         message = record.message
         request_ids = getattr(record, "request_ids", None)
         if request_ids:
-            message += f" (requests {' '.join(map(str, request_ids))})"
+            shown = " ".join(map(str, request_ids[:TEXT_REQUEST_IDS]))
+            more = len(request_ids) - TEXT_REQUEST_IDS
+            message += f" (requests {shown} and {more} more)" if more > 0 else f" (requests {shown})"
         return f"{record.levelname + ':':<9} {escape_controls(message)}"
 
 

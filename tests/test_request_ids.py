@@ -77,3 +77,13 @@ async def test_a_path_or_host_cannot_forge_a_log_line(client: httpx.AsyncClient)
     assert lines[0].startswith("INFO:     GET http://localhost:8000/x\\r\\nINFO:")
     assert " 404 " in lines[0]
     assert "evil\\r\\nINFO:     forged" in lines[1]
+
+
+def test_a_text_batch_line_names_the_first_ids_and_counts_the_rest() -> None:
+    record = logging.LogRecord("worker.drain", logging.INFO, __file__, 1, "stored 500 new", None, None)
+    record.request_ids = [f"r{index}" for index in range(500)]
+
+    text = TextFormatter().format(record)
+
+    assert text.endswith(" (requests r0 r1 r2 r3 r4 r5 r6 r7 r8 r9 and 490 more)")
+    assert len(orjson.loads(JsonFormatter().format(record))["request_ids"]) == 500
