@@ -1,72 +1,21 @@
 """Who is calling: the service behind an API key, and the admin token.
 
-The key check sits on the hot path, so verified keys (and refused ones) are remembered in-process for
-AUTH_CACHE_SECONDS: a revoked key stops working within that bound. Past the in-process cache the key is looked up
-in Redis (the registry of valid keys, `shared.tenancy`), which answers for every key once complete.
-
-A token not shaped like a key is refused before any lookup; the cache holds keys' hashes (fixed size, and no
-secret kept in memory), at most `max_entries` of them.
+A key's outcome (its service, or refused) is remembered in-process by the key's hash for AUTH_CACHE_SECONDS, so a
+revoked key stops working within that bound; past that the Redis registry (`shared.tenancy`) answers. A token not
+shaped like a key is refused before any lookup.
 """
 
 import secrets
-import time
-from collections import OrderedDict
-from collections.abc import Hashable
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated
 from uuid import UUID
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import State
 
+from api.cache import TtlCache
 from api.errors import AdminDisabledError, UnauthorizedError
 from shared import apikeys, tenancy
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
-
-class KeyCache(Generic[K, V]):
-    """Bounded in-process memory of recent key lookups: what was looked up → (outcome, expiry).
-
-    The bearer check keeps key hash → service id or None (`KeyCache[str, UUID | None]`); the GOV.UK Notify check
-    keeps service id → its keys' secrets (`api.notify_auth.NotifyKeyCache`).
-    """
-
-    def __init__(self, ttl_seconds: float, max_entries: int = 10_000) -> None:
-        self.ttl = ttl_seconds
-        self.max_entries = max_entries
-        self._entries: OrderedDict[K, tuple[V | None, float]] = OrderedDict()
-
-    def __len__(self) -> int:
-        """How many outcomes are remembered."""
-        return len(self._entries)
-
-    def get(self, key: K) -> tuple[bool, V | None]:
-        """Return (known, outcome); known is False when the key must be looked up."""
-        entry = self._entries.get(key)
-        if entry is None or entry[1] < time.monotonic():
-            return False, None
-        return True, entry[0]
-
-    def expiry(self, key: K) -> float | None:
-        """Return when (monotonic) the remembered outcome for `key` expires, or None if none is remembered."""
-        entry = self._entries.get(key)
-        return None if entry is None else entry[1]
-
-    def put(self, key: K, outcome: V | None, expires_at: float | None = None) -> None:
-        """Remember the outcome of a lookup for the TTL (or until `expires_at`), evicting the oldest past the bound.
-
-        `expires_at` ties an outcome to another one it was derived from: it must not outlive it.
-        """
-        if self.ttl <= 0:
-            return
-        until = time.monotonic() + self.ttl
-        self._entries[key] = (outcome, until if expires_at is None else min(until, expires_at))
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
 
 api_key_scheme = HTTPBearer(
     auto_error=False, scheme_name="ApiKey", description="A service's API key: `Authorization: Bearer <key>`"
@@ -101,7 +50,7 @@ async def service_for(state: State, authorization: str | None) -> UUID:
     if not apikeys.looks_like_key(key):
         raise UnauthorizedError(f"malformed API key: {apikeys.KEY_SHAPES}")
     key_hash = apikeys.hash_key(key)
-    cache: KeyCache[str, UUID | None] = state.key_cache
+    cache: TtlCache[str, UUID | None] = state.key_cache
     known, service_id = cache.get(key_hash)
     if not known:
         service_id = await tenancy.service_for_hash(state.engine, state.redis, key_hash)

@@ -13,8 +13,8 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from api.access_log import AccessLogMiddleware, leave_out_probes
-from api.auth import KeyCache
 from api.body import BodyLimitMiddleware
+from api.cache import TtlCache
 from api.errors import install_error_handlers
 from api.hotpath import HotPathMiddleware
 from api.notify_auth import NotifyKeyCache, NotifyTokenCache
@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             timeout_seconds=active.redis_timeout_seconds,
         )
         app.state.engine = engine = create_engine(active.require_database_url(), active.db_pool_size)
-        app.state.key_cache = KeyCache[str, UUID | None](active.auth_cache_seconds)
+        app.state.key_cache = TtlCache[str, UUID | None](active.auth_cache_seconds)
         app.state.notify_keys = NotifyKeyCache(active.auth_cache_seconds)
         app.state.notify_tokens = NotifyTokenCache(active.auth_cache_seconds)
         app.state.secret_box = box = secret_box(active.secret_key)

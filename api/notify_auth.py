@@ -33,7 +33,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import State
 
-from api.auth import KeyCache
+from api.cache import TtlCache
 from api.errors import NotifyAuthError
 from shared import failures, tenancy
 from shared.secretbox import InvalidToken, SecretBox
@@ -81,11 +81,11 @@ class SigningKey:
     revoked: bool
 
 
-class NotifyKeyCache(KeyCache[UUID, tuple[SigningKey, ...]]):
+class NotifyKeyCache(TtlCache[UUID, tuple[SigningKey, ...]]):
     """Per process: service id → its keys' secrets, valid ones first (None: no such service), for the TTL."""
 
 
-class NotifyTokenCache(KeyCache[bytes, tuple[UUID, int]]):
+class NotifyTokenCache(TtlCache[bytes, tuple[UUID, int]]):
     """Per process: a token that passed the whole check (by its SHA-256) → (service id, `iat`), for the TTL.
 
     A client signs one token per second at most (`iat` is in whole seconds, its only changing claim), so at any rate

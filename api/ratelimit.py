@@ -15,13 +15,12 @@ raised or lifted ends the early refusals within that bound too, as it does Redis
 import logging
 import math
 import time
-from collections import OrderedDict
 from uuid import UUID
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api.auth import KeyCache
+from api.cache import TtlCache
 from api.writer import RateState
 from shared import failures, ratelimits
 
@@ -50,10 +49,10 @@ class RateLimits:
         self.default = default_per_minute
         self.ttl = ttl_seconds
         self.max_entries = max_entries
-        self._limits = KeyCache[int, int](ttl_seconds, max_entries)  # UUID.int (hashed in C) → limit
-        #: (service, shard) → (monotonic time, the most tokens its bucket can have held then, capacity, refill/min,
-        #: until when (monotonic) it may be trusted: as long as the limit it was counted under is kept)
-        self._known: OrderedDict[tuple[int, int], tuple[float, float, int, float, float]] = OrderedDict()
+        self._limits = TtlCache[int, int](ttl_seconds, max_entries)  # UUID.int (hashed in C) → limit
+        #: (service, shard) → (monotonic time, the most tokens its bucket can have held then, capacity, refill/min),
+        #: trusted as long as the limit it was counted under is kept
+        self._known = TtlCache[tuple[int, int], tuple[float, float, int, float]](ttl_seconds, max_entries)
 
     def known_limit(self, service_id: UUID) -> int | None:
         """Return the service's limit if this process knows it (for AUTH_CACHE_SECONDS), else None: no await."""
@@ -78,7 +77,7 @@ class RateLimits:
 
     def knows(self, service_id: UUID, shard: int = 0) -> bool:
         """Whether Redis told this process lately how many tokens the service's bucket in `shard` holds."""
-        return bool(self._known) and (service_id.int, shard) in self._known
+        return bool(self._known) and self._known.get((service_id.int, shard))[0]
 
     def refused_before(self, service_id: UUID, cost: int, shard: int = 0) -> RateState | None:
         """Return the state to refuse with if the service's bucket cannot hold `cost` tokens now, else None.
@@ -88,15 +87,14 @@ class RateLimits:
         """
         if not self._known:  # no rate-limited service has written through this process lately
             return None
-        known = self._known.get((service_id.int, shard))
-        if known is None:
+        _, known = self._known.get((service_id.int, shard))
+        if known is None:  # not known, or no longer: the limit it was counted under may have changed
             return None
-        at, tokens, limit, refill_per_minute, until = known
+        at, tokens, limit, refill_per_minute = known
         per_second = refill_per_minute / 60
-        now = time.monotonic()
-        most = tokens + (now - at) * per_second
-        if most >= limit or now > until:  # the bucket may be full again, or the limit changed: nothing more is known
-            del self._known[(service_id.int, shard)]
+        most = tokens + (time.monotonic() - at) * per_second
+        if most >= limit:  # the bucket may be full again: nothing more is known
+            self._known.forget((service_id.int, shard))
             return None
         if cost <= most or cost > limit:  # it fits, or it never will: the write path's 413 says so
             return None
@@ -107,7 +105,4 @@ class RateLimits:
         """Remember what Redis answered for a write of the service handed to the writer at monotonic `handed_at`."""
         most = (state.milli_tokens + 1) / 1000
         until = self._limits.expiry(service_id.int) or handed_at + self.ttl
-        self._known[(service_id.int, shard)] = (handed_at, most, state.limit, state.refill_per_minute, until)
-        self._known.move_to_end((service_id.int, shard))
-        while len(self._known) > self.max_entries:
-            self._known.popitem(last=False)
+        self._known.put((service_id.int, shard), (handed_at, most, state.limit, state.refill_per_minute), until)

@@ -1,18 +1,13 @@
 """Template versions for the write path, cached in-process.
 
 A version never changes once written, so versions are kept (up to a bound) without expiry; which version is the
-latest can change, so that answer is kept for TEMPLATE_CACHE_SECONDS only. A template (or version) the service does
-not have is remembered as missing for TEMPLATE_CACHE_SECONDS too, up to a bound: random ids cost Postgres one query
-per id and process, not one per request. (A template's id is new when it is made, so a remembered miss can only
-hide a version added meanwhile, and not in the process that added it: `remember` serves it at once.)
-
-With Postgres unreachable, the latest version last seen of a template serves past TEMPLATE_CACHE_SECONDS (a send
-keeps working during an outage on the text it had just before), and only a template never seen fails (a 503).
+latest, and that a template (or version) is missing, is kept for TEMPLATE_CACHE_SECONDS (also bounded): random ids
+cost Postgres one query per id and process, not one per request. With Postgres unreachable, the latest version last
+seen of a template serves past TEMPLATE_CACHE_SECONDS; only a template never seen fails (a 503).
 """
 
 import logging
-import time
-from collections import OrderedDict
+import math
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -20,7 +15,7 @@ from uuid import UUID
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api.auth import KeyCache
+from api.cache import TtlCache
 from shared import failures, queries
 from shared.templating import placeholders
 
@@ -48,18 +43,17 @@ class TemplateCache:
         self, engine: AsyncEngine, latest_ttl_seconds: float, max_versions: int = 4096, max_misses: int = 10_000
     ) -> None:
         self.engine = engine
-        self.latest_ttl = latest_ttl_seconds
-        self.max_versions = max_versions
-        self._versions: OrderedDict[tuple[UUID, int], TemplateVersion] = OrderedDict()
-        self._latest: dict[UUID, tuple[int, float]] = {}
+        #: (template, version) → the version: a version never changes, so it is kept until evicted
+        self._versions = TtlCache[tuple[UUID, int], TemplateVersion](math.inf, max_versions)
+        #: template → its latest version (kept past expiry: served during a Postgres outage)
+        self._latest = TtlCache[UUID, int](latest_ttl_seconds, max_versions)
         #: (service, template, version or None) → True: no such template (or version) in the service, lately
-        self._misses = KeyCache[tuple[UUID, UUID, int | None], bool](latest_ttl_seconds, max_misses)
+        self._misses = TtlCache[tuple[UUID, UUID, int | None], bool](latest_ttl_seconds, max_misses)
 
     async def resolve(self, service_id: UUID, template_id: UUID, version: int | None) -> TemplateVersion | None:
         """Return the template version, or None if the service has no such template or version."""
-        latest = self._latest.get(template_id) if version is None else None
-        wanted = latest[0] if latest is not None and latest[1] >= time.monotonic() else version
-        if wanted is not None and (found := self._versions.get((template_id, wanted))) is not None:
+        wanted = self._latest.get(template_id)[1] if version is None else version
+        if wanted is not None and (found := self._versions.get((template_id, wanted))[1]) is not None:
             return found if found.service_id == service_id else None
         if self._misses.get((service_id, template_id, version))[0]:
             return None
@@ -67,7 +61,8 @@ class TemplateCache:
             async with self.engine.connect() as conn:
                 row = await queries.get_template_version(conn, service_id, template_id, version)
         except Exception as exc:
-            stale = None if latest is None else self._versions.get((template_id, latest[0]))
+            latest = self._latest.stale(template_id) if version is None else None
+            stale = None if latest is None else self._versions.get((template_id, latest))[1]
             if stale is None or stale.service_id != service_id or not failures.database_unreachable(exc):
                 raise
             logger.warning("Postgres unreachable (%r): template %s served at its last known version", exc, template_id)
@@ -88,9 +83,7 @@ class TemplateCache:
             row.body,
             tuple(placeholders(row.subject, row.body)),
         )
-        self._versions[(row.id, row.version)] = resolved
-        while len(self._versions) > self.max_versions:
-            self._versions.popitem(last=False)
-        if latest and self.latest_ttl > 0:
-            self._latest[row.id] = (row.version, time.monotonic() + self.latest_ttl)
+        self._versions.put((row.id, row.version), resolved)
+        if latest:
+            self._latest.put(row.id, row.version)
         return resolved

@@ -8,7 +8,6 @@ connection a second at most, however many arrive; the backlog is read from Redis
 """
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -17,6 +16,7 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy import text
 from starlette.datastructures import State
 
+from api.cache import TtlCache
 from api.deps import EngineDep, RedisDep, WriterDep
 from shared.backlog import read_backlog
 from shared.metrics import render
@@ -93,13 +93,16 @@ async def _postgres_answer(state: State, probe: Callable[[], Awaitable[None]]) -
     lock: asyncio.Lock | None = getattr(state, "postgres_probe_lock", None)
     if lock is None:
         state.postgres_probe_lock = lock = asyncio.Lock()
+    cache: TtlCache[None, str] | None = getattr(state, "postgres_probe", None)
+    if cache is None:
+        state.postgres_probe = cache = TtlCache(POSTGRES_PROBE_CACHE_SECONDS, max_entries=1)
     async with lock:  # probes arriving meanwhile wait for this one's answer rather than each opening a connection
-        cached: tuple[float, str] | None = getattr(state, "postgres_probe", None)
-        if cached is None or cached[0] <= time.monotonic():
+        known, answer = cache.get(None)
+        if not known or answer is None:
             try:
                 await asyncio.wait_for(probe(), PROBE_TIMEOUT_SECONDS)
                 answer = "ok"
             except Exception as exc:  # any failure means "not ready", and says why
                 answer = f"unavailable: {type(exc).__name__}"
-            state.postgres_probe = cached = (time.monotonic() + POSTGRES_PROBE_CACHE_SECONDS, answer)
-    return cached[1]
+            cache.put(None, answer)
+    return answer

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api.auth import KeyCache
+from api.cache import TtlCache
 from api.main import create_app
 from shared import apikeys, keys, tenancy
 from shared.db import create_engine
@@ -150,7 +150,7 @@ async def test_tokens_not_shaped_like_a_key_are_refused_before_any_lookup_or_cac
 
 
 def test_the_key_cache_stays_within_its_bound() -> None:
-    cache = KeyCache(60, max_entries=100)
+    cache = TtlCache(60, max_entries=100)
     for _ in range(1000):
         cache.put(apikeys.hash_key(random_key()), None)
 
