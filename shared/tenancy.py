@@ -1,22 +1,14 @@
 """Services (tenants) and their API keys: the operations behind the admin routes, the CLI and `make run`.
 
-Postgres is the record; Redis mirrors the valid keys so that the API can check a key without Postgres: the hash
-`keys.API_KEYS_HASH` (key hash → service id) for bearer keys, and per service a hash of its keys' secrets, sealed
-with SECRET_KEY (`keys.api_key_secrets_key`: ciphertext only, and whether the key is revoked), for GOV.UK Notify's
-JWTs. Creating a key registers it in Redis before its row commits (a Redis that cannot be reached fails the
-creation: nothing is made); revoking removes the bearer field and marks the secret revoked before the revocation
-commits and again after, so a revoked key can never stay valid in Redis.
-
-Once the registry holds every key it carries the field `keys.API_KEYS_COMPLETE_FIELD`, and a key (or a service) not
-in it is refused without a Postgres query: random keys cost one Redis lookup, never a database connection. A
-registry without the field (a Redis without persistence restarted, or one an older version filled) is loaded again
-from Postgres on the first miss, once per process at a time.
+Postgres is the record; the Redis registry (`REGISTRY`, a `shared.mirror`) mirrors the valid keys so that the API
+checks a key without Postgres: `keys.API_KEYS_HASH` (key hash → service id) for bearer keys, and per service a hash
+of its keys' secrets sealed with SECRET_KEY (`keys.api_key_secrets_key`) for GOV.UK Notify's JWTs. A key is
+registered before its row commits (a Redis that cannot be reached fails the creation); a revocation unregisters it
+before it commits and again after, so a revoked key never stays valid in Redis.
 """
 
-import asyncio
 import logging
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +21,7 @@ from redis.asyncio.client import Pipeline
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import apikeys, keys, queries, redis_client
+from shared import apikeys, keys, mirror, queries, redis_client
 from shared.secretbox import SecretBox
 
 logger = logging.getLogger(__name__)
@@ -79,8 +71,6 @@ def _unregister(pipe: Pipeline, record: Row[Any]) -> None:
         pipe.hdel(entries, str(record.id))
 
 
-#: One registry load at a time per event loop: a burst of unknown keys while the hash is incomplete loads it once.
-_registry_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 REGISTRY_CHUNK = 1000
 
 
@@ -92,12 +82,12 @@ async def _in_chunks(redis: Redis, rows: list[Row[Any]], write: Callable[[Pipeli
             await pipe.execute()
 
 
-async def load_registry(engine: AsyncEngine, redis: Redis) -> int:
-    """Register every valid key (and every key revoked within the grace) in Redis, then mark the registry complete.
+async def _copy_registry(engine: AsyncEngine, redis: Redis) -> int:
+    """Register every valid key (and every key revoked within the grace); return how many valid keys there are.
 
-    Return how many valid keys it holds. A key revoked while this runs may have been read as valid: the revoked
-    keys are read again after the registration and unregistered, before the registry is marked complete (a
-    revocation committed later unregisters the key itself, after its commit).
+    A key revoked while this runs may have been read as valid: the revoked keys are read again after the
+    registration and unregistered, before the registry is marked complete (a revocation committed later
+    unregisters the key itself, after its commit).
     """
     async with engine.connect() as conn:
         valid = await queries.valid_api_keys(conn)
@@ -107,17 +97,24 @@ async def load_registry(engine: AsyncEngine, redis: Redis) -> int:
     async with engine.connect() as conn:
         revoked = await queries.revoked_api_keys(conn)
     await _in_chunks(redis, revoked, _unregister)
-    await cast(Awaitable[int], redis.hset(keys.API_KEYS_HASH, keys.API_KEYS_COMPLETE_FIELD, "1"))
-    logger.info("API key registry loaded into Redis from Postgres: %d valid keys", len(valid))
     return len(valid)
 
 
-async def _complete_registry(engine: AsyncEngine, redis: Redis) -> None:
-    """Load the registry from Postgres unless another task of this process just did."""
-    lock = _registry_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
-    async with lock:
-        if not await cast(Awaitable[bool], redis.hexists(keys.API_KEYS_HASH, keys.API_KEYS_COMPLETE_FIELD)):
-            await load_registry(engine, redis)
+#: The registry: `keys.API_KEYS_HASH` (and the services' secrets hashes), complete with `keys.API_KEYS_COMPLETE_FIELD`.
+REGISTRY = mirror.Mirror(
+    keys.API_KEYS_HASH,
+    keys.API_KEYS_COMPLETE_FIELD,
+    _copy_registry,
+    "API key registry loaded into Redis from Postgres: %d valid keys",
+)
+
+
+async def load_registry(engine: AsyncEngine, redis: Redis) -> int:
+    """Register every valid key (and every key revoked within the grace) in Redis, then mark the registry complete.
+
+    Return how many valid keys it holds.
+    """
+    return await REGISTRY.load(engine, redis)
 
 
 def utc_now() -> datetime:
@@ -192,12 +189,12 @@ async def _unregister_now(redis: Redis, record: Row[Any]) -> None:
 
 async def revoke_api_key(engine: AsyncEngine, redis: Redis, service_id: UUID, key_id: UUID) -> Row[Any] | None:
     """Revoke a key; return its record, or None if the service has no such key."""
-    async with engine.begin() as conn:
-        record = await queries.revoke_api_key(conn, service_id, key_id, utc_now())
-        if record is not None:  # fails the revocation (rollback) if Redis cannot be told
-            await _unregister_now(redis, record)
-    if record is not None:  # again after the commit: a registry load racing with us may have registered it again
-        await _unregister_now(redis, record)
+    record = await REGISTRY.write_through(
+        engine,
+        lambda conn: queries.revoke_api_key(conn, service_id, key_id, utc_now()),
+        lambda revoked: _unregister_now(redis, revoked),
+    )
+    if record is not None:
         await _forget_old_revocations(redis, service_id)
     return record
 
@@ -226,17 +223,8 @@ async def service_for_hash(engine: AsyncEngine, redis: Redis, secret_hash: str) 
 
     One Redis round trip while the registry is complete; otherwise the registry is loaded from Postgres first.
     """
-    for _ in range(2):
-        found, complete = await cast(
-            Awaitable[list[bytes | None]],
-            redis.hmget(keys.API_KEYS_HASH, [secret_hash, keys.API_KEYS_COMPLETE_FIELD]),
-        )
-        if found is not None:
-            return UUID(found.decode())
-        if complete is not None:
-            return None
-        await _complete_registry(engine, redis)
-    return None
+    found = await REGISTRY.get(engine, redis, secret_hash)
+    return None if found is None else UUID(found.decode())
 
 
 async def sealed_secrets(engine: AsyncEngine, redis: Redis, service_id: UUID) -> list[SealedSecret] | None:
@@ -245,15 +233,8 @@ async def sealed_secrets(engine: AsyncEngine, redis: Redis, service_id: UUID) ->
     Keys revoked longer ago than `keys.REVOKED_KEY_GRACE_SECONDS` are left out. One Redis round trip while the
     registry is complete; otherwise the registry is loaded from Postgres first.
     """
-    for _ in range(2):
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.hget(keys.API_KEYS_HASH, keys.API_KEYS_COMPLETE_FIELD)
-            pipe.hgetall(keys.api_key_secrets_key(service_id))
-            complete, registered = await pipe.execute()
-        if complete is not None:  # else some of the service's keys may be missing: load them all first
-            return _current(registered.items())
-        await _complete_registry(engine, redis)
-    return None
+    replies = await REGISTRY.read(engine, redis, lambda pipe: pipe.hgetall(keys.api_key_secrets_key(service_id)))
+    return None if replies is None else _current(replies[0].items())
 
 
 async def registered_secrets(redis: Redis, service_id: UUID) -> list[SealedSecret] | None:
