@@ -25,7 +25,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from redis.asyncio import Redis
@@ -39,6 +39,7 @@ from shared.secretbox import NO_SECRET_KEY, InvalidToken, SecretBox, secret_box
 from shared.settings import get_settings
 
 DEV_SERVICE = "development"
+T = TypeVar("T")
 
 
 def _row(row: Any) -> str:
@@ -46,13 +47,26 @@ def _row(row: Any) -> str:
     return "  ".join(f"{key}={value}" for key, value in row._mapping.items() if key not in hidden)
 
 
+#: Exit code of a command that did not do what was asked (no such service, say).
+FAILED = 1
 #: Exit code of a command that cannot run for a missing setting (as argparse's for a wrong command line).
 MISSING_SETTING = 2
 _NO_MAKE_RUN = "or start `make run` in this checkout and run this from its folder"
 
 
+class CommandFailedError(Exception):
+    """The command did not do what was asked: its message goes to stderr, the exit code is FAILED."""
+
+
 class MissingSettingError(Exception):
     """A setting the command needs is neither set nor known from a running `make run`."""
+
+
+def _found(row: T | None, missing: str) -> T:
+    """Return `row`, or fail the command with the message `missing` when there is none."""
+    if row is None:
+        raise CommandFailedError(missing)
+    return row
 
 
 def _secret_box() -> SecretBox:
@@ -88,8 +102,7 @@ async def _services_create(engine: AsyncEngine, redis: Redis, args: argparse.Nam
     try:
         print(_row(await tenancy.create_service(engine, args.name)))
     except IntegrityError:
-        print(f"a service named {args.name!r} exists already", file=sys.stderr)
-        return 1
+        raise CommandFailedError(f"a service named {args.name!r} exists already") from None
     return 0
 
 
@@ -110,41 +123,26 @@ def _rate_limit(value: str) -> int | None:
 
 async def _services_rate_limit(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
     row = await ratelimits.set_rate_limit(engine, redis, args.service_id, args.per_minute)
-    if row is None:
-        print(f"no service {args.service_id}", file=sys.stderr)
-        return 1
-    print(_row(row))
+    print(_row(_found(row, f"no service {args.service_id}")))
     return 0
 
 
 async def _keys_create(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
-    try:
-        created = await tenancy.create_api_key(engine, redis, _secret_box(), args.service_id, args.name)
-    except tenancy.ServiceNotFoundError:
-        print(f"no service {args.service_id}", file=sys.stderr)
-        return 1
+    created = await tenancy.create_api_key(engine, redis, _secret_box(), args.service_id, args.name)
     print(_row(created.record))
     print(f"key={created.secret}   (shown this once)")
     return 0
 
 
 async def _keys_list(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
-    try:
-        rows = await tenancy.list_api_keys(engine, args.service_id)
-    except tenancy.ServiceNotFoundError:
-        print(f"no service {args.service_id}", file=sys.stderr)
-        return 1
-    for row in rows:
+    for row in await tenancy.list_api_keys(engine, args.service_id):
         print(_row(row))
     return 0
 
 
 async def _keys_revoke(engine: AsyncEngine, redis: Redis, args: argparse.Namespace) -> int:
     record = await tenancy.revoke_api_key(engine, redis, args.service_id, args.key_id)
-    if record is None:
-        print(f"service {args.service_id} has no key {args.key_id}", file=sys.stderr)
-        return 1
-    print(_row(record))
+    print(_row(_found(record, f"service {args.service_id} has no key {args.key_id}")))
     return 0
 
 
@@ -169,27 +167,24 @@ async def _keys_reseal(engine: AsyncEngine, redis: Redis, args: argparse.Namespa
     new = box.fingerprints[0]
     lacking = _lacking(await secret_holders.live_holders(redis), new)
     if lacking:
-        print(
+        raise CommandFailedError(
             f"refused, nothing resealed: {len(lacking)} live API process(es) do not hold SECRET_KEY's first key "
             f"(fingerprint {new}) and could not open a secret sealed with it: {', '.join(lacking[:10])}. Give every "
-            "API process SECRET_KEY=<new>,<old> (restart them), then run this again",
-            file=sys.stderr,
+            "API process SECRET_KEY=<new>,<old> (restart them), then run this again"
         )
-        return 1
     try:
         resealed = await tenancy.reseal_secrets(engine, redis, box)
     except InvalidToken:
-        print("a key's secret opens with none of SECRET_KEY's keys: add the key it was sealed with", file=sys.stderr)
-        return 1
+        raise CommandFailedError(
+            "a key's secret opens with none of SECRET_KEY's keys: add the key it was sealed with"
+        ) from None
     print(f"{resealed} key secret(s) sealed again with the first key of SECRET_KEY")
     holders = await secret_holders.live_holders(redis)  # again: a process may have started meanwhile
     if lacking := _lacking(holders, new):
-        print(
+        raise CommandFailedError(
             f"keep the old key: {len(lacking)} API process(es) started meanwhile without the new key: "
-            f"{', '.join(lacking[:10])}. Give them SECRET_KEY=<new>,<old> and run this again",
-            file=sys.stderr,
+            f"{', '.join(lacking[:10])}. Give them SECRET_KEY=<new>,<old> and run this again"
         )
-        return 1
     if sealing_old := sorted(holder for holder, held in holders.items() if held[0] != new):
         print(
             f"keep the old key: {len(sealing_old)} API process(es) still seal new keys with another key (their "
@@ -230,12 +225,10 @@ async def _partitions_maintain(engine: AsyncEngine, redis: Redis, args: argparse
     retention = settings.retention_days
     done = await partitions.maintain(engine, redis, retention, keys.layout_for(settings))
     if done.skipped:
-        print("another process is maintaining the partitions right now; nothing done", file=sys.stderr)
-        return 1
+        raise CommandFailedError("another process is maintaining the partitions right now; nothing done")
     print(f"made {done.created or 'none'}; dropped {done.dropped or 'none'} (RETENTION_DAYS={retention})")
     if done.refused:
-        print(f"dropped nothing: {done.refused}", file=sys.stderr)
-        return 1
+        raise CommandFailedError(f"dropped nothing: {done.refused}")
     return 0
 
 
@@ -302,6 +295,8 @@ async def _main(args: argparse.Namespace) -> int:
     try:
         run: Command = args.run
         return await run(engine, redis, args)
+    except tenancy.ServiceNotFoundError as missing:
+        raise CommandFailedError(f"no service {missing}") from None
     finally:
         await redis.aclose()
         await engine.dispose()
@@ -321,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     except MissingSettingError as error:
         print(error, file=sys.stderr)
         return MISSING_SETTING
+    except CommandFailedError as error:
+        print(error, file=sys.stderr)
+        return FAILED
 
 
 if __name__ == "__main__":

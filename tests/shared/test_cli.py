@@ -47,6 +47,19 @@ def test_service_key_lifecycle(worker_env: dict[str, str], engine: object, redis
     assert cli(worker_env, "keys", "revoke", service_id, service_id).returncode == 1
 
 
+@pytest.mark.parametrize(
+    "command",
+    [("keys", "create", "{id}", "laptop"), ("keys", "list", "{id}"), ("services", "rate-limit", "{id}", "5")],
+)
+def test_a_command_for_a_service_that_does_not_exist_says_so_on_stderr_with_exit_code_1(
+    worker_env: dict[str, str], engine: object, redis: object, command: tuple[str, ...]
+) -> None:
+    unknown = str(tenancy.new_id())
+    done = cli(worker_env, *(part.format(id=unknown) for part in command))
+
+    assert (done.returncode, done.stdout, done.stderr.splitlines()[-1]) == (1, "", f"no service {unknown}")
+
+
 def test_dev_key_is_made_once_and_reused(
     worker_env: dict[str, str], tmp_path: Path, engine: object, redis: object
 ) -> None:
