@@ -26,9 +26,9 @@ async def list_dead_letters(redis: Redis, count: int = 100, layout: keys.Layout 
     return [
         DeadLetter(
             entry_id.decode(),
-            fields.get(b"entry", b"").decode(),
-            fields.get(b"error", b"").decode(errors="replace"),
-            fields.get(b"payload", b""),
+            fields.get(keys.DEAD_LETTER_ENTRY_FIELD, b"").decode(),
+            fields.get(keys.DEAD_LETTER_ERROR_FIELD, b"").decode(errors="replace"),
+            fields.get(keys.DEAD_LETTER_PAYLOAD_FIELD, b""),
         )
         for shard in (layout or keys.layout()).shards
         for entry_id, fields in await redis.xrange(shard.dead_letters, count=count)
@@ -56,6 +56,10 @@ async def replay(redis: Redis, ids: list[str] | None = None, layout: keys.Layout
                 entry for entry_id in ids for entry in await redis.xrange(shard.dead_letters, entry_id, entry_id)
             ]
         for entry_id, fields in entries:
-            args = [entry_id, fields[b"payload"], fields.get(b"request_id", b"")]
+            args = [
+                entry_id,
+                fields[keys.DEAD_LETTER_PAYLOAD_FIELD],
+                fields.get(keys.DEAD_LETTER_REQUEST_ID_FIELD, b""),
+            ]
             moved += int(await move_back(keys=[shard.stream, shard.dead_letters], args=args))
     return moved

@@ -1,4 +1,4 @@
-"""Every Redis key and stream name the service uses, in one place.
+"""Every Redis key, stream and field name the service uses, in one place.
 
 Write path: the API sets one cache key per accepted request (the JSON array of its notifications) and adds one
 stream entry naming that key. Drain: a consumer group reads the stream, fetches the keys' JSON, stores rows in
@@ -43,8 +43,18 @@ def cache_key(service_id: str, notification_id: str) -> str:
     return layout().shard_of_id(notification_id).cache_key(service_id, notification_id)
 
 
-#: Entries the drain could not decode or store, each with `entry` (original id), `payload` and `error`.
+#: Entries the drain could not decode or store (one stream per shard: `Shard.dead_letters`), with the fields below.
 DEAD_LETTER_STREAM = "notify:dead"
+#: The dead-lettered entry's id in its stream.
+DEAD_LETTER_ENTRY_FIELD = b"entry"
+#: The request's JSON array (empty when it could not be fetched), which a replay puts back on the stream.
+DEAD_LETTER_PAYLOAD_FIELD = b"payload"
+#: Why the drain gave up on the entry.
+DEAD_LETTER_ERROR_FIELD = b"error"
+#: The drain consumer that gave up.
+DEAD_LETTER_CONSUMER_FIELD = b"consumer"
+#: The id of the HTTP request that made the entry (for the logs; kept by a replay).
+DEAD_LETTER_REQUEST_ID_FIELD = b"request_id"
 
 #: Hash of the API keys that are valid now: field = SHA-256 of the key, value = service id. The API checks it
 #: before Postgres (so ingestion keeps going while Postgres is down); revoking a key deletes its field.

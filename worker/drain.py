@@ -456,11 +456,11 @@ class Drain:
         await self.redis.xadd(
             self.shard.dead_letters,
             {
-                "entry": entry_id,
-                "payload": payload,
-                "error": error,
-                "consumer": self.consumer,
-                "request_id": request_id,
+                keys.DEAD_LETTER_ENTRY_FIELD: entry_id,
+                keys.DEAD_LETTER_PAYLOAD_FIELD: payload,
+                keys.DEAD_LETTER_ERROR_FIELD: error,
+                keys.DEAD_LETTER_CONSUMER_FIELD: self.consumer,
+                keys.DEAD_LETTER_REQUEST_ID_FIELD: request_id,
             },
         )
 
