@@ -15,7 +15,7 @@ from starlette.datastructures import State
 
 from api.cache import TtlCache
 from api.errors import AdminDisabledError, UnauthorizedError
-from shared import apikeys, tenancy
+from shared import api_key_format, tenancy
 
 api_key_scheme = HTTPBearer(
     auto_error=False, scheme_name="ApiKey", description="A service's API key: `Authorization: Bearer <key>`"
@@ -47,9 +47,9 @@ async def service_for(state: State, authorization: str | None) -> UUID:
     key = bearer_token(authorization)
     if key is None:
         raise UnauthorizedError("missing API key: send `Authorization: Bearer <api key>`")
-    if not apikeys.looks_like_key(key):
-        raise UnauthorizedError(f"malformed API key: {apikeys.KEY_SHAPES}")
-    key_hash = apikeys.hash_key(key)
+    if not api_key_format.looks_like_key(key):
+        raise UnauthorizedError(f"malformed API key: {api_key_format.KEY_SHAPES}")
+    key_hash = api_key_format.hash_key(key)
     cache: TtlCache[str, UUID | None] = state.key_cache
     known, service_id = cache.get(key_hash)
     if not known:

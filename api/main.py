@@ -18,7 +18,7 @@ from api.cache import TtlCache
 from api.errors import install_error_handlers
 from api.hotpath import HotPathMiddleware
 from api.notify_auth import NotifyKeyCache, NotifyTokenCache
-from api.ratelimit import RateLimits
+from api.rate_limiter import RateLimiter
 from api.routes import notifications, notify_v2, services, status, templates
 from api.template_cache import TemplateCache
 from api.writer import RedisWriter
@@ -83,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             holder = SecretHolder(redis, box.fingerprints)
             await holder.start()
         app.state.templates = TemplateCache(engine, active.template_cache_seconds)
-        app.state.rate_limits = RateLimits(engine, redis, active.rate_limit_per_minute, active.auth_cache_seconds)
+        app.state.rate_limits = RateLimiter(engine, redis, active.rate_limit_per_minute, active.auth_cache_seconds)
         freeze_startup_objects()
         try:
             yield

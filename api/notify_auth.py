@@ -1,6 +1,6 @@
 """Who is calling, for the GOV.UK Notify routes: the service behind a Notify JWT, checked as Notify checks it.
 
-A Notify client holds a key `{key_name}-{service_id}-{secret}` (`shared.apikeys`) and sends with every request
+A Notify client holds a key `{key_name}-{service_id}-{secret}` (`shared.api_key_format`) and sends with every request
 `Authorization: Bearer <jwt>`, a JWT signed HS256 with the secret, with the claims `iss` (the service id) and `iat`
 (the time, in epoch seconds). As in Notify (notifications-api's `requires_auth` with the client package's
 `decode_jwt_token`), each step answers with Notify's status and message (`api.errors.NotifyAuthError`):

@@ -21,7 +21,7 @@ from redis.asyncio.client import Pipeline
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import apikeys, keys, mirror, queries, redis_client
+from shared import api_key_format, keys, mirror, queries, redis_client
 from shared.secretbox import SecretBox
 
 logger = logging.getLogger(__name__)
@@ -156,13 +156,13 @@ async def create_api_key(engine: AsyncEngine, redis: Redis, box: SecretBox, serv
         ServiceNotFoundError: no such service.
         redis.exceptions.RedisError, OSError: Redis cannot be reached; no key was made.
     """
-    key, secret = apikeys.new_key(name, service_id)
-    secret_hash, ciphertext = apikeys.hash_key(key), box.seal(secret)
+    key, secret = api_key_format.new_key(name, service_id)
+    secret_hash, ciphertext = api_key_format.hash_key(key), box.seal(secret)
     async with engine.begin() as conn:
         if await queries.get_service(conn, service_id) is None:
             raise ServiceNotFoundError(str(service_id))
         record = await queries.insert_api_key(
-            conn, new_id(), service_id, name, apikeys.shown_prefix(key), secret_hash, ciphertext, utc_now()
+            conn, new_id(), service_id, name, api_key_format.shown_prefix(key), secret_hash, ciphertext, utc_now()
         )
         # Before the commit: a complete registry refuses a key it does not hold. Should the commit fail after this,
         # the fields name a key nobody was ever shown. (On a cluster the two hashes are in different slots and are
@@ -215,7 +215,7 @@ async def _forget_old_revocations(redis: Redis, service_id: UUID) -> None:
 
 async def service_for_key(engine: AsyncEngine, redis: Redis, secret: str) -> UUID | None:
     """Return the service a valid (known, unrevoked) key belongs to, or None."""
-    return await service_for_hash(engine, redis, apikeys.hash_key(secret))
+    return await service_for_hash(engine, redis, api_key_format.hash_key(secret))
 
 
 async def service_for_hash(engine: AsyncEngine, redis: Redis, secret_hash: str) -> UUID | None:
@@ -279,7 +279,7 @@ async def ensure_dev_key(
 
     A saved key of the older `nk_` shape is replaced (not revoked), since it cannot sign GOV.UK Notify's JWTs.
     """
-    if saved and not apikeys.is_legacy_key(saved) and await service_for_key(engine, redis, saved):
+    if saved and not api_key_format.is_legacy_key(saved) and await service_for_key(engine, redis, saved):
         return saved, False
     async with engine.connect() as conn:
         service = await queries.get_service_by_name(conn, service_name)

@@ -33,7 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.main import create_app
-from shared import apikeys, keys, queries, redis_client, tenancy
+from shared import api_key_format, keys, queries, redis_client, tenancy
 from shared.db import create_engine, upgrade_database
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from shared.embedded_cluster import EmbeddedRedisCluster
@@ -313,7 +313,14 @@ async def insert_legacy_key(engine: AsyncEngine, redis: Redis, service_name: str
         service_id = (await tenancy.create_service(engine, service_name)).id
     async with engine.begin() as conn:
         await queries.insert_api_key(
-            conn, tenancy.new_id(), service_id, "legacy", key[:10], apikeys.hash_key(key), None, tenancy.utc_now()
+            conn,
+            tenancy.new_id(),
+            service_id,
+            "legacy",
+            key[:10],
+            api_key_format.hash_key(key),
+            None,
+            tenancy.utc_now(),
         )
     await tenancy.load_registry(engine, redis)  # as the registry of that version held it
     return key

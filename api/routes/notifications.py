@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from starlette.datastructures import State
 from starlette.types import Receive, Scope
 
-from api import idempotency, notify_objects, ratelimit
+from api import idempotency, notify_objects, rate_limiter
 from api.auth import ServiceId, service_for
 from api.body import read_json_body
 from api.documents import Recipient, accept, templates_for
@@ -49,7 +49,7 @@ from api.errors import (
 from api.lookup import lookup, notify_lookup
 from api.notify_auth import notify_service_for
 from api.notify_validation import EMAIL, SMS, parse_send
-from api.ratelimit import RateLimits
+from api.rate_limiter import RateLimiter
 from api.template_cache import TemplateVersion
 from api.writer import Idempotency, RateLimit, RateState, RedisWriter
 from shared import keys
@@ -157,7 +157,7 @@ def _idempotency_key(value: bytes) -> str:
 
 
 def _rate_limit(
-    limits: RateLimits, per_minute: int, service_id: UUID, cost: int, shard: keys.Shard, shards: int, *, keyed: bool
+    limits: RateLimiter, per_minute: int, service_id: UUID, cost: int, shard: keys.Shard, shards: int, *, keyed: bool
 ) -> RateLimit:
     """Return the request's place in the bucket of its service, limited to `per_minute`, or refuse it here.
 
@@ -195,7 +195,7 @@ def _rate_limited(state: RateState, cost: int) -> RateLimitedError:
         f"your service's rate limit of {state.limit} notifications per minute is reached: {state.remaining} left, "
         f"this request needs {cost}; nothing was queued, retry after {retry_after} s",
         retry_after,
-        ratelimit.rate_headers(state),
+        rate_limiter.rate_headers(state),
         state.limit,
     )
 
@@ -247,7 +247,7 @@ async def _ingest(
             raise _body_error(exc) from None
         resolved = await templates_for(native, service_id, state.templates, listed=listed)
         items = native
-    limits: RateLimits = state.rate_limits
+    limits: RateLimiter = state.rate_limits
     writer: RedisWriter = state.writer
     per_minute = limits.known_limit(service_id)
     if per_minute is None:
@@ -407,7 +407,7 @@ async def serve(
         if replayed:
             headers.append(_REPLAYED_HEADER)
         if rate is not None:
-            headers += ratelimit.rate_headers(rate)
+            headers += rate_limiter.rate_headers(rate)
     headers.append((b"content-length", str(len(body)).encode()))
     return status, body, headers
 

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.cache import TtlCache
 from api.main import create_app
-from shared import apikeys, keys, tenancy
+from shared import api_key_format, keys, tenancy
 from shared.db import create_engine
 from shared.embedded import free_port
 from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
@@ -26,7 +26,7 @@ BASE = "/notifications/v1"
 
 def random_key() -> str:
     """A key of the right shape that nobody issued."""
-    return apikeys.new_key("made up", uuid4())[0]
+    return api_key_format.new_key("made up", uuid4())[0]
 
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
@@ -91,7 +91,7 @@ async def test_valid_key_works_when_redis_lost_the_registry(
     assert response.status_code == 201
     registry = await redis.hgetall(keys.API_KEYS_HASH)  # loaded again from Postgres, and marked complete
     assert registry == {
-        apikeys.hash_key(tenant.key).encode(): str(tenant.service_id).encode(),
+        api_key_format.hash_key(tenant.key).encode(): str(tenant.service_id).encode(),
         keys.API_KEYS_COMPLETE_FIELD.encode(): b"1",
     }
 
@@ -152,7 +152,7 @@ async def test_tokens_not_shaped_like_a_key_are_refused_before_any_lookup_or_cac
 def test_the_key_cache_stays_within_its_bound() -> None:
     cache = TtlCache(60, max_entries=100)
     for _ in range(1000):
-        cache.put(apikeys.hash_key(random_key()), None)
+        cache.put(api_key_format.hash_key(random_key()), None)
 
     assert len(cache) == 100
 
@@ -305,10 +305,10 @@ async def test_without_secret_key_no_key_is_issued_and_the_admin_is_told_why(
 def test_a_key_holds_its_name_made_safe(name: str, shown: str) -> None:
     service_id = UUID(ANY_ID)
 
-    key, secret = apikeys.new_key(name, service_id)
+    key, secret = api_key_format.new_key(name, service_id)
 
     assert key == f"{shown}-{service_id}-{secret}"
-    assert apikeys.looks_like_key(key)
+    assert api_key_format.looks_like_key(key)
 
 
 async def test_keys_issued_before_still_work_on_the_native_routes(

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from deploy import local
-from shared import apikeys
+from shared import api_key_format
 from shared.embedded import EmbeddedRedis, free_port, port_is_free
 from shared.secretbox import SecretBox
 
@@ -148,8 +148,8 @@ def test_two_launchers_side_by_side_each_use_their_own_servers_and_leave_nothing
         assert secret_key.stat().st_mode & 0o777 == 0o600
         SecretBox(secret_key.read_text().strip())  # a valid SECRET_KEY
         dev_key = first.headers["Authorization"].removeprefix("Bearer ")
-        assert apikeys.looks_like_key(dev_key)
-        assert not apikeys.is_legacy_key(dev_key)  # also a GOV.UK Notify key
+        assert api_key_format.looks_like_key(dev_key)
+        assert not api_key_format.is_legacy_key(dev_key)  # also a GOV.UK Notify key
 
         _assert_killed_leaves_nothing(first)
         assert _post_and_get(second, second.headers) == (201, 200)  # the other stack did not notice

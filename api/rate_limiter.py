@@ -1,15 +1,10 @@
 """Per-service rate limits on the write path: which limit applies, and refusing early what Redis would refuse.
 
-The tokens are counted in Redis by the group-commit script (`api.writer`), so the limit holds across API
-processes. This module gives the write path the limit of a service (its own, else RATE_LIMIT_PER_MINUTE), kept
-in-process for AUTH_CACHE_SECONDS, and remembers how many tokens Redis last said the service's bucket held: a
-request that cannot fit until the bucket has refilled enough is refused here without a round trip (the bucket
-cannot hold more than it held then plus what it gained since, so this never refuses what Redis would have
-allowed). Before its body is even read, a single notification is refused when the bucket cannot hold one token; a
-list once its items are counted (not validated), and one larger than the whole limit is a 413 whatever the bucket
-holds. A service flooding past its limit thus costs the other services neither Redis time nor the API's flushes.
-What Redis said is trusted no longer than the limit it was counted under is kept (AUTH_CACHE_SECONDS): a limit
-raised or lifted ends the early refusals within that bound too, as it does Redis's.
+The tokens are counted in Redis by the group-commit script, so a limit holds across API processes. Here a
+service's limit (its own, else RATE_LIMIT_PER_MINUTE) is kept in-process for AUTH_CACHE_SECONDS, with how many tokens
+Redis last said its bucket held: a request that cannot fit before the bucket refills is refused without a round
+trip, and this never refuses what Redis would have allowed (the bucket holds at most what it held then plus what it
+gained since). What Redis said is trusted no longer than the limit it was counted under.
 """
 
 import logging
@@ -38,7 +33,7 @@ def rate_headers(state: RateState) -> list[tuple[bytes, bytes]]:
     ]
 
 
-class RateLimits:
+class RateLimiter:
     """The rate limits of the services this process writes for, and their known refusals."""
 
     def __init__(
@@ -48,7 +43,6 @@ class RateLimits:
         self._redis = redis
         self.default = default_per_minute
         self.ttl = ttl_seconds
-        self.max_entries = max_entries
         self._limits = TtlCache[int, int](ttl_seconds, max_entries)  # UUID.int (hashed in C) → limit
         #: (service, shard) → (monotonic time, the most tokens its bucket can have held then, capacity, refill/min),
         #: trusted as long as the limit it was counted under is kept

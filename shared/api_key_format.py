@@ -1,16 +1,10 @@
-"""API key format and hashing.
+"""The API key string: how a key is made, recognised, hashed for storage, and shown in listings.
 
-A key is also a GOV.UK Notify key: `{key_name}-{service_id}-{secret}`, the key's name made safe (lowercase
-`a-z0-9_`), the service's id and a random UUID4, the secret (122 random bits). Notify's clients take the service id
-and the secret from the end of the string (`key[-73:-37]`, `key[-36:]`) and sign a JWT with the secret for every
-request; sent whole as `Authorization: Bearer <key>`, the same string works on the native routes.
-
-For the bearer check only the SHA-256 of the whole key is stored: a key that random cannot be guessed from its
-hash, so a slow password hash would only slow the hot path. The secret is kept too, encrypted (`shared.secretbox`),
-to verify JWTs. The start of the key (`prefix`) is kept in clear so that people can tell their keys apart in
-listings.
-
-Keys issued before (`nk_` and 43 URL-safe random characters, 256 bits) keep working as bearer keys.
+A key is also a GOV.UK Notify key: `{key_name}-{service_id}-{secret}` (the name made safe: lowercase `a-z0-9_`; the
+service's id; a random UUID4, the secret). Notify's clients take the service id and the secret from its end
+(`key[-73:-37]`, `key[-36:]`) to sign JWTs; sent whole as `Authorization: Bearer <key>`, it works on the native
+routes. The bearer check stores only the key's SHA-256. Keys of the older shape (`nk_` and 43 URL-safe characters)
+keep working as bearer keys.
 """
 
 import hashlib
