@@ -1,6 +1,6 @@
 """What `make run` keeps in `.data/`, and how the tools beside it (the CLI, `make loadtest`) find a running one.
 
-The launcher (`deploy.local`) keeps the embedded servers' data, the admin token, the SECRET_KEY and the
+The launcher (`devstack.launcher`) keeps the embedded servers' data, the admin token, the SECRET_KEY and the
 development key in `.data/` of the checkout, and while it runs, `.data/servers.env`: one `NAME=value` a line,
 
     LAUNCHER_PID=<its process id>

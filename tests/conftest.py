@@ -33,10 +33,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.main import create_app
+from devstack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from devstack.embedded_cluster import EmbeddedRedisCluster
 from shared import apikeys, keys, queries, redis_client, tenancy
 from shared.db import create_engine, upgrade_database
-from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from shared.embedded_cluster import EmbeddedRedisCluster
 from shared.secretbox import SecretBox, new_secret_key
 from shared.settings import Settings
 from worker.drain import Drain

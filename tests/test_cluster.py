@@ -21,8 +21,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.main import create_app
+from devstack.embedded_cluster import EmbeddedRedisCluster
 from shared import deadletters, keys, ratelimits, redis_client
-from shared.embedded_cluster import EmbeddedRedisCluster
 from shared.ids import stem_and_index
 from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
 from shared.settings import Settings

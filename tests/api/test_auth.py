@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.auth import KeyCache
 from api.main import create_app
+from devstack.embedded import free_port
 from shared import apikeys, keys, tenancy
 from shared.db import create_engine
-from shared.embedded import free_port
 from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
 from shared.secretbox import SecretBox
 from shared.settings import Settings

@@ -10,8 +10,8 @@ import httpx
 import orjson
 from redis.asyncio import Redis
 
+from devstack.embedded import free_port
 from shared import keys
-from shared.embedded import free_port
 from tests.conftest import ROOT, Tenant
 
 

@@ -8,7 +8,7 @@ import httpx
 import orjson
 import pytest
 
-from shared.embedded import free_port
+from devstack.embedded import free_port
 from tests.conftest import ROOT
 
 REQUESTS = 3

@@ -1,6 +1,6 @@
 """A server we start as a child process that touches only what is its own: its port, its data folder, its life.
 
-shared.embedded runs PostgreSQL and Redis this way (for `make run`, `make test` and the benchmarks):
+devstack.embedded runs PostgreSQL and Redis this way (for `make run`, `make test` and the benchmarks):
 
 - **Its port.** Before starting, the port is checked free (a bind test, as the server's own bind). A port asked
   for that is taken is `PortInUse`; with `port=None` we pick a free one, and pick again if another process takes
@@ -10,7 +10,7 @@ shared.embedded runs PostgreSQL and Redis this way (for `make run`, `make test` 
 - **Its data folder, one server at a time.** A lock beside the folder (`flock` on `<folder>.lock`, held by us and
   inherited by the server, so it lasts as long as either) refuses a second server on the same folder.
 - **It does not outlive us.** The server is signalled when the process that started it dies, even by SIGKILL
-  (shared.lifetime).
+  (devstack.lifetime).
 
 Errors:
 

@@ -14,8 +14,8 @@ from typing import Self, cast
 
 import redis
 
-from shared.embedded import EmbeddedRedis
-from shared.local_server import HOST, PortInUse, port_is_free
+from devstack.embedded import EmbeddedRedis
+from devstack.local_server import HOST, PortInUse, port_is_free
 
 #: Where node ports are drawn from (the bus port, + 10000, must exist and be free too).
 PORT_RANGE = (20_000, 45_000)

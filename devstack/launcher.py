@@ -10,7 +10,7 @@ It uses only what is its own, so that two checkouts can run side by side (`PORT=
 embedded server whose default port (55432, 56379) another process holds goes to a free port instead, and says so;
 a port set in EMBEDDED_PG_PORT / EMBEDDED_REDIS_PORT / PORT that is taken stops it with one line naming the
 setting. Every child, embedded servers included, is signalled by the kernel when this launcher dies (even by
-SIGKILL: shared.lifetime), so none outlives it.
+SIGKILL: devstack.lifetime), so none outlives it.
 """
 
 import argparse
@@ -25,10 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from devstack.embedded import DataFolderInUse, EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError, PortInUse
+from devstack.lifetime import die_with_parent
+from devstack.local_server import port_is_free
 from shared.cli import DEV_SERVICE
-from shared.embedded import DataFolderInUse, EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError, PortInUse
-from shared.lifetime import die_with_parent
-from shared.local_server import port_is_free
 from shared.run_data import SECRET_KEY_FILE, SERVERS_ENV, write_running
 from shared.secretbox import new_secret_key
 from shared.settings import get_settings

@@ -15,8 +15,8 @@ import psutil
 import pytest
 import redis
 
-from shared import embedded, local_server
-from shared.embedded import (
+from devstack import embedded, local_server
+from devstack.embedded import (
     DataFolderInUse,
     EmbeddedPostgres,
     EmbeddedRedis,

