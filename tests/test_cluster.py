@@ -26,8 +26,7 @@ from shared import deadletters, keys, ratelimits, redis_client
 from shared.ids import stem_and_index
 from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
 from shared.settings import Settings
-from tests.conftest import ROOT, Servers, Tenant, count_rows, make_tenant, notify_headers, notify_key
-from tests.shared.test_cli import cli
+from tests.helpers import ROOT, Servers, Tenant, cli, count_rows, make_tenant, notify_headers, notify_key
 from worker.drain import Drain
 
 BASE = "/notifications/v1"

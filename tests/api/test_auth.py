@@ -18,7 +18,7 @@ from shared.db import create_engine
 from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
 from shared.secretbox import SecretBox
 from shared.settings import Settings
-from tests.conftest import TEST_SECRET_KEY, Tenant, drain_all, insert_legacy_key, make_tenant, queued
+from tests.helpers import TEST_SECRET_KEY, Tenant, drain_all, insert_legacy_key, make_tenant, queued
 from worker.drain import Drain
 
 BASE = "/notifications/v1"

@@ -22,7 +22,7 @@ from devstack.embedded import free_port
 from shared import tenancy
 from shared.db import create_engine
 from shared.secretbox import SecretBox
-from tests.conftest import ROOT, Tenant, notify_headers, notify_key
+from tests.helpers import ROOT, Tenant, notify_headers, notify_key
 
 schema = schemathesis.openapi.from_dict(create_app().openapi())
 ADMIN_TOKEN = "fuzz-admin-token"

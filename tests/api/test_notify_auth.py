@@ -32,7 +32,7 @@ from shared import keys, tenancy
 from shared.db import create_engine
 from shared.secretbox import InvalidToken, SecretBox, new_secret_key
 from shared.settings import Settings
-from tests.conftest import TEST_SECRET_KEY, Tenant, insert_legacy_key, make_tenant
+from tests.helpers import TEST_SECRET_KEY, Tenant, insert_legacy_key, make_tenant
 
 WHOAMI = "/test-only/notify-whoami"
 ADMIN = {"Authorization": "Bearer test-admin-token"}

@@ -8,7 +8,7 @@ import pytest
 from api.main import create_app
 from devstack.embedded import free_port
 from shared.settings import Settings
-from tests.conftest import Tenant
+from tests.helpers import Tenant
 
 
 @pytest.mark.parametrize(

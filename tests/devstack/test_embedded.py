@@ -25,7 +25,7 @@ from devstack.embedded import (
     PortInUse,
     free_port,
 )
-from tests.conftest import Servers
+from tests.helpers import Servers
 
 
 def _port(sock: socket.socket) -> int:

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from devstack.embedded import free_port
 from shared import keys
-from tests.conftest import ROOT, Tenant
+from tests.helpers import ROOT, Tenant
 
 
 async def test_sigterm_finishes_in_flight_requests_and_loses_no_201(

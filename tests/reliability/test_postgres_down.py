@@ -19,7 +19,7 @@ from shared import keys, tenancy
 from shared.db import create_engine
 from shared.secretbox import SecretBox
 from shared.settings import Settings
-from tests.conftest import TEST_SECRET_KEY, make_tenant, migrate, notify_headers, notify_key
+from tests.helpers import TEST_SECRET_KEY, make_tenant, migrate, notify_headers, notify_key
 from worker.drain import Drain
 
 

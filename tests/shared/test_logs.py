@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from devstack.embedded import free_port
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 REQUESTS = 3
 

@@ -22,7 +22,7 @@ from devstack.embedded import EmbeddedPostgres
 from devstack.local_server import free_port
 from shared.db import create_engine, sqlalchemy_url
 from shared.settings import Settings
-from tests.conftest import ROOT, Servers, drain_all, make_tenant, migrate
+from tests.helpers import ROOT, Servers, drain_all, make_tenant, migrate
 from worker.drain import Drain
 
 DEFAULT_SERVICE_ID = "00000000-0000-7000-8000-000000000001"
