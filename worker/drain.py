@@ -1,17 +1,10 @@
-"""The drain: stream → Postgres. Read a batch through the consumer group → insert idempotently → ack.
+"""The drain: stream → Postgres. Read a batch through the consumer group → store it idempotently → ack.
 
-Each worker process is one consumer of the group, so concurrent workers never get the same new entry. An entry names
-the cache key holding its request's JSON and declares that JSON's size (entries carrying the JSON inline are taken
-too). A batch is fetched (MGET) and stored in parts of at most DRAIN_BATCH_BYTES of JSON, one transaction each, a
-part fetched only once the one before is stored and released; each part is acknowledged and deleted from the stream
-once its transaction committed, with its cache keys given CACHE_TTL_SECONDS to live. New entries go in by binary
-COPY (the fast path); if any of their notifications is stored already (a redelivery), or for entries reclaimed from
-another consumer, the part is stored by the idempotent insert (`ON CONFLICT DO NOTHING` on the notification id)
-instead. A worker that dies between the two leaves its entries pending; another worker reclaims them after
-RECLAIM_IDLE_MS (XAUTOCLAIM) and stores them again, which inserts nothing twice. A drain that lives on after an
-error (a read whose reply was lost in a Redis stall) reads its own pending entries again at once. Postgres being
-down is retried with capped backoff, holding the batch; an entry that cannot be decoded or stored (bad data, not an
-outage) is isolated by splitting the batch and moved to the dead-letter stream, so it never blocks the rest.
+An entry is acknowledged and deleted only after the transaction that stored it committed, and storing it again (a
+redelivery) inserts nothing twice. Entries a dead worker left pending are reclaimed after RECLAIM_IDLE_MS and
+stored again; a Postgres outage is retried with capped backoff, the batch held; an entry that cannot be decoded or
+that Postgres refuses as data goes to the dead-letter stream and never blocks the rest. The path, drawn, and the
+reasons for it: docs/architecture.md.
 """
 
 import asyncio
