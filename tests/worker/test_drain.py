@@ -133,7 +133,7 @@ async def test_group_lost_with_redis_is_recreated(client: httpx.AsyncClient, red
 
 
 async def _entries(drain: Drain, batch: list) -> list:
-    from worker.drain import Entry
+    from worker.entries import Entry
 
     entries = []
     for entry_id, fields in batch:
