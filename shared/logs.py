@@ -1,8 +1,8 @@
 """Logging set-up shared by the API and the worker: uvicorn's `INFO:     message` look, or JSON lines (LOG_FORMAT).
 
 Records carry, where known, the `request_id` of the HTTP request (the client's `X-Request-ID`, else made by the
-API); the worker logs the request ids of each batch it stores, so a notification can be followed from the API's
-log to the drain's.
+API); the worker logs the request ids of each batch it stores (JSON: all of them; text: the first few, and how
+many more), so a notification can be followed from the API's log to the drain's.
 """
 
 import logging
