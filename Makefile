@@ -20,7 +20,7 @@ $(VENV)/.installed: uv.lock pyproject.toml | $(BIN)/uv
 install: $(VENV)/.installed
 
 run: install  ## API + one worker (+ embedded Postgres/Redis when DATABASE_URL/REDIS_URL are unset)
-	$(BIN)/python -m deploy.local
+	$(BIN)/python -m devstack.launcher
 
 # The core, tenancy and backpressure modules again, unchanged, on a local Redis Cluster (3 primaries; cluster client,
 # hash-tagged keys): tests/conftest.py's TEST_REDIS_CLUSTER. tests/test_cluster.py covers shards, failover and WAIT.
@@ -39,8 +39,8 @@ test: install test-tools  ## the whole suite, against real servers (embedded unl
 check: install  ## style and types
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy api worker shared deploy loadtest
-	$(BIN)/pydocstyle api worker shared deploy loadtest
+	$(BIN)/mypy api worker shared devstack deploy loadtest
+	$(BIN)/pydocstyle api worker shared devstack deploy loadtest
 
 format: install
 	$(BIN)/ruff check --fix .

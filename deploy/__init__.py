@@ -1,1 +1,1 @@
-"""Deployment shapes: the local launcher (`make run`), the Dockerfile, compose overrides."""
+"""Deployment files (Dockerfile, k8s/, grafana/, prometheus.yml) and the docker-compose check (`make compose-check`)."""

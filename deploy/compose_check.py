@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 from notifications_python_client.authentication import create_jwt_token
 
-from shared.local_server import free_port
+from devstack.local_server import free_port
 from shared.schemas import BRIEF_EXAMPLE
 from shared.secretbox import new_secret_key
 

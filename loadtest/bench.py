@@ -37,6 +37,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from devstack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from loadtest.bench_report import append_csv, markdown, plot_bars, plot_timelines, sustained_markdown
 from loadtest.loadgen import run_fixed_rate
 from loadtest.measure import CpuMeter, RssSampler, Timeline, wrk
@@ -64,7 +65,6 @@ from loadtest.stack import (
 )
 from loadtest.sustained import find_sustained, parse_configs
 from shared.db import upgrade_database
-from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from shared.secretbox import new_secret_key
 from shared.settings import Settings
 

@@ -36,12 +36,12 @@ from redis.asyncio.cluster import RedisCluster
 from starlette.types import Message
 
 from api.main import create_app
+from devstack.embedded_cluster import EmbeddedRedisCluster
 from loadtest.bench_report import append_csv
 from loadtest.servers import add_servers_flag, bench_servers
 from loadtest.stack import MODES
 from shared import queries, redis_client, tenancy
 from shared.db import create_engine
-from shared.embedded_cluster import EmbeddedRedisCluster
 from shared.secretbox import SecretBox, new_secret_key
 from shared.settings import Settings
 from shared.tenancy import new_id, utc_now

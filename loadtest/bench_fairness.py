@@ -29,6 +29,7 @@ from uuid import UUID
 
 from redis.asyncio import Redis
 
+from devstack.embedded import free_port
 from loadtest.bench_report import append_csv
 from loadtest.loadgen import LoadResult, run_fixed_rate
 from loadtest.measure import CpuMeter
@@ -36,7 +37,6 @@ from loadtest.servers import add_servers_flag, bench_servers
 from loadtest.stack import BIN, DESIGNS, MULTIPLE, ROOT, SINGLE, spawn, stop, wait_port
 from shared import keys, ratelimits, tenancy
 from shared.db import create_engine
-from shared.embedded import free_port
 from shared.secretbox import SecretBox, new_secret_key
 
 RESULTS = ROOT / "loadtest" / "results"

@@ -40,11 +40,11 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from api.writer import FLUSH
+from devstack.embedded import EmbeddedRedis
 from loadtest.bench_report import append_csv
 from loadtest.measure import CpuMeter
 from shared import keys
 from shared.codec import encode_notification, join_array
-from shared.embedded import EmbeddedRedis
 from shared.ids import request_ids
 
 RESULTS = Path(__file__).resolve().parent / "results" / "redis.csv"

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from devstack.embedded import EmbeddedPostgres, EmbeddedRedis
 from shared.db import upgrade_database
-from shared.embedded import EmbeddedPostgres, EmbeddedRedis
 
 CONFIGURED = ("DATABASE_URL", "REDIS_URL")
 

@@ -36,11 +36,11 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
+from devstack.embedded import free_port
 from loadtest.loadgen import run_fixed_rate
 from loadtest.measure import CpuMeter
 from loadtest.stack import BIN, DESIGNS, MODES, Stack, persistence_lag, reset, spawn, stop, wait_port
 from shared import keys
-from shared.embedded import free_port
 
 PATH, BODY, PER_REQUEST = MODES["multiple"]
 SAMPLE_SECONDS = 0.5

@@ -1,10 +1,9 @@
 """The one JSON shape of a notification, shared by the POST response, the Redis cache, the stream and GET.
 
-The API serializes each accepted notification once (`encode_notification`); those bytes are part of the request's
-cache value (which the stream entry names) and of the response. The drain decodes a request's JSON array with
-`decode_entry`; GET rebuilds the same bytes from Postgres with `encode_notification`. The personalization is written
-in the order Postgres's `jsonb` keeps its keys (shorter first, then bytewise), so that the bytes rebuilt from a stored
-row are the bytes first answered (an Idempotency-Key's replay rebuilds its answer so, `api.idempotency`).
+`encode_notification` serializes each notification once, and rebuilds the same bytes from a stored row (the
+personalization in the order Postgres's `jsonb` keeps its keys), so an Idempotency-Key's replay rebuilt from
+Postgres answers byte for byte what the first request answered. The drain decodes a request's array with
+`decode_entry`.
 """
 
 from datetime import datetime

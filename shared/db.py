@@ -1,7 +1,6 @@
-"""Engine factory: turns the plain DATABASE_URL into an async SQLAlchemy engine on asyncpg.
+"""Engine factory: the plain DATABASE_URL as an async SQLAlchemy engine on asyncpg, and the migration runner.
 
-The API uses it for GETs of drained notifications, the worker for bulk inserts (through the raw asyncpg
-connection), Alembic for migrations. Engines are built in lifespans/startup hooks, never at import time.
+Engines are built in lifespans and startup hooks, never at import time.
 """
 
 from pathlib import Path

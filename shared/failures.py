@@ -1,9 +1,7 @@
 """What a database failure means: Postgres unreachable (wait, fall back, retry) or the data refused (do not retry).
 
-The one place that tells them apart, for every caller that touches Postgres: the write path's lookups (rate
-limits, the key registry, Notify secrets, templates) fall back on what Redis or the process holds when Postgres is
-unreachable, the API answers it with a 503 (`api.errors`), and the drain retries an outage but dead-letters data
-Postgres refuses (`worker.drain`). Postgres's failures reach callers in several shapes::
+The one place that tells them apart, for every caller that touches Postgres (the API's fallbacks and 503s, the
+drain's retries and dead letters). Postgres's failures reach callers in several shapes::
 
     OSError (ConnectionRefusedError, socket.gaierror, TimeoutError)   connect failed: SQLAlchemy does not wrap it
     asyncpg.PostgresError with a SQLSTATE of class 08, 53 or 57       the server cannot serve (shutdown, too many

@@ -1,12 +1,9 @@
 """Keeps Python's garbage collector off the long-lived objects of a server process.
 
-A process of this service holds some 120,000 objects made at start (modules, classes, pydantic and SQLAlchemy
-machinery) that live until it ends. Every full (generation 2) collection walks all of them: about 100 ms on this
-project's benchmark machine, during which no request is served — the worst of the API's latency tail.
-`freeze_startup_objects` collects once, then moves every object alive at that moment to the permanent
-generation (`gc.freeze`), so later collections only walk objects made while serving. Once per process: what
-a process makes later (a test suite starting many apps, say) stays collectable. `collector_paused` keeps the
-collector out of the drain's batches, whose many short-lived objects hold no cycles.
+`freeze_startup_objects` collects once, then moves every object alive at that moment to the permanent generation
+(`gc.freeze`), so that later full collections walk only objects made while serving (once per process).
+`collector_paused` keeps the collector out of the drain's batches, whose many short-lived objects hold no cycles.
+What it saves is measured in loadtest/RESULTS.md.
 """
 
 import gc

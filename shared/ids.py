@@ -1,14 +1,9 @@
-"""Notification ids: UUIDv7, one random stem per request, the position in the request in the last 24 bits.
+"""Notification ids: UUIDv7, one random stem per request, the notification's index in the request in the last 24 bits.
 
-RFC 9562 lets UUIDv7 spend part of its random bits on a counter: all notifications of one request share their
-first 13 bytes — the 48-bit millisecond timestamp, the version and variant, and 50 random bits drawn from the
-operating system for each request — and carry their index in the request in the last 3 bytes (up to 16,777,216
-per request; MAX_BATCH_ITEMS is at most 100,000). Ids stay time-ordered (the primary-key index stays
-append-only). Two requests collide only if they fall in the same millisecond and draw the same 50 bits: at 20
-requests per millisecond, sustained, about once in 180 years (with STREAM_SHARDS=N the last byte of the stem
-names the request's shard modulo N, which takes log2(N) of those bits). The stem names the request, so the Redis cache
-keeps one key per request rather than one per notification: GET finds the request's cached JSON array by the stem
-and picks the item by index.
+All notifications of one request (up to 2**24) share their first 13 bytes (millisecond timestamp, version, variant
+and 50 random bits), so one Redis key caches the whole request and GET finds it from any of its ids. Ids stay
+time-ordered; with STREAM_SHARDS the stem's last byte names the request's shard. Collision odds and the reasons:
+docs/architecture.md.
 """
 
 import os

@@ -1,9 +1,8 @@
-"""Logging set-up shared by the API and the worker: uvicorn's `INFO:     message` look, or JSON lines.
+"""Logging set-up shared by the API and the worker: uvicorn's `INFO:     message` look, or JSON lines (LOG_FORMAT).
 
-With LOG_FORMAT=json every record is one JSON object carrying, where known, the `request_id` of the HTTP request
-(from the client's `X-Request-ID` or made by the API) — the worker logs the ids of the requests it stored (in the
-text format too, at the end of its batch line), so a notification can be followed from the API's log to the
-drain's.
+Records carry, where known, the `request_id` of the HTTP request (the client's `X-Request-ID`, else made by the
+API); the worker logs the request ids of each batch it stores (JSON: all of them; text: the first few, and how
+many more), so a notification can be followed from the API's log to the drain's.
 """
 
 import logging

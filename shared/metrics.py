@@ -1,7 +1,7 @@
-"""Prometheus metrics of the API and the worker, all defined here (names as on the Grafana dashboard).
+"""Every Prometheus metric of the API and the worker, defined here (names as on the Grafana dashboard).
 
-The API serves them at `/metrics`; each worker process on WORKER_METRICS_PORT. With several uvicorn workers set
-PROMETHEUS_MULTIPROC_DIR (an empty folder shared by them) and `/metrics` adds up all processes.
+The API serves them at `/metrics`, each worker on WORKER_METRICS_PORT. With several uvicorn workers, set
+PROMETHEUS_MULTIPROC_DIR (an empty folder they share) and `/metrics` adds up all processes.
 """
 
 import os

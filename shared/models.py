@@ -1,10 +1,8 @@
 """SQLAlchemy tables: where the drain stores notifications, GET finds them, and tenants keep keys and templates.
 
-The tenancy tables (services, keys, versioned templates) are classic normalized tables with foreign keys. The table
-the drain writes, `notifications`, is shaped for ingest: one row per notification, its personalization one `jsonb`
-map value, its template reference two nullable columns, no foreign keys (no per-row trigger work), partitioned by
-day on its UUIDv7 id (shared/partitions.py). docs/schema.md argues why this is still 4NF and how integrity holds by
-construction. Alembic migrations in `shared/migrations` create these tables.
+The tenancy tables are classic normalized tables with foreign keys; `notifications` is shaped for ingest (one row
+per notification, personalization one `jsonb` map, no foreign keys, day partitions on its UUIDv7 id:
+shared/partitions.py). docs/schema.md gives the keys and the argument for 4NF; migrations in `shared/migrations`.
 """
 
 from sqlalchemy import (

@@ -1,29 +1,10 @@
-"""Time partitions of `notifications`: one per UTC day, by range on the UUIDv7 id; made ahead, dropped when expired.
+"""Day partitions of `notifications` (`notifications_pYYYYMMDD`), by range on the UUIDv7 id: made ahead, dropped late.
 
-A UUIDv7 starts with its 48-bit millisecond timestamp, so the ids of one day form one contiguous range,
-`[day 00:00 as a UUIDv7 prefix, next day 00:00)`: the table is partitioned by range on `id` itself, its primary
-key stays `id`, and a lookup by id touches one partition (pruned by the planner). Partitions are named
-`notifications_pYYYYMMDD`.
-
-Who makes and drops them:
-
-- `maintain` (arq's cron in every worker, once an hour; `python -m shared.cli partitions maintain`) makes the
-  partitions of yesterday, today and the next DAYS_AHEAD days, and drops those whose whole day is older than
-  RETENTION_DAYS (0 keeps everything): `DETACH PARTITION … CONCURRENTLY` (reads and the drain go on), then
-  `DROP TABLE`. Only one process maintains at a time (a session advisory lock); the others skip.
-- The drain calls `ensure` before storing, so a notification never fails for want of a partition (a backlog held
-  for longer than DAYS_AHEAD, a clock step forward, a day dropped by retention while it was queued): any missing
-  day is made on the spot. An accepted notification is always stored, however old its day.
-
-Whose clock says what is old: Postgres's (`SELECT now()`), the clock the stored data is judged by, never the
-maintaining process's alone. A process whose clock disagrees with Postgres's by more than MAX_CLOCK_SKEW drops
-nothing and logs why (a worker's clock stepped 9 days ahead once dropped every partition). Whatever the clocks
-say, the partition of Postgres's today and the day of any notification still queued in the streams (the oldest
-QUEUE_SAMPLE entries of each shard: their stream ids and their notification ids) are never dropped.
-
-A new partition is made as a plain table and attached (`ATTACH PARTITION` takes only a SHARE UPDATE EXCLUSIVE
-lock on `notifications`, so the drain and GETs are not blocked), in one transaction under a transaction advisory
-lock, so concurrent makers never race.
+`maintain` (an hourly cron in the workers, `python -m shared.cli partitions maintain`; one process at a time) makes
+yesterday's, today's and the next DAYS_AHEAD days' partitions and drops those wholly older than RETENTION_DAYS.
+`ensure` (the drain, before storing) makes any missing day, so an accepted notification is always stored, however
+old its day. Age is judged by Postgres's clock: a process more than MAX_CLOCK_SKEW off it drops nothing, and
+today's day and the days of queued notifications are never dropped. The reasons: docs/architecture.md.
 """
 
 import logging

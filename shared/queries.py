@@ -1,11 +1,8 @@
-"""All SQL of the service: the drain's batch insert, GET's lookup, and the tenancy tables.
+"""All SQL of the service: the drain's inserts, GET's lookups and listings, and the tenancy tables.
 
-Tenancy here means services, their API keys, and versioned templates.
-
-The drain's fast path is one binary COPY of decoded rows into `notifications` (`copy_notifications`): one row per
-notification, no foreign keys, so no per-row trigger work. Its idempotent path, for redelivered entries, hands
-Postgres the entries' JSON as they are (a text array of JSON arrays), lets `json_to_recordset` unpack them, and
-inserts `ON CONFLICT DO NOTHING`: a redelivered entry never makes a second row.
+The drain's fast path is one binary COPY of decoded rows (`copy_notifications`); its idempotent path
+(`insert_notifications`, for redelivered entries) hands Postgres the entries' JSON as they are and inserts `ON
+CONFLICT DO NOTHING`: a redelivered entry never makes a second row.
 """
 
 from datetime import datetime

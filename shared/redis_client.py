@@ -1,12 +1,9 @@
 """Redis client factory for the API, the worker and the CLI: bounded timeouts and one reconnect.
 
-Timeouts turn an outage into an error within REDIS_TIMEOUT_SECONDS (a 503 at the API, a retry in the worker)
-instead of a hang; a command that timed out is not sent again. A command that fails on a dead pooled connection
-(say, after Redis restarted) is retried once on a new connection. Nothing accepted is lost or stored twice by it:
-if a group-commit script ran but its reply was lost, the retry adds the same requests' stream entries a second
-time, and the drain, which stores each notification id once, inserts nothing twice. What the retry does repeat:
-a rate-limited request's tokens are taken twice, and a request with an Idempotency-Key finds the record its first
-run wrote and is answered as a replay (the same answer, with `Idempotent-Replayed: true`).
+A command fails within REDIS_TIMEOUT_SECONDS instead of hanging, and one that timed out is never sent again. A
+command that fails on a dead pooled connection (Redis restarted) is retried once on a new connection: should a
+group-commit script have run with its reply lost, the retry queues its entries twice, which the drain stores once;
+a rate-limited request's tokens are then taken twice, and an Idempotency-Key's request is answered as a replay.
 """
 
 import asyncio

@@ -1,7 +1,7 @@
 """What `make run` keeps in `.data/`, and how the tools beside it (the CLI, `make loadtest`) find a running one.
 
-The launcher (`deploy.local`) keeps the embedded servers' data, the admin token, the SECRET_KEY and the
-development key in `.data/` of the checkout, and while it runs, `.data/servers.env`: one `NAME=value` a line,
+The launcher (`devstack.launcher`) keeps the embedded servers' data, the admin token, the SECRET_KEY and the
+development key in `.data/`, and while it runs writes `.data/servers.env`, one `NAME=value` a line:
 
     LAUNCHER_PID=<its process id>
     DATABASE_URL=postgresql://...      the servers it runs on (embedded ones may be off their default ports)
@@ -9,8 +9,8 @@ development key in `.data/` of the checkout, and while it runs, `.data/servers.e
     API_URL=http://127.0.0.1:8000      where its API answers
     SECRET_KEY_FILE=.../secret-key     where its SECRET_KEY is kept (absent when SECRET_KEY was set)
 
-It deletes the file when it stops; a file left by a launcher that was killed names a process that is gone, and
-is ignored. The tools run from the checkout (as `make` does), so `.data` is relative to the current directory.
+It deletes the file when it stops; a file naming a process that is gone is ignored. `.data` is relative to the
+current directory: the tools run from the checkout, as `make` does.
 """
 
 import os

@@ -1,10 +1,9 @@
 """Pydantic shapes of what clients send (`NotificationIn`) and get back (`NotificationOut`).
 
-The API validates the raw request body against these once, at the edge, so that everything it accepts can be
-stored by the drain: Postgres `text` cannot hold NUL characters, so they are refused here with a 422, and so are
-the other control characters (but tab, line feed and carriage return) in message text. The limits
-(MAX_TO_LENGTH and the like) are settings; `limited_notification` builds the model for them once, as plain
-constraints that pydantic checks in Rust: a Python validator per item would cost more than the rest of the parse.
+The API validates a body against these once, at the edge, so that everything it accepts can be stored: NUL and
+other control characters (but tab, line feed and carriage return) are refused with a 422, as Postgres `text`
+cannot hold NUL. The limits (MAX_TO_LENGTH and the like) are settings; `limited_notification` builds the model
+for them once, as plain constraints pydantic checks in Rust (a Python validator per item would cost more).
 """
 
 from datetime import datetime

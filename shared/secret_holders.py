@@ -1,15 +1,9 @@
 """Which SECRET_KEY keys the live API processes hold, so that a key rotation never locks a service out.
 
-Every API process with a SECRET_KEY reports the fingerprints of its keys (`SecretBox.fingerprints`, the sealing
-key first) in the Redis hash `keys.SECRET_HOLDERS_HASH` when it starts, again every HEARTBEAT_SECONDS, and
-withdraws them when it stops; a report counts for LIVE_SECONDS on Redis's clock, so a process that died without
-withdrawing drops out by itself. `python -m shared.cli keys reseal` reads them: it refuses to seal the secrets with
-a key that a live process cannot open (its GOV.UK Notify tokens would all fail), and says the old keys can be
-dropped only once every live process seals with the new one.
-
-The design choice: processes report (rather than reload SECRET_KEY, or Redis keep both ciphertexts), since the
-operator's order of steps stays the one the README gives and a wrong order is refused, not repaired later. A
-process of an older version reports nothing: the check cannot see it.
+Every API process with a SECRET_KEY reports its keys' fingerprints (the sealing key first) in
+`keys.SECRET_HOLDERS_HASH` when it starts and every HEARTBEAT_SECONDS, and withdraws them when it stops; a report
+counts for LIVE_SECONDS on Redis's clock. `keys reseal` refuses to seal with a key some live process cannot open,
+and says when the old keys may be dropped. A process of an older version reports nothing: the check cannot see it.
 """
 
 import asyncio

@@ -1,14 +1,9 @@
-"""API keys' secrets at rest: encrypted with the server's SECRET_KEY, never stored in plain text.
+"""API keys' secrets at rest: sealed with the server's SECRET_KEY, never stored in plain text.
 
-A GOV.UK Notify client signs every request with its key's secret (an HMAC, `api.notify_auth`), so unlike the
-bearer check, which needs only a hash, the server must be able to read the secret back. `api_keys.secret_ciphertext`
-and the Redis key registry (`shared.tenancy`) hold it sealed with Fernet (`cryptography`: AES-128-CBC and
-HMAC-SHA256, authenticated, with a random IV); the plain secret exists only in the answer that issues the key and in
-the memory of the API processes that verify tokens.
-
-SECRET_KEY is one or more Fernet keys separated by commas: the first seals, every one of them opens (MultiFernet),
-so a new key can be put in front and the old one kept until `python -m shared.cli keys reseal` has sealed every
-stored secret again with the new one.
+GOV.UK Notify clients sign requests with their key's secret, so the server must read it back: `api_keys` and the
+Redis key registry hold it sealed with Fernet (authenticated AES-CBC, random IV). SECRET_KEY is one or more Fernet
+keys separated by commas: the first seals, every one opens (MultiFernet), so a new key can go in front and the old
+one stay until `python -m shared.cli keys reseal` has sealed every stored secret again.
 """
 
 import base64

@@ -1,7 +1,7 @@
 """All configuration, read from the environment (and an optional `.env`) by one pydantic-settings class.
 
 Nothing reads the environment at import time: call `get_settings()` (cached) from a lifespan or startup hook.
-Every field is documented in the README's configuration table.
+Every field is in the README's settings table and docs/configuration.md.
 """
 
 import re

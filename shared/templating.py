@@ -1,14 +1,9 @@
-"""Template placeholders `((name))`: finding them and rendering a template with personalization values.
+"""Template placeholders `((name))`: finding them, and rendering a template with personalization values.
 
-Used by the API when it accepts a notification that names a template (to check the personalization and render
-the body into the cached document), when it previews a template, and by GET when it rebuilds a stored notification
-from Postgres, so all produce the same text.
-
-A rendering can be far longer than its request: a template of `((a))` x 20,000 with a 4,096-character `a` renders
-82 million characters from a 4 KB request. So `render_within` measures a rendering before producing it: one split
-of the template gives its pieces (its literal parts, and references to the values in place of its placeholders:
-no copy of a value), whose lengths are added up; only a rendering within the limit is joined. A refused one costs
-the split of the template (bounded by the template's own length), never the rendering.
+The API (accepting a notification, previewing a template) and GET (rebuilding a stored notification) render
+through here, so all produce the same text. `render_within` measures a rendering before producing it (a 4 KB
+request can name a template that would render to millions of characters): a refused one costs one split of the
+template, never the rendering.
 """
 
 import re

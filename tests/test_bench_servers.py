@@ -4,7 +4,7 @@ import pytest
 import redis
 
 from loadtest.servers import bench_servers
-from tests.conftest import Servers
+from tests.helpers import Servers
 
 
 def test_benchmarks_leave_the_configured_servers_alone(servers: Servers, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,7 +24,7 @@ from loadtest.sustained import (
     search,
     verdict,
 )
-from tests.conftest import Servers
+from tests.helpers import Servers
 
 
 def test_results_csv_takes_rows_with_new_columns(tmp_path: Path) -> None:

@@ -21,13 +21,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.main import create_app
+from devstack.embedded_cluster import EmbeddedRedisCluster
 from shared import deadletters, keys, ratelimits, redis_client
-from shared.embedded_cluster import EmbeddedRedisCluster
 from shared.ids import stem_and_index
 from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
 from shared.settings import Settings
-from tests.conftest import ROOT, Servers, Tenant, count_rows, make_tenant, notify_headers, notify_key
-from tests.shared.test_cli import cli
+from tests.helpers import ROOT, Servers, Tenant, cli, count_rows, make_tenant, notify_headers, notify_key
 from worker.drain import Drain
 
 BASE = "/notifications/v1"

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import httpx
 
-from shared.embedded import free_port
-from tests.conftest import count_rows, drain_all
-from tests.worker.test_workers import Workers, stop, wait_for
+from devstack.embedded import free_port
+from tests.helpers import Workers, count_rows, drain_all, stop, wait_for
 from worker.drain import Drain
 
 

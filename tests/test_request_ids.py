@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.logs import JsonFormatter, TextFormatter
-from tests.conftest import drain_all
+from tests.helpers import drain_all
 from worker.drain import Drain
 
 

@@ -1,17 +1,10 @@
-"""The drain: stream → Postgres. Read a batch through the consumer group → insert idempotently → ack.
+"""The drain: stream → Postgres. Read a batch through the consumer group → store it idempotently → ack.
 
-Each worker process is one consumer of the group, so concurrent workers never get the same new entry. An entry names
-the cache key holding its request's JSON and declares that JSON's size (entries carrying the JSON inline are taken
-too). A batch is fetched (MGET) and stored in parts of at most DRAIN_BATCH_BYTES of JSON, one transaction each, a
-part fetched only once the one before is stored and released; each part is acknowledged and deleted from the stream
-once its transaction committed, with its cache keys given CACHE_TTL_SECONDS to live. New entries go in by binary
-COPY (the fast path); if any of their notifications is stored already (a redelivery), or for entries reclaimed from
-another consumer, the part is stored by the idempotent insert (`ON CONFLICT DO NOTHING` on the notification id)
-instead. A worker that dies between the two leaves its entries pending; another worker reclaims them after
-RECLAIM_IDLE_MS (XAUTOCLAIM) and stores them again, which inserts nothing twice. A drain that lives on after an
-error (a read whose reply was lost in a Redis stall) reads its own pending entries again at once. Postgres being
-down is retried with capped backoff, holding the batch; an entry that cannot be decoded or stored (bad data, not an
-outage) is isolated by splitting the batch and moved to the dead-letter stream, so it never blocks the rest.
+An entry is acknowledged and deleted only after the transaction that stored it committed, and storing it again (a
+redelivery) inserts nothing twice. Entries a dead worker left pending are reclaimed after RECLAIM_IDLE_MS and
+stored again; a Postgres outage is retried with capped backoff, the batch held; an entry that cannot be decoded or
+that Postgres refuses as data goes to the dead-letter stream and never blocks the rest. The path, drawn, and the
+reasons for it: docs/architecture.md.
 """
 
 import asyncio
@@ -21,8 +14,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import date
 
 from redis.asyncio import Redis
@@ -31,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import failures, keys, partitions, queries
 from shared.backlog import read_backlog
-from shared.codec import NotificationDoc, decode_entry
+from shared.codec import decode_entry
 from shared.heap import collector_paused
 from shared.metrics import (
     BACKLOG,
@@ -44,6 +36,7 @@ from shared.metrics import (
     STORAGE_ERRORS,
 )
 from shared.settings import Settings
+from worker.entries import FETCH_CHUNK, Entry, Fetched, RawEntry, describe, parts_by_bytes, release
 
 logger = logging.getLogger(__name__)
 
@@ -76,70 +69,6 @@ class PoisonError(Exception):
 def _is_missing_partition(exc: BaseException) -> bool:
     """True when Postgres found no partition for a row (23514): the day's partition was dropped meanwhile."""
     return failures.sqlstate(exc) == "23514" and "no partition" in str(exc)
-
-
-@dataclass(slots=True)
-class Entry:
-    """One stream entry: its id, its payload (a JSON array of notifications), its cache key (None: keep it)."""
-
-    entry_id: bytes
-    payload: bytes
-    docs: list[NotificationDoc]
-    cache_key: str | None
-    request_id: str = ""
-    days: set[date] = field(default_factory=set)  # the days its notifications' partitions cover
-
-
-RawEntry = tuple[bytes, dict[bytes, bytes] | None]
-#: Cache keys fetched per MGET.
-FETCH_CHUNK = 1000
-
-
-@dataclass(slots=True)
-class Fetched:
-    """A stream entry with its request's JSON: fetched from the cache key the entry names, or carried inline."""
-
-    entry_id: bytes
-    payload: bytes | None
-    cache_key: str | None  # the key the entry named (None: an inline entry, or no fields at all)
-    request_id: str
-    size: int | None = 0  # bytes of its JSON, as the entry declares it (None: not declared, ask Redis)
-
-
-def _described(raw: list[RawEntry]) -> list[Fetched]:
-    """What each stream entry says: the cache key it names (or its inline JSON), its request id, its JSON's size."""
-    described = []
-    for entry_id, fields in raw:
-        fields = fields or {}  # Redis < 7 returns an entry deleted meanwhile with no fields
-        request_id = fields.get(keys.REQUEST_ID_FIELD, b"").decode(errors="replace")
-        key, inline = fields.get(keys.STREAM_KEY_FIELD), fields.get(keys.STREAM_FIELD)
-        entry = Fetched(entry_id, inline, key.decode() if key else None, request_id, len(inline or b""))
-        if entry.cache_key is not None:
-            declared = fields.get(keys.STREAM_SIZE_FIELD, b"")
-            entry.size = int(declared) if declared.isdigit() else None  # written by an older API: unknown
-        described.append(entry)
-    return described
-
-
-def _parts_by_bytes(entries: list[Fetched], limit: int) -> Iterator[list[Fetched]]:
-    """Split entries, in order, into runs whose JSON adds up to at most `limit` bytes (at least one entry each)."""
-    part: list[Fetched] = []
-    size = 0
-    for entry in entries:
-        length = entry.size or 0
-        if part and size + length > limit:
-            yield part
-            part, size = [], 0
-        part.append(entry)
-        size += length
-    if part:
-        yield part
-
-
-def _release(part: list[Fetched]) -> None:
-    """Drop a part's JSON once it is stored, before the next part is fetched (the entries outlive the part)."""
-    for entry in part:
-        entry.payload = None
 
 
 def consumer_name() -> str:
@@ -264,7 +193,7 @@ class Drain:
         next part is fetched: only one part's JSON is held, raw and decoded, at a time, however large the requests and
         however many the batch holds. `redelivered` says the entries may have been stored before (reclaimed from another
         consumer), so the idempotent insert is used straight away. Python's cyclic garbage collector is paused meanwhile
-        (shared/heap.py: decoded batches hold no cycles, and collections walking them cost ~40 % of the drain's CPU).
+        (shared/heap.py: decoded batches hold no cycles; the saving is in loadtest/RESULTS.md).
         """
         stored = 0
         with collector_paused():
@@ -278,10 +207,10 @@ class Drain:
         Each part is fetched just before it is yielded and released when the caller asks for the next, so only one
         part's JSON is held at a time.
         """
-        for part in _parts_by_bytes(await self._sized(raw), self.settings.drain_batch_bytes):
+        for part in parts_by_bytes(await self._sized(raw), self.settings.drain_batch_bytes):
             await self._fetch(part)
             yield part
-            _release(part)
+            release(part)
 
     async def _sized(self, raw: list[RawEntry]) -> list[Fetched]:
         """Describe the entries (`_described`), asking Redis the size of JSON the entry does not declare (STRLEN).
@@ -289,7 +218,7 @@ class Drain:
         The API declares each entry's size in the entry; entries written by an older API do not, and are measured
         in one round trip, so that no part is fetched without knowing its size.
         """
-        entries = _described(raw)
+        entries = describe(raw)
         unknown = [(entry, entry.cache_key) for entry in entries if entry.size is None and entry.cache_key]
         if unknown:
             async with self.redis.pipeline(transaction=False) as pipe:

@@ -1,11 +1,10 @@
-"""Each worker's own health signal: a file its drains keep fresh, and `python -m worker.health` that checks it.
+"""Each worker's own liveness: a file its drains keep fresh, and `python -m worker.health`, which checks it.
 
-With WORKER_HEARTBEAT_FILE set, every drain of the worker reports each loop it completes (a batch read and stored,
-or an empty read of its stream); the file's modification time is the oldest of the drains' latest loops, so it
-goes stale as soon as any one drain stops completing loops: frozen, stuck on a Redis it cannot reach (a cluster
-that never formed), or holding a batch while Postgres is down. `python -m worker.health` (the compose healthcheck,
-the Kubernetes liveness probe) exits 1 once the file is older than WORKER_HEARTBEAT_MAX_AGE_SECONDS, or missing:
-unlike arq's health key, which every worker of a queue shares, it speaks for this worker only.
+With WORKER_HEARTBEAT_FILE set, the file's modification time is the oldest of the drains' latest completed loops,
+so it goes stale as soon as any one drain stops completing loops (frozen, cut off from Redis, holding a batch while
+Postgres is down). `python -m worker.health` (the compose healthcheck, the Kubernetes liveness probe) exits 1 once
+the file is older than WORKER_HEARTBEAT_MAX_AGE_SECONDS, or missing. Unlike arq's health key, shared by every worker
+of a queue, it speaks for this worker only.
 """
 
 import contextlib

@@ -1,9 +1,8 @@
-"""arq entry point: `arq worker.main.WorkerSettings` hosts one drain loop per worker process.
+"""arq entry point: `arq worker.main.WorkerSettings` runs one drain loop per stream shard in each worker process.
 
-The drain is not one arq job per notification (arq tops out at a few thousand jobs/s): `on_startup` starts the
-long-running drain task, `on_shutdown` asks it to finish its batch and waits. arq's own scheduler runs the
-housekeeping cron jobs: one forgets consumers of worker processes that are long gone, one maintains the day
-partitions of `notifications` (makes the coming days', drops those past RETENTION_DAYS; one worker at a time).
+`on_startup` starts the drains as long-running tasks (not one arq job per notification); `on_shutdown` lets them
+finish their batches (up to SHUTDOWN_GRACE_SECONDS). arq's scheduler runs only the housekeeping crons: forget the
+consumers of long-gone processes, and maintain the day partitions of `notifications` (one worker at a time).
 """
 
 import asyncio

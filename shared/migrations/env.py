@@ -1,8 +1,7 @@
-"""Alembic environment: migrates the database named by DATABASE_URL (online, over asyncpg).
+"""Alembic environment: migrates the database DATABASE_URL names (online, over asyncpg).
 
-It waits up to CONNECT_WAIT_SECONDS for Postgres to take connections: the compose `migrate` service may start
-while Postgres still answers only on its socket (its first start sets the database up before it listens on TCP),
-or is still starting up.
+Waits up to CONNECT_WAIT_SECONDS for Postgres to take connections (the compose `migrate` service may start while
+Postgres still answers only on its socket, setting itself up).
 """
 
 import asyncio

@@ -12,13 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.cache import TtlCache
 from api.main import create_app
+from devstack.embedded import free_port
 from shared import api_key_format, keys, tenancy
 from shared.db import create_engine
-from shared.embedded import free_port
 from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
 from shared.secretbox import SecretBox
 from shared.settings import Settings
-from tests.conftest import TEST_SECRET_KEY, Tenant, drain_all, insert_legacy_key, make_tenant, queued
+from tests.helpers import TEST_SECRET_KEY, Tenant, drain_all, insert_legacy_key, make_tenant, queued
 from worker.drain import Drain
 
 BASE = "/notifications/v1"

@@ -7,7 +7,7 @@ from redis.asyncio import Redis
 
 from api.errors import MAX_ERRORS_LISTED
 from shared.settings import Settings
-from tests.conftest import Tenant, notify_headers, notify_key, queued
+from tests.helpers import Tenant, notify_headers, notify_key, queued
 
 #: `((a))` x 20,000 (the longest template body) with `a` = 4,096 `&`: 82 million characters from a 4 KB request.
 BLOWUP_BODY = "((a))" * 20_000

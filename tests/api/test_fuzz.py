@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from api.main import create_app
+from devstack.embedded import free_port
 from shared import tenancy
 from shared.db import create_engine
-from shared.embedded import free_port
 from shared.secretbox import SecretBox
-from tests.conftest import ROOT, Tenant, notify_headers, notify_key
+from tests.helpers import ROOT, Tenant, notify_headers, notify_key
 
 schema = schemathesis.openapi.from_dict(create_app().openapi())
 ADMIN_TOKEN = "fuzz-admin-token"

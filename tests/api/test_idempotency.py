@@ -15,7 +15,7 @@ from api.main import create_app
 from shared import keys
 from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
 from shared.settings import Settings
-from tests.conftest import (
+from tests.helpers import (
     Tenant,
     cache_keys,
     count_rows,

@@ -15,7 +15,7 @@ from shared.ids import stem_and_index
 from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE
 from shared.settings import Settings
 from shared.tenancy import new_id, utc_now
-from tests.conftest import Tenant, cache_keys, queued
+from tests.helpers import Tenant, cache_keys, queued
 
 BASE = "/notifications/v1"
 

@@ -27,12 +27,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api import notify_auth
 from api.main import create_app
 from api.notify_auth import NotifyKeyCache, NotifyServiceId, SigningKey
+from devstack.embedded import free_port
 from shared import keys, tenancy
 from shared.db import create_engine
-from shared.embedded import free_port
 from shared.secretbox import InvalidToken, SecretBox, new_secret_key
 from shared.settings import Settings
-from tests.conftest import TEST_SECRET_KEY, Tenant, insert_legacy_key, make_tenant
+from tests.helpers import TEST_SECRET_KEY, Tenant, insert_legacy_key, make_tenant
 
 WHOAMI = "/test-only/notify-whoami"
 ADMIN = {"Authorization": "Bearer test-admin-token"}

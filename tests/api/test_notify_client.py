@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import keys, tenancy
 from shared.secretbox import SecretBox
-from tests.conftest import TEST_SECRET_KEY, Tenant, drain_all, notify_key
+from tests.helpers import TEST_SECRET_KEY, Tenant, drain_all, notify_key
 from worker.drain import Drain
 
 EMAIL_TEMPLATE = {"name": "welcome", "subject": "Hi ((name))", "body": "Hello ((name))."}

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api.main import create_app
 from shared import ratelimits
 from shared.settings import Settings
-from tests.conftest import Tenant, drain_all, notify_headers, notify_key, queued
+from tests.helpers import Tenant, drain_all, notify_headers, notify_key, queued
 from worker.drain import Drain
 
 EMAIL_TEMPLATE = {"name": "welcome", "subject": "Hi ((name))", "body": "Hello ((name)), your code is ((code))."}

@@ -17,8 +17,7 @@ from api.main import create_app
 from shared import keys, ratelimits
 from shared.schemas import BRIEF_EXAMPLE
 from shared.settings import Settings
-from tests.conftest import Tenant, cache_keys, command_calls, make_tenant, queued
-from tests.shared.test_cli import cli
+from tests.helpers import Tenant, cache_keys, cli, command_calls, make_tenant, queued
 
 BASE = "/notifications/v1"
 ADMIN = {"Authorization": "Bearer test-admin-token"}

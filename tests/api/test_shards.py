@@ -14,7 +14,7 @@ from shared.backlog import read_backlog
 from shared.ids import new_stem, stem_and_index
 from shared.schemas import BRIEF_EXAMPLE
 from shared.settings import Settings
-from tests.conftest import Tenant, count_rows
+from tests.helpers import Tenant, count_rows
 from worker.drain import Drain
 
 BASE = "/notifications/v1"

@@ -9,7 +9,7 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.settings import Settings
-from tests.conftest import drain_all, make_tenant, queued
+from tests.helpers import drain_all, make_tenant, queued
 from worker.drain import Drain
 
 T = "/templates/v1"

@@ -6,9 +6,9 @@ import httpx
 import pytest
 
 from api.main import create_app
-from shared.embedded import free_port
+from devstack.embedded import free_port
 from shared.settings import Settings
-from tests.conftest import Tenant
+from tests.helpers import Tenant
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from api.writer import RedisWriter, Written
 from shared import keys, redis_client
 from shared.schemas import BRIEF_EXAMPLE
 from shared.settings import Settings
-from tests.conftest import Tenant, impatient_client, redis_asleep
+from tests.helpers import Tenant, impatient_client, redis_asleep
 
 
 async def test_a_cancelled_request_neither_cancels_the_shared_flush_nor_loses_its_write(redis: Redis) -> None:

@@ -10,9 +10,9 @@ import httpx
 import orjson
 from redis.asyncio import Redis
 
+from devstack.embedded import free_port
 from shared import keys
-from shared.embedded import free_port
-from tests.conftest import ROOT, Tenant
+from tests.helpers import ROOT, Tenant
 
 
 async def test_sigterm_finishes_in_flight_requests_and_loses_no_201(

@@ -14,7 +14,7 @@ from api.main import create_app
 from shared import deadletters, keys, tenancy
 from shared.codec import encode_notification, join_array
 from shared.settings import Settings
-from tests.conftest import Tenant, count_rows, drain_all, queued
+from tests.helpers import Tenant, count_rows, drain_all, queued
 from worker.drain import Drain
 
 BASE = "/notifications/v1"

@@ -19,11 +19,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.main import create_app
+from devstack.embedded import EmbeddedPostgres, EmbeddedRedis
 from shared.db import create_engine
-from shared.embedded import EmbeddedPostgres, EmbeddedRedis
 from shared.settings import Settings
-from tests.conftest import Tenant, make_tenant, migrate
-from tests.worker.test_workers import Workers, stop, wait_for
+from tests.helpers import Tenant, Workers, make_tenant, migrate, stop, wait_for
 
 BASE = "/notifications/v1"
 

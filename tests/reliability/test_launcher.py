@@ -1,4 +1,4 @@
-"""`make run` (deploy/local.py) works on servers of its own, side by side with another, and leaves nothing behind.
+"""`make run` (devstack/launcher.py) works on servers of its own, side by side with another, and leaves nothing behind.
 
 Real launchers, each with its own data folder and API port, as two checkouts would run them; the embedded ports
 are left at their defaults, so the second launcher finds them taken (by the first, or by whatever holds them).
@@ -18,9 +18,9 @@ import httpx
 import psutil
 import pytest
 
-from deploy import local
+from devstack import launcher
+from devstack.embedded import EmbeddedRedis, free_port, port_is_free
 from shared import api_key_format
-from shared.embedded import EmbeddedRedis, free_port, port_is_free
 from shared.secretbox import SecretBox
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -38,7 +38,7 @@ UNSET = (
 
 
 class Launcher:
-    """One `make run`: `python -m deploy.local --data <folder> --port <port>`, its output in a file."""
+    """One `make run`: `python -m devstack.launcher --data <folder> --port <port>`, its output in a file."""
 
     def __init__(self, folder: Path, data: str = "data", **settings: str) -> None:
         self.folder = folder
@@ -52,7 +52,7 @@ class Launcher:
         folder.mkdir(parents=True)
         with self.output.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "deploy.local", "--data", str(self.data), "--port", str(self.port)],
+                [sys.executable, "-m", "devstack.launcher", "--data", str(self.data), "--port", str(self.port)],
                 cwd=ROOT,
                 env=env,
                 stdout=out,
@@ -165,7 +165,7 @@ def test_a_taken_api_port_stops_the_launcher_with_one_line_naming_port(tmp_path:
     port = listener.getsockname()[1]
     env = {name: value for name, value in os.environ.items() if name not in UNSET}
     done = subprocess.run(
-        [sys.executable, "-m", "deploy.local", "--data", str(tmp_path / "data"), "--port", str(port)],
+        [sys.executable, "-m", "devstack.launcher", "--data", str(tmp_path / "data"), "--port", str(port)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -186,7 +186,7 @@ def test_a_taken_embedded_port_that_was_set_stops_with_one_line_naming_the_setti
     port = listener.getsockname()[1]
     monkeypatch.setenv("EMBEDDED_REDIS_PORT", str(port))
     with pytest.raises(SystemExit) as stopped:
-        local._start_embedded(lambda chosen: EmbeddedRedis(tmp_path / "redis", chosen), "EMBEDDED_REDIS_PORT", 56379)
+        launcher._start_embedded(lambda chosen: EmbeddedRedis(tmp_path / "redis", chosen), "EMBEDDED_REDIS_PORT", 56379)
     assert str(stopped.value) == (
         f"EMBEDDED_REDIS_PORT={port}: port {port} on 127.0.0.1 is in use by another process;"
         " set EMBEDDED_REDIS_PORT to a free port, or unset it"
@@ -198,7 +198,7 @@ def test_a_taken_default_embedded_port_moves_to_a_free_one_and_says_so(
 ) -> None:
     default = listener.getsockname()[1]
     monkeypatch.delenv("EMBEDDED_REDIS_PORT", raising=False)
-    server = local._start_embedded(
+    server = launcher._start_embedded(
         lambda chosen: EmbeddedRedis(tmp_path / "redis", chosen), "EMBEDDED_REDIS_PORT", default
     )
     try:

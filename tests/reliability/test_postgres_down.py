@@ -14,12 +14,12 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 
 from api.main import create_app
+from devstack.embedded import EmbeddedPostgres, EmbeddedRedis
 from shared import keys, tenancy
 from shared.db import create_engine
-from shared.embedded import EmbeddedPostgres, EmbeddedRedis
 from shared.secretbox import SecretBox
 from shared.settings import Settings
-from tests.conftest import TEST_SECRET_KEY, make_tenant, migrate, notify_headers, notify_key
+from tests.helpers import TEST_SECRET_KEY, make_tenant, migrate, notify_headers, notify_key
 from worker.drain import Drain
 
 

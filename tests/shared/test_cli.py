@@ -13,14 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import keys, tenancy
 from shared.secretbox import InvalidToken, SecretBox, new_secret_key
-from tests.conftest import ROOT, Tenant, insert_legacy_key
-
-
-def cli(env: dict[str, str], *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    """Run `python -m shared.cli ARGS` in `cwd` (the checkout, whose `.data/` may hold a `make run`'s files)."""
-    return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
-    )
+from tests.helpers import ROOT, Tenant, cli, insert_legacy_key
 
 
 def test_service_key_lifecycle(worker_env: dict[str, str], engine: object, redis: object) -> None:

@@ -3,9 +3,9 @@
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from devstack.embedded import free_port
 from shared import failures, tenancy
 from shared.db import create_engine
-from shared.embedded import free_port
 
 
 async def _raised(engine: AsyncEngine, sql: str) -> BaseException:

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import partitions, queries
 from shared.ids import request_ids
-from tests.conftest import Tenant, notify_headers, notify_key
+from tests.helpers import Tenant, notify_headers, notify_key
 
 ROWS = 1_000_000
 #: Rows a plan may read for one page (250), 1% of the service's: a page, or a few pages' worth past rows a filter

@@ -8,8 +8,8 @@ import httpx
 import orjson
 import pytest
 
-from shared.embedded import free_port
-from tests.conftest import ROOT
+from devstack.embedded import free_port
+from tests.helpers import ROOT
 
 REQUESTS = 3
 

@@ -18,11 +18,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from api.main import create_app
+from devstack.embedded import EmbeddedPostgres
+from devstack.local_server import free_port
 from shared.db import create_engine, sqlalchemy_url
-from shared.embedded import EmbeddedPostgres
-from shared.local_server import free_port
 from shared.settings import Settings
-from tests.conftest import ROOT, Servers, drain_all, make_tenant, migrate
+from tests.helpers import ROOT, Servers, drain_all, make_tenant, migrate
 from worker.drain import Drain
 
 DEFAULT_SERVICE_ID = "00000000-0000-7000-8000-000000000001"

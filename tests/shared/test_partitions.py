@@ -17,8 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared import keys, partitions, queries
 from shared.codec import encode_notification, join_array
 from shared.ids import request_ids
-from tests.conftest import Tenant, count_rows, drain_all
-from tests.shared.test_cli import cli
+from tests.helpers import Tenant, cli, count_rows, drain_all
 from worker.drain import Drain
 
 BASE = "/notifications/v1"

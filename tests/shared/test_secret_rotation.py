@@ -17,8 +17,7 @@ from api.main import create_app
 from shared import secret_holders
 from shared.secretbox import SecretBox, new_secret_key
 from shared.settings import Settings
-from tests.conftest import TEST_SECRET_KEY, Tenant, notify_headers, notify_key
-from tests.shared.test_cli import cli
+from tests.helpers import TEST_SECRET_KEY, Tenant, cli, notify_headers, notify_key
 
 OLD = TEST_SECRET_KEY
 

@@ -16,7 +16,7 @@ from shared.codec import encode_notification, join_array
 from shared.ids import request_ids
 from shared.schemas import BRIEF_MULTIPLE_EXAMPLE
 from shared.tenancy import new_id
-from tests.conftest import count_rows, drain_all, lossy_proxy
+from tests.helpers import count_rows, drain_all, lossy_proxy
 from worker.drain import Drain
 from worker.main import forget_idle_consumers
 
@@ -133,7 +133,7 @@ async def test_group_lost_with_redis_is_recreated(client: httpx.AsyncClient, red
 
 
 async def _entries(drain: Drain, batch: list) -> list:
-    from worker.drain import Entry
+    from worker.entries import Entry
 
     entries = []
     for entry_id, fields in batch:

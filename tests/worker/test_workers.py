@@ -3,8 +3,7 @@
 import asyncio
 import re
 import signal
-import subprocess
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,42 +14,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import keys, partitions
-from tests.conftest import ROOT, count_rows, drain_all
+from tests.helpers import Workers, count_rows, drain_all, stop, wait_for
 from worker.drain import Drain
 
 BASE = "/notifications/v1"
 STORED = re.compile(r"drain (\S+) stopped after storing (\d+) notifications")
 RECLAIMED = re.compile(r"reclaimed (\d+) stale entries")
-
-
-class Workers:
-    """Starts worker processes with their output in files, and stops whatever is left at the end."""
-
-    def __init__(self, venv_bin: Path, env: dict[str, str], logs: Path) -> None:
-        self.venv_bin, self.env, self.logs = venv_bin, env, logs
-        self.started: list[tuple[subprocess.Popen[bytes], Path]] = []
-
-    def start(self, **settings: str) -> subprocess.Popen[bytes]:
-        log = self.logs / f"worker-{len(self.started)}.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [str(self.venv_bin / "arq"), "worker.main.WorkerSettings"],
-                env={**self.env, **settings},
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        self.started.append((process, log))
-        return process
-
-    def log(self, process: subprocess.Popen[bytes]) -> str:
-        return next(log for p, log in self.started if p is process).read_text()
-
-    def stop_all(self) -> None:
-        for process, _ in self.started:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=10)
 
 
 @pytest.fixture
@@ -61,31 +30,12 @@ def workers(venv_bin: Path, worker_env: dict[str, str], tmp_path: Path) -> Itera
     pool.stop_all()
 
 
-async def wait_for(condition: Callable[[], Awaitable[bool]], limit: float = 60.0) -> None:
-    """Poll `condition` until it holds, failing the test after `limit` seconds."""
-    deadline = asyncio.get_running_loop().time() + limit
-    while not await condition():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"condition not met within {limit}s")
-        await asyncio.sleep(0.1)
-
-
 async def pending(redis: Redis) -> int:
     """Entries delivered to a consumer and not yet acknowledged (0 before the group exists)."""
     try:
         return int((await redis.xpending(keys.STREAM, keys.GROUP))["pending"])
     except ResponseError:
         return 0
-
-
-async def stop(process: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM) -> int:
-    """Send `sig` and wait for the process to exit; return its exit code."""
-    process.send_signal(sig)
-    for _ in range(300):
-        if process.poll() is not None:
-            return process.returncode
-        await asyncio.sleep(0.1)
-    pytest.fail("worker did not exit within 30s")
 
 
 async def test_two_workers_store_each_notification_exactly_once(

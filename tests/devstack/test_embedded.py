@@ -15,8 +15,8 @@ import psutil
 import pytest
 import redis
 
-from shared import embedded, local_server
-from shared.embedded import (
+from devstack import embedded, local_server
+from devstack.embedded import (
     DataFolderInUse,
     EmbeddedPostgres,
     EmbeddedRedis,
@@ -25,7 +25,7 @@ from shared.embedded import (
     PortInUse,
     free_port,
 )
-from tests.conftest import Servers
+from tests.helpers import Servers
 
 
 def _port(sock: socket.socket) -> int:

@@ -1,16 +1,11 @@
 """`make run`: the whole service in the foreground on one machine; Ctrl-C stops all of it.
 
-Starts an embedded PostgreSQL and Redis (data in `.data/`) unless DATABASE_URL / REDIS_URL are set, applies
-the migrations, then runs the API (uvicorn) and WORKERS drain workers (arq) as child processes. The ADMIN_TOKEN and
-the SECRET_KEY, unless set, are made once and kept in `.data/`. While it runs, `.data/servers.env` names its
-servers, its API's URL and its SECRET_KEY's file (`shared.run_data`), where the CLI and `make loadtest` find them.
-The workers serve their metrics on HOST (WORKER_METRICS_HOST), as the API does, not on every interface.
-
-It uses only what is its own, so that two checkouts can run side by side (`PORT=` for the second API): an
-embedded server whose default port (55432, 56379) another process holds goes to a free port instead, and says so;
-a port set in EMBEDDED_PG_PORT / EMBEDDED_REDIS_PORT / PORT that is taken stops it with one line naming the
-setting. Every child, embedded servers included, is signalled by the kernel when this launcher dies (even by
-SIGKILL: shared.lifetime), so none outlives it.
+Starts an embedded PostgreSQL and Redis (data in `.data/`) unless DATABASE_URL / REDIS_URL are set, migrates, then
+runs the API (uvicorn) and WORKERS workers (arq), their metrics on HOST. ADMIN_TOKEN and SECRET_KEY, unless set,
+are made once and kept in `.data/`; `.data/servers.env` says where the stack runs (`shared.run_data`). An embedded
+server whose default port is taken moves to a free one and says so; a taken port set in EMBEDDED_PG_PORT,
+EMBEDDED_REDIS_PORT or PORT stops it with one line naming the setting. Every child dies with the launcher, even
+when it is killed (devstack.lifetime).
 """
 
 import argparse
@@ -25,10 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from devstack.embedded import DataFolderInUse, EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError, PortInUse
+from devstack.lifetime import die_with_parent
+from devstack.local_server import port_is_free
 from shared.cli import DEV_SERVICE
-from shared.embedded import DataFolderInUse, EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError, PortInUse
-from shared.lifetime import die_with_parent
-from shared.local_server import port_is_free
 from shared.run_data import SECRET_KEY_FILE, SERVERS_ENV, write_running
 from shared.secretbox import new_secret_key
 from shared.settings import get_settings

@@ -1,13 +1,9 @@
 """Child processes that end with the process that started them, even when it is killed with SIGKILL.
 
-`make run` (deploy/local.py), the test fixtures and the benchmarks start servers and workers as child processes.
-A parent that is stopped normally stops its children itself; one killed with SIGKILL cannot, and its children
-would live on: an embedded Redis or PostgreSQL still holding its port and data folder, a worker still draining.
-On Linux the kernel sends a child a signal of our choice when its parent dies (`prctl(PR_SET_PDEATHSIG)`), which
-`die_with_parent` asks for between fork and exec. It is kept across exec (and across `unshare --user`, as long as
-the program is not set-user-ID), so it holds for the server itself. Elsewhere it is a no-op.
-
-The signal comes when the *thread* that started the child ends, so start long-lived children from the main thread.
+`die_with_parent` asks the kernel (Linux: `prctl(PR_SET_PDEATHSIG)`, between fork and exec) to send the child a
+signal of our choice when its parent dies; it holds across exec and `unshare --user` (for programs that are not
+set-user-ID). Elsewhere it is a no-op. The signal comes when the *thread* that started the child ends, so start
+long-lived children from the main thread.
 """
 
 import ctypes

@@ -1,16 +1,11 @@
 """A server we start as a child process that touches only what is its own: its port, its data folder, its life.
 
-shared.embedded runs PostgreSQL and Redis this way (for `make run`, `make test` and the benchmarks):
-
-- **Its port.** Before starting, the port is checked free (a bind test, as the server's own bind). A port asked
-  for that is taken is `PortInUse`; with `port=None` we pick a free one, and pick again if another process takes
-  it between our check and the server's bind. Once started, a server keeps its port across restarts (clients
-  hold its URL). After starting, what answers on the port must be the server we started (each server says how
-  it knows), else `NotOurServer`.
-- **Its data folder, one server at a time.** A lock beside the folder (`flock` on `<folder>.lock`, held by us and
-  inherited by the server, so it lasts as long as either) refuses a second server on the same folder.
-- **It does not outlive us.** The server is signalled when the process that started it dies, even by SIGKILL
-  (shared.lifetime).
+- **Its port.** Checked free before starting (a bind test); a port asked for that is taken is `PortInUse`; with
+  `port=None` a free one is picked, again if another process takes it first. Kept across restarts. What answers
+  on it must be the server we started, else `NotOurServer`.
+- **Its data folder, one server at a time.** A lock beside the folder (`flock` on `<folder>.lock`, inherited by
+  the server) refuses a second server on the same folder.
+- **It does not outlive us** (devstack.lifetime).
 
 Errors:
 

