@@ -111,7 +111,7 @@ class NotifyError(Exception):
 
 
 class NotifyAuthError(NotifyError):
-    """A GOV.UK Notify token that is missing or not valid (`api.notify_auth`): 401 or 403, with Notify's message."""
+    """A GOV.UK Notify token that is missing or not valid (`api.govuk.auth`): 401 or 403, with Notify's message."""
 
     status_code = 403
     error = "AuthError"

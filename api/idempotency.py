@@ -22,8 +22,8 @@ from uuid import UUID
 import orjson
 from starlette.datastructures import State
 
-from api import notify_objects
 from api.errors import IdempotencyKeyMismatchError, IdempotentAnswerGoneError
+from api.govuk import objects as govuk_objects
 from shared import keys, queries
 from shared.codec import join_array
 from shared.ids import ids_of
@@ -84,5 +84,5 @@ async def replay(
         return entry, ids[0]
     doc = entry[1:-1]  # the array of one request's one notification
     if root:  # a v2 route: Notify's answer, for the base URL the first request was answered with
-        doc = orjson.dumps(notify_objects.created(orjson.loads(doc), root))
+        doc = orjson.dumps(govuk_objects.created(orjson.loads(doc), root))
     return doc, ids[0]

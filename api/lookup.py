@@ -10,8 +10,8 @@ from uuid import UUID
 import orjson
 from starlette.datastructures import State
 
-from api import notify_objects
 from api.errors import NotFoundError, NotifyNotFoundError
+from api.govuk import objects as govuk_objects
 from shared import queries
 from shared.ids import notification_id_at, stem_and_index
 
@@ -58,4 +58,4 @@ async def notify_lookup(state: State, service_id: UUID, notification_id: UUID, r
         raise NotifyNotFoundError() from None
     if found.get("type") is None:
         raise NotifyNotFoundError()
-    return orjson.dumps(notify_objects.notification(found, root))
+    return orjson.dumps(govuk_objects.notification(found, root))

@@ -10,9 +10,9 @@ drained a moment ago) and then in Postgres.
 Every route works within the service of the caller's API key; another service's notification is a 404.
 
 The GOV.UK Notify v2 routes `POST /v2/notifications/email|sms` and `GET /v2/notifications/{id}` take the same path:
-Notify's JWT instead of the bearer key (`api.notify_auth`), Notify's body checks (`api.notify_validation`) and
+Notify's JWT instead of the bearer key (`api.govuk.auth`), Notify's body checks (`api.govuk.validation`) and
 template checks, then the same ids, documents (with the notification's type and reference), group commit,
-Idempotency-Key and rate limit; the answer is Notify's object (`api.notify_objects`), errors are in Notify's shape.
+Idempotency-Key and rate limit; the answer is Notify's object (`api.govuk.objects`), errors are in Notify's shape.
 
 The documents are checked and made in `api.documents`, GET's read-through is `api.lookup`. `serve` answers all
 the routes from the raw ASGI request; the hot path (`api.hotpath`) calls it before FastAPI sees
@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from starlette.datastructures import State
 from starlette.types import Receive, Scope
 
-from api import idempotency, notify_objects, rate_limiter
+from api import idempotency, rate_limiter
 from api.auth import ServiceId, service_for
 from api.body import read_json_body
 from api.documents import Recipient, accept, templates_for
@@ -46,9 +46,10 @@ from api.errors import (
     ReplicasUnconfirmedError,
     WriteOutcomeUnknownError,
 )
+from api.govuk import objects as govuk_objects
+from api.govuk.auth import notify_service_for
+from api.govuk.validation import EMAIL, SMS, parse_send
 from api.lookup import lookup, notify_lookup
-from api.notify_auth import notify_service_for
-from api.notify_validation import EMAIL, SMS, parse_send
 from api.rate_limiter import RateLimiter
 from api.template_cache import TemplateVersion
 from api.writer import Idempotency, RateLimit, RateState, RedisWriter
@@ -234,7 +235,7 @@ async def _ingest(
     if notification_type is not None:
         send = parse_send(body, notification_type, service_id, settings)
         template = await state.templates.resolve(service_id, send.template_id, None)
-        resolved: list[TemplateVersion | None] = [notify_objects.check_template(template, send)]
+        resolved: list[TemplateVersion | None] = [govuk_objects.check_template(template, send)]
         items: Sequence[Recipient] = [send]
         reference = send.reference
     else:
@@ -271,7 +272,7 @@ async def _ingest(
     entry = join_array(docs)
     answer = entry if listed else docs[0]
     if notification_type is not None:
-        answer = orjson.dumps(notify_objects.created(orjson.loads(answer), root))
+        answer = orjson.dumps(govuk_objects.created(orjson.loads(answer), root))
     keyed = fingerprint = None
     if idempotency_key is not None:
         fingerprint = idempotency.fingerprint(_ROUTE_MARKS[route], body)

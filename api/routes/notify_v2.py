@@ -23,9 +23,9 @@ from fastapi import APIRouter, Path, Request, Response
 
 from api.deps import EngineDep
 from api.errors import NotifyError, NotifyNotFoundError, NotifyValidationError
-from api.notify_auth import NotifyServiceId
-from api.notify_objects import missing_personalisation, notification, preview, template
-from api.notify_validation import exact_personalisation, personalisation_values, reference_error
+from api.govuk.auth import NotifyServiceId
+from api.govuk.objects import missing_personalisation, notification, preview, template
+from api.govuk.validation import exact_personalisation, personalisation_values, reference_error
 from api.routes.notifications import V2_EMAIL, V2_ONE, V2_SMS, base_url, respond
 from shared import queries
 from shared.schemas import INT4_MAX

@@ -1,4 +1,4 @@
-"""GOV.UK Notify's JWT check (`api.notify_auth`) against real Postgres and Redis, through a test-only route.
+"""GOV.UK Notify's JWT check (`api.govuk.auth`) against real Postgres and Redis, through a test-only route.
 
 Tokens are made as Notify's clients make them: with PyJWT and with the official client's own `create_jwt_token`.
 """
@@ -24,9 +24,9 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api import notify_auth
+from api.govuk import auth as govuk_auth
+from api.govuk.auth import NotifyKeyCache, NotifyServiceId, SigningKey
 from api.main import create_app
-from api.notify_auth import NotifyKeyCache, NotifyServiceId, SigningKey
 from devstack.embedded import free_port
 from shared import keys, tenancy
 from shared.db import create_engine
@@ -137,14 +137,14 @@ async def test_each_of_a_services_keys_verifies(
 @pytest.mark.parametrize(
     ("authorization", "status", "message"),
     [
-        (None, 401, notify_auth.NO_TOKEN),
-        ("", 401, notify_auth.NO_TOKEN),
-        ("Basic dXNlcjpwYXNz", 401, notify_auth.NOT_BEARER),
-        ("Token abc.def.ghi", 401, notify_auth.NOT_BEARER),
-        ("Bearer ", 403, notify_auth.NOT_A_TOKEN),
-        ("Bearer not-a-jwt", 403, notify_auth.NOT_A_TOKEN),
-        ("Bearer aGVsbG8.d29ybGQ.c2ln", 403, notify_auth.NOT_A_TOKEN),  # three parts, but not JSON
-        ("Bearer " + "a" * 3000 + ".b.c", 403, notify_auth.NOT_A_TOKEN),
+        (None, 401, govuk_auth.NO_TOKEN),
+        ("", 401, govuk_auth.NO_TOKEN),
+        ("Basic dXNlcjpwYXNz", 401, govuk_auth.NOT_BEARER),
+        ("Token abc.def.ghi", 401, govuk_auth.NOT_BEARER),
+        ("Bearer ", 403, govuk_auth.NOT_A_TOKEN),
+        ("Bearer not-a-jwt", 403, govuk_auth.NOT_A_TOKEN),
+        ("Bearer aGVsbG8.d29ybGQ.c2ln", 403, govuk_auth.NOT_A_TOKEN),  # three parts, but not JSON
+        ("Bearer " + "a" * 3000 + ".b.c", 403, govuk_auth.NOT_A_TOKEN),
     ],
     ids=["none", "empty", "basic", "other-scheme", "bearer-empty", "garbage", "not-json", "too-long"],
 )
@@ -159,15 +159,15 @@ async def test_no_token_or_not_a_token(
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"iss": None}, notify_auth.NO_ISSUER),
-        ({"iss": 12345}, notify_auth.ISSUER_NOT_A_UUID),
-        ({"iss": "my-service"}, notify_auth.ISSUER_NOT_A_UUID),
-        ({"iss": ["0190b8a4-6c1e-7000-8000-000000000000"]}, notify_auth.ISSUER_NOT_A_UUID),
-        ({"iss": str(uuid4())}, notify_auth.SERVICE_NOT_FOUND),
-        ({"iat": int(time.time()) - 3600}, notify_auth.CLOCK_SKEW),
-        ({"iat": "yesterday"}, notify_auth.CLOCK_SKEW),
-        ({"iat": None}, notify_auth.KEY_NOT_FOUND),  # as in Notify: a token without iat verifies against no key
-        ({"exp": 1}, notify_auth.NOT_A_TOKEN),
+        ({"iss": None}, govuk_auth.NO_ISSUER),
+        ({"iss": 12345}, govuk_auth.ISSUER_NOT_A_UUID),
+        ({"iss": "my-service"}, govuk_auth.ISSUER_NOT_A_UUID),
+        ({"iss": ["0190b8a4-6c1e-7000-8000-000000000000"]}, govuk_auth.ISSUER_NOT_A_UUID),
+        ({"iss": str(uuid4())}, govuk_auth.SERVICE_NOT_FOUND),
+        ({"iat": int(time.time()) - 3600}, govuk_auth.CLOCK_SKEW),
+        ({"iat": "yesterday"}, govuk_auth.CLOCK_SKEW),
+        ({"iat": None}, govuk_auth.KEY_NOT_FOUND),  # as in Notify: a token without iat verifies against no key
+        ({"exp": 1}, govuk_auth.NOT_A_TOKEN),
     ],
     ids=["no-iss", "iss-int", "iss-text", "iss-list", "unknown-service", "iat-old", "iat-text", "no-iat", "expired"],
 )
@@ -187,7 +187,7 @@ async def test_a_clock_more_than_30_seconds_off_either_way_is_refused(
     issued = token(secret_of(tenant), claims_of(tenant, iat=int(time.time()) + skew))
 
     assert (await http.get(WHOAMI, headers=bearer(signed))).status_code == 200
-    assert refused(await http.get(WHOAMI, headers=bearer(issued)), 403, notify_auth.CLOCK_SKEW)
+    assert refused(await http.get(WHOAMI, headers=bearer(issued)), 403, govuk_auth.CLOCK_SKEW)
 
 
 @pytest.mark.parametrize("algorithm", ["HS512", "HS384", "none"])
@@ -195,7 +195,7 @@ async def test_only_hs256_is_accepted(http: httpx.AsyncClient, tenant: Tenant, a
     secret = None if algorithm == "none" else secret_of(tenant) * 2  # long enough for HS512
     signed = jwt.encode(claims_of(tenant), secret, algorithm=algorithm)
 
-    assert refused(await http.get(WHOAMI, headers=bearer(signed)), 403, notify_auth.NOT_HS256)
+    assert refused(await http.get(WHOAMI, headers=bearer(signed)), 403, govuk_auth.NOT_HS256)
 
 
 async def test_a_token_signed_with_no_key_of_the_service_is_refused(http: httpx.AsyncClient, tenant: Tenant) -> None:
@@ -203,10 +203,10 @@ async def test_a_token_signed_with_no_key_of_the_service_is_refused(http: httpx.
     made_up = token(str(uuid4()), claims_of(tenant))
     with_the_key_as_secret = token(tenant.key, claims_of(tenant))
 
-    assert refused(await http.get(WHOAMI, headers=bearer(made_up)), 403, notify_auth.KEY_NOT_FOUND)
-    assert refused(await http.get(WHOAMI, headers=bearer(with_the_key_as_secret)), 403, notify_auth.KEY_NOT_FOUND)
+    assert refused(await http.get(WHOAMI, headers=bearer(made_up)), 403, govuk_auth.KEY_NOT_FOUND)
+    assert refused(await http.get(WHOAMI, headers=bearer(with_the_key_as_secret)), 403, govuk_auth.KEY_NOT_FOUND)
     signed_for_another = token(secret_of(tenant), claims_of(tenant, iss=other_service))
-    assert refused(await http.get(WHOAMI, headers=bearer(signed_for_another)), 403, notify_auth.SERVICE_NOT_FOUND)
+    assert refused(await http.get(WHOAMI, headers=bearer(signed_for_another)), 403, govuk_auth.SERVICE_NOT_FOUND)
 
 
 async def test_a_key_of_another_service_does_not_verify_for_this_one(
@@ -215,7 +215,7 @@ async def test_a_key_of_another_service_does_not_verify_for_this_one(
     other = await make_tenant(engine, redis, "tenant-b")
     claiming_to_be_a = token(secret_of(other), claims_of(tenant))
 
-    assert refused(await http.get(WHOAMI, headers=bearer(claiming_to_be_a)), 403, notify_auth.KEY_NOT_FOUND)
+    assert refused(await http.get(WHOAMI, headers=bearer(claiming_to_be_a)), 403, govuk_auth.KEY_NOT_FOUND)
 
 
 async def test_a_revoked_key_is_refused_as_revoked_while_the_services_other_keys_work(
@@ -229,7 +229,7 @@ async def test_a_revoked_key_is_refused_as_revoked_while_the_services_other_keys
     revoked = await http.get(WHOAMI, headers=bearer(create_jwt_token(secret_of(tenant), str(tenant.service_id))))
     working = await http.get(WHOAMI, headers=bearer(create_jwt_token(kept[-36:], str(tenant.service_id))))
 
-    assert refused(revoked, 403, notify_auth.KEY_REVOKED)
+    assert refused(revoked, 403, govuk_auth.KEY_REVOKED)
     assert working.status_code == 200
 
 
@@ -247,7 +247,7 @@ async def test_a_key_revoked_after_it_was_cached_is_refused_once_auth_cache_seco
         after = await http.get(WHOAMI, headers=bearer(create_jwt_token(secret_of(tenant), tenant.key[-73:-37])))
 
     assert within.status_code == 200  # the cached secrets, for at most AUTH_CACHE_SECONDS
-    assert refused(after, 403, notify_auth.KEY_REVOKED)
+    assert refused(after, 403, govuk_auth.KEY_REVOKED)
 
 
 async def test_secrets_are_sealed_with_secret_key_in_postgres_and_redis(
@@ -300,8 +300,8 @@ async def test_the_registry_answers_while_postgres_is_down(
         app.state.engine = working_engine
 
     assert valid.status_code == 200
-    assert all(refused(response, 403, notify_auth.SERVICE_NOT_FOUND) for response in unknown_services)  # not 503
-    assert refused(unknown_key, 403, notify_auth.KEY_NOT_FOUND)
+    assert all(refused(response, 403, govuk_auth.SERVICE_NOT_FOUND) for response in unknown_services)  # not 503
+    assert refused(unknown_key, 403, govuk_auth.KEY_NOT_FOUND)
 
 
 async def test_a_registry_redis_lost_is_loaded_again_from_postgres(
@@ -343,8 +343,8 @@ async def test_tokens_not_shaped_like_a_jwt_are_refused_before_any_lookup(
         await app.state.redis.aclose()
         app.state.redis = working_redis
 
-    assert all(refused(response, 403, notify_auth.NOT_A_TOKEN) for response in responses)
-    assert refused(no_iss, 403, notify_auth.NO_ISSUER)
+    assert all(refused(response, 403, govuk_auth.NOT_A_TOKEN) for response in responses)
+    assert refused(no_iss, 403, govuk_auth.NO_ISSUER)
     assert len(app.state.notify_keys) == 0
 
 
@@ -357,7 +357,7 @@ async def test_keys_issued_before_cannot_sign_and_the_message_says_so(
 
     response = await http.get(WHOAMI, headers=bearer(signed))
 
-    assert refused(response, 403, notify_auth.KEY_NOT_FOUND + notify_auth.NO_SIGNING_KEY)
+    assert refused(response, 403, govuk_auth.KEY_NOT_FOUND + govuk_auth.NO_SIGNING_KEY)
 
 
 async def test_secrets_sealed_with_a_key_secret_key_no_longer_holds_cannot_sign(
@@ -366,7 +366,7 @@ async def test_secrets_sealed_with_a_key_secret_key_no_longer_holds_cannot_sign(
     async with started(settings.model_copy(update={"secret_key": SecretStr(new_secret_key())})) as (_, http):
         response = await http.get(WHOAMI, headers=bearer(create_jwt_token(secret_of(tenant), str(tenant.service_id))))
 
-    assert refused(response, 403, notify_auth.KEY_NOT_FOUND + notify_auth.NO_SIGNING_KEY)
+    assert refused(response, 403, govuk_auth.KEY_NOT_FOUND + govuk_auth.NO_SIGNING_KEY)
     assert f"the secret of API key {tenant.key_id} opens with none of SECRET_KEY's keys" in caplog.text
 
 
@@ -395,17 +395,17 @@ async def test_keys_revoked_longer_ago_than_the_grace_are_not_found(
     recent = await http.get(WHOAMI, headers=bearer(create_jwt_token(second.secret[-36:], str(tenant.service_id))))
 
     assert await redis.hkeys(keys.api_key_secrets_key(tenant.service_id)) == [str(second.record.id).encode()]
-    assert refused(old, 403, notify_auth.KEY_NOT_FOUND)
-    assert refused(recent, 403, notify_auth.KEY_REVOKED)
+    assert refused(old, 403, govuk_auth.KEY_NOT_FOUND)
+    assert refused(recent, 403, govuk_auth.KEY_REVOKED)
 
 
 async def test_notify_service_for_is_callable_without_fastapi(app: FastAPI, tenant: Tenant) -> None:
     signed = create_jwt_token(secret_of(tenant), str(tenant.service_id))
 
-    assert await notify_auth.notify_service_for(app.state, f"Bearer {signed}") == tenant.service_id
-    with pytest.raises(notify_auth.NotifyAuthError) as refusal:
-        await notify_auth.notify_service_for(app.state, None)
-    assert (refusal.value.status_code, refusal.value.message) == (401, notify_auth.NO_TOKEN)
+    assert await govuk_auth.notify_service_for(app.state, f"Bearer {signed}") == tenant.service_id
+    with pytest.raises(govuk_auth.NotifyAuthError) as refusal:
+        await govuk_auth.notify_service_for(app.state, None)
+    assert (refusal.value.status_code, refusal.value.message) == (401, govuk_auth.NO_TOKEN)
 
 
 def test_the_notify_key_cache_stays_within_its_bound() -> None:
@@ -424,19 +424,19 @@ async def test_a_checked_token_is_remembered_but_refused_once_its_iat_is_30_seco
     app: FastAPI, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     header = f"Bearer {create_jwt_token(secret_of(tenant), str(tenant.service_id))}"
-    assert await notify_auth.notify_service_for(app.state, header) == tenant.service_id
+    assert await govuk_auth.notify_service_for(app.state, header) == tenant.service_id
 
     def not_again(*args: object, **kwargs: object) -> None:
         raise AssertionError("a remembered token is not decoded again")
 
     with monkeypatch.context() as patched:
-        patched.setattr(notify_auth.jwt, "decode", not_again)
-        assert await notify_auth.notify_service_for(app.state, header) == tenant.service_id
+        patched.setattr(govuk_auth.jwt, "decode", not_again)
+        assert await govuk_auth.notify_service_for(app.state, header) == tenant.service_id
     later = time.time() + 31
-    monkeypatch.setattr(notify_auth.time, "time", lambda: later)
-    with pytest.raises(notify_auth.NotifyAuthError) as refusal:
-        await notify_auth.notify_service_for(app.state, header)
-    assert refusal.value.message == notify_auth.CLOCK_SKEW
+    monkeypatch.setattr(govuk_auth.time, "time", lambda: later)
+    with pytest.raises(govuk_auth.NotifyAuthError) as refusal:
+        await govuk_auth.notify_service_for(app.state, header)
+    assert refusal.value.message == govuk_auth.CLOCK_SKEW
 
 
 async def test_a_token_first_checked_late_is_not_remembered_past_its_keys(
@@ -453,4 +453,4 @@ async def test_a_token_first_checked_late_is_not_remembered_past_its_keys(
         again = await http.get(WHOAMI, headers=late)
 
     assert (first.status_code, checked_late.status_code) == (200, 200)
-    assert refused(again, 403, notify_auth.KEY_REVOKED)  # within AUTH_CACHE_SECONDS of the revocation's first sight
+    assert refused(again, 403, govuk_auth.KEY_REVOKED)  # within AUTH_CACHE_SECONDS of the revocation's first sight

@@ -3,7 +3,7 @@
 import pytest
 from email_validator import EmailNotValidError, validate_email
 
-from api.notify_validation import email_error
+from api.govuk.validation import email_error
 
 ADDRESSES = [
     "ann@example.com", "ann.smith+tag@sub.example.co.uk", "a@b.io", "x_y-z@example.org", "user@localhost",

@@ -16,7 +16,7 @@ from uuid import UUID
 from sqlalchemy import Row
 
 from api.errors import NotifyError, NotifyValidationError
-from api.notify_validation import NotifySend
+from api.govuk.validation import NotifySend
 from api.template_cache import TemplateVersion
 from shared.templating import RenderedTooLongError, placeholders, render_within
 
