@@ -34,7 +34,6 @@ Redis or Postgres being unreachable answers 503 with `Retry-After`, never a 500.
 """
 
 import logging
-import re
 from typing import Any
 
 import asyncpg
@@ -52,6 +51,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.flush import reply_code
 from shared import failures
 from shared.schemas import PATTERN_MESSAGES
 
@@ -378,20 +378,6 @@ async def _database_error(request: Request, exc: Exception) -> Response:
     if failures.database_unreachable(exc):  # else a bug or bad data: raised as it is (a 500, logged)
         return await _unavailable(request, exc)
     raise exc
-
-
-#: Redis before 7 wraps the error reply of a command that a script called in its own message:
-#: `Error running script (call to f_...): @user_script:3: @user_script: 3: -OOM command not allowed ...`.
-_SCRIPT_ERROR = re.compile(r"Error running script .*?: -(?P<reply>[A-Z]+ .*)", re.DOTALL)
-#: redis-py's wording for an error reply to a command of a pipeline.
-_PIPELINE_ERROR = re.compile(r"Command # \d+ \(.*\) of pipeline caused error: \('(?P<reply>[A-Z]+.*)", re.DOTALL)
-
-
-def reply_code(exc: Exception) -> str:
-    """The error code of a Redis reply (`OOM`, `MISCONF`…), also when wrapped in a script or a pipeline error."""
-    message = str(exc)
-    found = _SCRIPT_ERROR.match(message) or _PIPELINE_ERROR.match(message)
-    return (found["reply"] if found else message).split(" ", 1)[0]
 
 
 async def _redis_reply(request: Request, exc: Exception) -> Response:

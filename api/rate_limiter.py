@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.cache import TtlCache
-from api.writer import RateState
+from api.flush import RateState
 from shared import failures, ratelimits
 
 logger = logging.getLogger(__name__)

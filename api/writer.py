@@ -64,8 +64,8 @@ from api.errors import (
     RedisUnresponsiveError,
     ReplicasUnconfirmedError,
     WriteOutcomeUnknownError,
-    reply_code,
 )
+from api.flush import FLUSH, Idempotency, RateLimit, Write, Written, pack, parse, reply_code
 from shared import keys
 from shared.metrics import BACKLOG
 from shared.redis_client import is_cluster, node_client
@@ -81,174 +81,9 @@ NOT_APPLIED_REPLIES = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN")
 #: Errors after which nobody can tell whether Redis applied a flush, and that suggest it is not answering.
 UNRESPONSIVE_ERRORS = (RedisTimeoutError, RedisConnectionError, OSError)
 
-# KEYS: the stream, then one cache key per request, then one idempotency record key per request that carries an
-# Idempotency-Key, then one token bucket per rate-limited service of the batch. ARGV: first the counts
-# "<requests> <records> <buckets>"; then each request's entry and request id, in turn; then per record one argument,
-# "<request's position, 1-based> <TTL> <record>" (one argument rather than three: redis-py packs each argument
-# apart, and per argument that costs about as much as the rest of the record's work); then per rate-limited request
-# "<position> <bucket, 1-based> <capacity> <refill per minute> <cost>".
-# A request whose record exists is neither kept nor queued: the script returns its position and the record found.
-# A rate-limited request takes `cost` tokens from its service's bucket (capacity: the limit, refilled at the limit
-# over the shard count per minute, by Redis's clock), or, when there are too few, is neither kept, queued nor
-# recorded. The stream entry
-# also records the entry's length in bytes, so that the drain fetches a batch in parts of bounded size.
-# Reply: the stream's length, the number of records found, the (position, record) pairs, then per rate-limited
-# request (position, 1 if allowed else 0, thousandths of tokens left, milliseconds until the bucket is full if
-# allowed, or until it holds `cost` tokens if not).
-FLUSH = f"""
-local key_field, request_id_field = '{keys.STREAM_KEY_FIELD.decode()}', '{keys.REQUEST_ID_FIELD.decode()}'
-local size_field = '{keys.STREAM_SIZE_FIELD.decode()}'
-local counts = {{}}
-for count in string.gmatch(ARGV[1], '%d+') do counts[#counts + 1] = tonumber(count) end
-local n, records, buckets = counts[1], counts[2], counts[3]
-local record_of = {{}}
-for j = 1, records do
-  local head = ARGV[1 + 2 * n + j]
-  record_of[tonumber(string.sub(head, 1, string.find(head, ' ', 1, true) - 1))] = j
-end
-local limit_of = {{}}
-for a = 2 + 2 * n + records, #ARGV do
-  local item = {{}}
-  for number in string.gmatch(ARGV[a], '[%d.]+') do item[#item + 1] = tonumber(number) end
-  limit_of[item[1]] = item
-end
-local now, bucket_of = 0, {{}}
-if buckets > 0 then
-  local time = redis.call('TIME')
-  now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-end
-local replayed, rates = {{}}, {{}}
-for i = 1, n do
-  local j = record_of[i]
-  local found = false
-  if j then
-    found = redis.call('GET', KEYS[1 + n + j])
-    if found then
-      replayed[#replayed + 1] = i
-      replayed[#replayed + 1] = found
-    end
-  end
-  local allowed = true
-  local limited = limit_of[i]
-  if limited then
-    local b, limit, refill, cost = limited[2], limited[3], limited[4], limited[5]
-    local bucket = bucket_of[b]
-    if not bucket then
-      local tokens, at = limit, now
-      local stored = redis.call('GET', KEYS[1 + n + records + b])
-      if stored then
-        local space = string.find(stored, ' ', 1, true)
-        tokens, at = tonumber(string.sub(stored, 1, space - 1)), tonumber(string.sub(stored, space + 1))
-      end
-      tokens = math.min(limit, tokens + math.max(0, now - at) * refill / 60000)
-      bucket = {{tokens = tokens, limit = limit, refill = refill}}
-      bucket_of[b] = bucket
-    end
-    local wait
-    if not found and bucket.tokens < cost then
-      allowed = false
-      wait = (cost - bucket.tokens) * 60000 / refill
-    else
-      if not found then bucket.tokens = bucket.tokens - cost end
-      wait = (limit - bucket.tokens) * 60000 / refill
-    end
-    rates[#rates + 1] = i
-    rates[#rates + 1] = allowed and 1 or 0
-    rates[#rates + 1] = math.floor(bucket.tokens * 1000)
-    rates[#rates + 1] = math.ceil(wait)
-  end
-  if not found and allowed then
-    local entry = ARGV[2 * i]
-    redis.call('SET', KEYS[i + 1], entry)
-    redis.call('XADD', KEYS[1], '*', key_field, KEYS[i + 1], request_id_field, ARGV[2 * i + 1], size_field, #entry)
-    if j then
-      local head = ARGV[1 + 2 * n + j]
-      local ttl_at = string.find(head, ' ', 1, true) + 1
-      local record_at = string.find(head, ' ', ttl_at, true) + 1
-      redis.call('SET', KEYS[1 + n + j], string.sub(head, record_at), 'EX', string.sub(head, ttl_at, record_at - 2))
-    end
-  end
-end
-for b, bucket in pairs(bucket_of) do
-  local empty_for = math.ceil((bucket.limit - bucket.tokens) * 60000 / bucket.refill)
-  if empty_for > 0 then  -- a missing bucket is a full one
-    redis.call('SET', KEYS[1 + n + records + b], string.format('%.6f %d', bucket.tokens, now), 'PX', empty_for)
-  else
-    redis.call('DEL', KEYS[1 + n + records + b])
-  end
-end
-local reply = {{redis.call('XLEN', KEYS[1]), #replayed / 2}}
-for _, value in ipairs(replayed) do reply[#reply + 1] = value end
-for _, value in ipairs(rates) do reply[#reply + 1] = value end
-return reply
-"""
-
 
 @dataclass(slots=True)
-class RateLimit:
-    """A request's place in its service's token bucket: the flush takes `cost` tokens or refuses the request."""
-
-    #: The bucket's Redis key (`keys.Shard.bucket_key`).
-    bucket_key: str
-    #: Notifications per minute: the bucket's capacity.
-    per_minute: int
-    #: Notifications in the request.
-    cost: int
-    #: Tokens the bucket gains per minute: the limit, shared out over the shards (each has a bucket of its own).
-    refill_per_minute: float
-
-
-@dataclass(slots=True, frozen=True)
-class RateState:
-    """The bucket as a rate-limited write left it."""
-
-    allowed: bool
-    limit: int
-    #: Thousandths of tokens left (rounded down).
-    milli_tokens: int
-    #: If allowed, milliseconds until the bucket is full again; if not, until it holds the request's cost.
-    wait_ms: int
-    #: Tokens the bucket gains per minute.
-    refill_per_minute: float
-
-    @property
-    def remaining(self) -> int:
-        """Whole tokens left."""
-        return self.milli_tokens // 1000
-
-
-@dataclass(slots=True, frozen=True)
-class Written:
-    """How a write went: queued (`record` None), or answered from the record a request with its key left first.
-
-    A refused rate-limited write has `rate.allowed` False and was not queued.
-    """
-
-    record: bytes | None = None
-    rate: RateState | None = None
-
-
-_QUEUED = Written()
-
-
-@dataclass(slots=True)
-class Idempotency:
-    """What the flush records for a request that carries an Idempotency-Key, atomically with its write."""
-
-    #: The record's Redis key (`keys.Shard.idempotency_key`).
-    key: str
-    #: The record: the request's fingerprint followed by what rebuilds its answer (`api.idempotency.record`).
-    record: bytes
-    ttl_seconds: int
-
-
-@dataclass(slots=True)
-class _PendingWrite:
-    entry: bytes
-    cache_key: str
-    request_id: str
-    idempotency: Idempotency | None
-    rate_limit: RateLimit | None
+class _PendingWrite(Write):
     #: Resolved with how the write went once Redis answered.
     done: asyncio.Future[Written] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -377,27 +212,7 @@ class RedisWriter:
     async def _flush_queue(self, queue: _ShardQueue) -> None:
         while queue.queue:
             batch, queue.queue = queue.queue[: self._max], queue.queue[self._max :]
-            keys_: list[str] = [queue.shard.stream]
-            args: list[bytes | str] = [""]
-            records: list[bytes] = []
-            limits: list[str] = []
-            buckets: dict[str, int] = {}
-            for position, item in enumerate(batch, 1):
-                keys_.append(item.cache_key)
-                args += (item.entry, item.request_id)
-                if item.idempotency is not None:
-                    idempotency = item.idempotency
-                    records.append(b"%d %d %b" % (position, idempotency.ttl_seconds, idempotency.record))
-                if item.rate_limit is not None:
-                    limit = item.rate_limit
-                    bucket = buckets.setdefault(limit.bucket_key, len(buckets) + 1)
-                    limits.append(f"{position} {bucket} {limit.per_minute} {limit.refill_per_minute} {limit.cost}")
-            if records:
-                keys_ += [item.idempotency.key for item in batch if item.idempotency is not None]
-                args += records
-            keys_ += buckets
-            args += limits
-            args[0] = f"{len(batch)} {len(records)} {len(buckets)}"
+            keys_, args = pack(queue.shard.stream, batch)
             try:
                 reply, unconfirmed = await self._send(queue.shard, keys_, args)
             except Exception as exc:  # every waiter learns the outcome, whatever it was
@@ -417,8 +232,11 @@ class RedisWriter:
                 if moved:  # after the waiters are answered: they need not wait for the new slot map
                     await self._reload_slots()
             else:
-                self._set_backlog(queue, reply[0])
-                self._settle_all(batch, reply, unconfirmed)
+                length, outcomes = parse(batch, reply)
+                self._set_backlog(queue, length)
+                for item, outcome in zip(batch, outcomes, strict=True):
+                    # with `unconfirmed`, the writes the script queued get it (replays and refusals are told as usual)
+                    self._settle(item, unconfirmed if unconfirmed is not None and outcome.queued else outcome)
 
     async def _send(
         self, shard: keys.Shard, keys_: list[str], args: list[bytes | str]
@@ -470,33 +288,6 @@ class RedisWriter:
         if is_cluster(self._redis):
             with contextlib.suppress(Exception):  # the next command tries again anyway
                 await cast(RedisCluster, self._redis).nodes_manager.initialize()
-
-    def _settle_all(
-        self, batch: list[_PendingWrite], reply: list[Any], unconfirmed: ReplicasUnconfirmedError | None = None
-    ) -> None:
-        """Tell each write of a flush how it went, from the script's reply.
-
-        With `unconfirmed`, the requests the script queued get it instead (replays and refusals are told as usual).
-        """
-        if len(reply) == 2:  # every request queued: no record found, none rate-limited
-            for item in batch:
-                self._settle(item, _QUEUED if unconfirmed is None else unconfirmed)
-            return
-        after_records = 2 + 2 * reply[1]
-        found = {reply[n]: reply[n + 1] for n in range(2, after_records, 2)}
-        rates = {reply[n]: (reply[n + 1] == 1, reply[n + 2], reply[n + 3]) for n in range(after_records, len(reply), 4)}
-        for position, item in enumerate(batch, 1):
-            record, rate = found.get(position), rates.get(position)
-            if unconfirmed is not None and record is None and (rate is None or rate[0]):
-                self._settle(item, unconfirmed)  # queued, but on the primary only
-            elif rate is None:
-                self._settle(item, _QUEUED if record is None else Written(record))
-            else:
-                assert item.rate_limit is not None
-                allowed, milli_tokens, wait_ms = rate
-                limit = item.rate_limit
-                state = RateState(allowed, limit.per_minute, milli_tokens, wait_ms, limit.refill_per_minute)
-                self._settle(item, Written(record, state))
 
     def _settle(self, item: _PendingWrite, outcome: Written | BaseException) -> None:
         """Tell a write's waiter (if still there) how its flush went, and free its idempotency key."""

@@ -2,7 +2,7 @@
 
 docs/scaling.md turns per-process figures into node counts; this gives the Redis node's. It starts an embedded
 Redis of its own (a fresh data folder per measurement, AOF on, `appendfsync always` or `everysec`) and has client
-processes call `api.writer.FLUSH` through redis-py (`register_script`, EVALSHA) the way the API's group commit
+processes call `api.flush.FLUSH` through redis-py (`register_script`, EVALSHA) the way the API's group commit
 does: one call carries `--batch` requests, each a cache key and its JSON array (a single POST: one notification,
 ~350 bytes; a multiple(100): 100 of them, ~35 KB) and one stream entry naming it. Several connections per client
 process keep Redis busy while Python packs the next call. The requests are counted on the server (XLEN of the
@@ -39,7 +39,7 @@ import psutil
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from api.writer import FLUSH
+from api.flush import FLUSH
 from devstack.embedded import EmbeddedRedis
 from loadtest.bench_report import append_csv
 from loadtest.measure import CpuMeter

@@ -46,13 +46,14 @@ from api.errors import (
     ReplicasUnconfirmedError,
     WriteOutcomeUnknownError,
 )
+from api.flush import Idempotency, RateLimit, RateState
 from api.govuk import objects as govuk_objects
 from api.govuk.auth import notify_service_for
 from api.govuk.validation import EMAIL, SMS, parse_send
 from api.lookup import lookup, notify_lookup
 from api.rate_limiter import RateLimiter
 from api.template_cache import TemplateVersion
-from api.writer import Idempotency, RateLimit, RateState, RedisWriter
+from api.writer import RedisWriter
 from shared import keys
 from shared.codec import join_array
 from shared.ids import new_stem

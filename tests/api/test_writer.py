@@ -11,8 +11,9 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from api.errors import RedisUnresponsiveError, WriteOutcomeUnknownError
+from api.flush import Written
 from api.routes import notifications
-from api.writer import RedisWriter, Written
+from api.writer import RedisWriter
 from shared import keys, redis_client
 from shared.schemas import BRIEF_EXAMPLE
 from shared.settings import Settings
