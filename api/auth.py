@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import State
 
 from api.cache import TtlCache
-from api.errors import AdminDisabledError, UnauthorizedError
+from api.errors import DisabledError, UnauthorizedError
 from shared import api_key_format, tenancy
 
 api_key_scheme = HTTPBearer(
@@ -85,12 +85,12 @@ async def require_admin(request: Request, credentials: AdminCredentials) -> None
     """Let the request through only with the ADMIN_TOKEN.
 
     Raises:
-        AdminDisabledError: ADMIN_TOKEN is not set (403).
+        DisabledError: ADMIN_TOKEN is not set (403).
         UnauthorizedError: no token or a wrong one (401).
     """
     expected = request.app.state.settings.admin_token
     if expected is None:
-        raise AdminDisabledError("the admin API is disabled: set ADMIN_TOKEN")
+        raise DisabledError("the admin API is disabled: set ADMIN_TOKEN")
     if credentials is None or not secrets.compare_digest(
         credentials.credentials.encode(), expected.get_secret_value().encode()
     ):

@@ -7,7 +7,8 @@ dict-then-validate body handling, which costs twice as much per request.
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import PayloadTooLargeError, UnsupportedMediaTypeError, error_response
+from api.errors import BadRequestError
+from api.handlers import error_response
 
 
 def _is_json(content_type: str) -> bool:
@@ -23,12 +24,11 @@ async def read_json_body(content_type: str | None, receive: Receive, max_bytes: 
     stops reading as soon as the limit is passed.
 
     Raises:
-        UnsupportedMediaTypeError: the Content-Type is not JSON (415).
-        PayloadTooLargeError: the body is larger than `max_bytes` (413).
+        BadRequestError: the Content-Type is not JSON (415); the body is larger than `max_bytes` (413).
         ClientDisconnect: the client left before sending the whole body.
     """
     if content_type is not None and not _is_json(content_type):
-        raise UnsupportedMediaTypeError(f"Content-Type must be application/json, not {content_type!r}")
+        raise BadRequestError(f"Content-Type must be application/json, not {content_type!r}", status_code=415)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -38,7 +38,7 @@ async def read_json_body(content_type: str | None, receive: Receive, max_bytes: 
         chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > max_bytes:
-            raise PayloadTooLargeError(f"request body is larger than {max_bytes} bytes")
+            raise BadRequestError(f"request body is larger than {max_bytes} bytes", status_code=413)
         if not message.get("more_body", False):
             return b"".join((*chunks, chunk)) if chunks else chunk
         chunks.append(chunk)

@@ -13,7 +13,7 @@ from uuid import UUID
 
 from fastapi.exceptions import RequestValidationError
 
-from api.errors import PayloadTooLargeError
+from api.errors import BadRequestError
 from api.template_cache import TemplateCache, TemplateVersion
 from shared.codec import TemplateRef, encode_notification
 from shared.ids import ids_of
@@ -99,7 +99,7 @@ def accept(
     Raises:
         RequestValidationError: a rendered subject and body together would be longer than MAX_RENDERED_LENGTH (422);
             measured before rendering (`shared.templating.render_within`).
-        PayloadTooLargeError: the documents add up to more than MAX_QUEUED_BYTES (413); checked as they are
+        BadRequestError: the documents add up to more than MAX_QUEUED_BYTES (413); checked as they are
             made, so an oversized request stops there.
     """
     max_rendered, max_queued = settings.max_rendered_length, settings.max_queued_bytes
@@ -144,8 +144,9 @@ def accept(
         queued += len(docs[-1])
         if queued > max_queued:
             # Characters are bounded per item, bytes per request: escaping and templates multiply the body's size
-            raise PayloadTooLargeError(
+            raise BadRequestError(
                 f"the request's notifications, rendered and encoded, would queue more than "
-                f"MAX_QUEUED_BYTES={max_queued} bytes"
+                f"MAX_QUEUED_BYTES={max_queued} bytes",
+                status_code=413,
             )
     return ids, docs

@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request, Response
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import error_response
+from api.handlers import error_response
 from api.routes import notifications
 
 logger = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from starlette.types import ASGIApp
 from api.access_log import AccessLogMiddleware, leave_out_probes
 from api.body import BodyLimitMiddleware
 from api.cache import TtlCache
-from api.errors import install_error_handlers
 from api.govuk.auth import NotifyKeyCache, NotifyTokenCache
+from api.handlers import install_error_handlers
 from api.hotpath import HotPathMiddleware
 from api.rate_limiter import RateLimiter
 from api.routes import notifications, notify_v2, services, status, templates

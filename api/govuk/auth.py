@@ -198,7 +198,7 @@ async def notify_service_for(state: State, authorization: str | None) -> UUID:
     """Return the id of the service whose key signed the GOV.UK Notify JWT of an `Authorization` header value.
 
     For the hot path as for FastAPI's routes (`NotifyServiceId` is the dependency form); callers catch nothing:
-    `api.errors` answers NotifyAuthError in Notify's shape.
+    `api.handlers` answers NotifyAuthError in Notify's shape.
 
     Raises:
         NotifyAuthError: no token or not the Bearer scheme (401); a token Notify would refuse (403, its message).

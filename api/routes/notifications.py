@@ -39,9 +39,8 @@ from api.auth import ServiceId, service_for
 from api.body import read_json_body
 from api.documents import Recipient, accept, templates_for
 from api.errors import (
-    InvalidIdempotencyKeyError,
+    BadRequestError,
     NotifyError,
-    PayloadTooLargeError,
     RateLimitedError,
     ReplicasUnconfirmedError,
     WriteOutcomeUnknownError,
@@ -118,7 +117,7 @@ def _body_doc(schema: dict[str, Any], example: Any) -> dict[str, Any]:
 def _body_error(exc: ValidationError) -> RequestValidationError:
     """Report pydantic's errors the way FastAPI reports body errors (`loc` starts with "body").
 
-    How errors are then shown (no echo of unparsable bodies, readable pattern messages) is `api.errors`'s job.
+    How errors are then shown (no echo of unparsable bodies, readable pattern messages) is `api.handlers`'s job.
     """
     errors = exc.errors(include_url=False)
     for error in errors:
@@ -152,7 +151,7 @@ def _idempotency_key(value: bytes) -> str:
         value = value[1:-1]
     key = value.decode("latin-1")
     if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or not (key.isascii() and key.isprintable()):
-        raise InvalidIdempotencyKeyError(
+        raise BadRequestError(
             f"the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters"
         )
     return key
@@ -167,13 +166,14 @@ def _rate_limit(
     whatever the bucket holds.
 
     Raises:
-        PayloadTooLargeError: the request holds more notifications than the whole limit (413: it never fits).
+        BadRequestError: the request holds more notifications than the whole limit (413: it never fits).
         RateLimitedError: Redis refused the service lately and its bucket cannot hold `cost` tokens yet (429).
     """
     if cost > per_minute:
-        raise PayloadTooLargeError(
+        raise BadRequestError(
             f"the request holds {cost} notifications, more than your service's whole rate limit of {per_minute} "
-            "per minute: send at most that many per request"
+            "per minute: send at most that many per request",
+            status_code=413,
         )
     refused = None if keyed else limits.refused_before(service_id, cost, shard.index)
     if refused is not None:
@@ -354,7 +354,7 @@ async def serve(
     """Answer one of the notification routes from the raw ASGI request: (status, body, all headers).
 
     The hot path (`api.hotpath`) calls this for every notification request, with the scope as the server gave
-    it; errors are raised (`api.errors` maps them), as from any route.
+    it; errors are raised (`api.handlers` maps them), as from any route.
     """
     request_id: str = scope.get("notify.request_id", "")
     authorization = content_type = idempotency_header = None

@@ -11,7 +11,7 @@ service, authenticated by Notify's JWT (`NotifyServiceId`):
 - `GET /v2/template/{id}`, `.../version/{n}`, `GET /v2/templates`, `POST /v2/template/{id}/preview`.
 - `POST /v2/notifications/letter`: a 400 saying letters are not supported.
 
-Every error is in Notify's shape (`api.errors`).
+Every error is in Notify's shape (`api.handlers`).
 """
 
 from typing import Annotated, Any

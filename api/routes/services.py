@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api.auth import AdminDep
 from api.deps import EngineDep, RedisDep, SettingsDep
-from api.errors import ConflictError, KeyIssuingDisabledError, NotFoundError
+from api.errors import ConflictError, DisabledError, NotFoundError
 from shared import ratelimits, tenancy
 from shared.schemas import ApiKeyCreated, ApiKeyIn, ApiKeyOut, ServiceIn, ServiceOut, ServicePatch
 from shared.secretbox import NO_SECRET_KEY, SecretBox
@@ -78,7 +78,7 @@ async def create_api_key(
     """Create an API key, also a GOV.UK Notify key: `{key_name}-{service_id}-{secret}`, in this answer only."""
     box: SecretBox | None = request.app.state.secret_box
     if box is None:
-        raise KeyIssuingDisabledError(NO_SECRET_KEY)
+        raise DisabledError(NO_SECRET_KEY)
     try:
         created = await tenancy.create_api_key(engine, redis, box, service_id, body.name)
     except tenancy.ServiceNotFoundError:
