@@ -1,19 +1,12 @@
 """Idempotency-Key records: what the group commit keeps per key, and how a retry's first answer is rebuilt from it.
 
-A keyed POST hands the writer (`api.writer`) a record, kept in the same script call as its stream entry for
-IDEMPOTENCY_TTL_SECONDS: `<fingerprint>@<stem> <count> <root>` — the SHA-256 (hex) of the route's mark and the body,
-the stem its ids share (`shared.ids`: the ids are the stem and their index), how many notifications it held, and
-the base URL of a v2 answer (empty on the native routes). About 100 bytes however many notifications the request
-held, rather than the answer itself (up to MAX_QUEUED_BYTES, for a day, outside the backlog's bound).
-
-The answer is rebuilt from where the notifications are: while queued (and for CACHE_TTL_SECONDS after they are
-stored) the request's cache key holds the very bytes first answered; once that key has expired, Postgres holds
-the rows, and the documents rebuilt from them are the same bytes (`shared.codec` writes personalization in
-`jsonb`'s key order; GET relies on the same). When neither has them (retention dropped them, or they were
-dead-lettered), the answer cannot be given again: a 410 (`IdempotentAnswerGoneError`), never a second queueing.
-The choice trades a second round trip on a replay (rare) for a record of constant size on every keyed request.
-
-Records written before this format (the fingerprint followed by the whole answer) are still answered as they are.
+A keyed POST hands the writer a record (`record`), kept for IDEMPOTENCY_TTL_SECONDS in the same script call as its
+stream entry: `<fingerprint>@<stem> <count> <root>`, the SHA-256 (hex) of the route's mark and the body, the stem
+its ids share (`shared.ids`), how many notifications it held and the base URL of a v2 answer (empty on the native
+routes). A retry with the same key and body gets the first answer again, the same bytes: from the request's cache
+key while it lasts, then rebuilt from Postgres's rows (`shared.codec`); when neither holds the notifications any
+longer, a 410 (`IdempotentAnswerGoneError`), never a second queueing. Records of the older format (the fingerprint
+followed by the whole answer) are answered as they are.
 """
 
 import hashlib

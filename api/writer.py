@@ -1,48 +1,12 @@
-"""Group commit of the write path: concurrent requests' Redis writes go out as one command, one round trip.
+"""The group commit: the Redis writes of concurrent requests go out together, one script call per shard.
 
-Each accepted request hands its JSON array and its cache key to `RedisWriter.write` and waits. One flusher task
-takes everything queued so far, sends it as one script call (`FLUSH`: per request a SET of its JSON under its
-cache key and an XADD of a stream entry naming that key — the JSON is kept once — applied atomically as
-MULTI/EXEC would) and wakes the requests when Redis acknowledged it; requests that arrive meanwhile form the next
-batch, which a second flusher sends without waiting for the first answer (two flushes in flight: while Redis
-fsyncs one batch, the API would otherwise sit idle with the next one ready; +5-10 % single POSTs/s in two ad-hoc
-runs, see loadtest/RESULTS.md).
-A request gets its 201 only after Redis acknowledged its write (with AOF `appendfsync always`, after the fsync
-that covers it).
-
-One script call rather than a MULTI/EXEC pipeline: redis-py packs, sends and parses every command of a pipeline
-one by one (2 per request, each reply read under its own timeout), which cost the API process a sixth of its
-time per request; the script is one command and one reply however many requests it carries.
-
-When Redis stops answering (a flush times out, or the connection fails), the requests of the flushes already sent
-get `WriteOutcomeUnknownError`: Redis may still apply the script (say, after a pause), so their outcome is unknown
-and the 503 says how to find out. Every write still queued behind them, and every new write, fails at once with
-`RedisUnresponsiveError` (a 503: nothing queued, a retry is safe) until Redis answers again (a keyed command on
-the shard, repeated every PROBE_INTERVAL_SECONDS): during an outage nobody waits more than one REDIS_TIMEOUT_SECONDS.
-
-A request with an Idempotency-Key also hands over its record (`Idempotency`: its body's fingerprint and what
-rebuilds its answer, `api.idempotency`: about a hundred bytes, whatever the answer's size). The same script call
-looks the record up and, when it exists, neither keeps nor queues the request but returns the record; otherwise
-it writes the record (with IDEMPOTENCY_TTL_SECONDS) with the entry, so no crash can queue a request without
-recording its key, or the reverse. A second write with a key still in flight
-in this process is refused (`IdempotencyKeyInFlightError`, a 409) until the flush that carries the first is answered.
-
-A request of a rate-limited service also hands over its place in the service's token bucket (`RateLimit`: the
-bucket's key, the limit, its cost in notifications). The same script call refills the bucket by Redis's clock and
-takes the cost from it, or, when there are too few tokens, neither keeps nor queues nor records the request; every
-rate-limited request learns the bucket's state (`RateState`) for its RateLimit-* headers. The limit is thus one
-count across every API process, at no extra round trip.
-
-Backpressure rides along: every flush also returns the stream's length (XLEN) in the same round trip. While the
-streams' backlog is at MAX_BACKLOG_ENTRIES, `write` refuses new work with `BacklogFullError` (a 503), re-reading
-the lengths at most once a second, so writes resume by themselves as the workers drain the streams.
-
-With STREAM_SHARDS each shard has its queue, its flushers and its outage state: one script call per shard and
-round trip, the shards' flushes in parallel, and every key of a call in the shard's hash slot. On a Redis Cluster
-the call goes to the node that holds the shard, through a client of that node only (redis-py's cluster client
-would send a timed-out call again); a node that no longer holds the slot answers MOVED, nothing ran, and the
-requests get a 503 that says a retry is safe. With REDIS_WAIT_REPLICAS the same connection then sends WAIT, and
-the requests are answered only once that many replicas have the write (`ReplicasUnconfirmedError` otherwise).
+`RedisWriter.write` queues a request's write and returns once Redis acknowledged the `FLUSH` call that carried it
+(`api.flush`; with AOF `appendfsync always`, after the fsync that covers it), and with REDIS_WAIT_REPLICAS once
+that many replicas have it. While one flush is in flight the next batch gathers, up to `max_flushes_in_flight`
+sent at once. A write is refused at once rather than left waiting: while the streams hold MAX_BACKLOG_ENTRIES,
+while Redis is known not to answer for the shard (nothing was sent: a retry is safe; it is probed again every
+PROBE_INTERVAL_SECONDS), or while a write with the same Idempotency-Key is in flight in this process. A flush Redis
+did not confirm (a timeout, a lost connection) leaves its writes' outcome unknown, and says so.
 """
 
 import asyncio

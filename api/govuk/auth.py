@@ -1,23 +1,12 @@
-"""Who is calling, for the GOV.UK Notify routes: the service behind a Notify JWT, checked as Notify checks it.
+"""Who is calling, for the GOV.UK Notify routes: the service whose key signed the request's Notify JWT.
 
-A Notify client holds a key `{key_name}-{service_id}-{secret}` (`shared.api_key_format`) and sends with every request
+A Notify client holds a key `{key_name}-{service_id}-{secret}` (`shared.api_key_format`) and sends
 `Authorization: Bearer <jwt>`, a JWT signed HS256 with the secret, with the claims `iss` (the service id) and `iat`
-(the time, in epoch seconds). As in Notify (notifications-api's `requires_auth` with the client package's
-`decode_jwt_token`), each step answers with Notify's status and message (`api.errors.NotifyAuthError`):
-
-1. no `Authorization` header → 401; not the `Bearer` scheme → 401;
-2. `iss` read without checking the signature: not a JWT → 403, no `iss` → 403, not a UUID → 403;
-3. the service's keys, valid ones first, then those revoked in the last 7 days (`keys.REVOKED_KEY_GRACE_SECONDS`):
-   none → 403 `service not found` (a service without keys is not told apart from an unknown one);
-4. each key in turn: a token of another algorithm than HS256 → 403; signed with another key → the next key; signed
-   with this one but `iat` more than 30 s from now → 403 (clock); without `iat` → the next key (Notify's quirk, so
-   it ends as `API key not found`); otherwise not valid (an `exp` passed, say) → 403; valid but the key revoked → 403;
-5. no key signed it → 403 `API key not found`.
-
-The check stays off Postgres, like the bearer check (`api.auth`): a token not shaped like a JWT is refused before
-any lookup; a service's secrets, opened with SECRET_KEY, are remembered in-process for AUTH_CACHE_SECONDS (so a
-revocation takes effect within it), for at most `max_entries` services; past that they come sealed from the Redis
-registry (`shared.tenancy.sealed_secrets`, one round trip), which is loaded from Postgres only when Redis lost it.
+(epoch seconds). Each refusal is Notify's own status and message (`NotifyAuthError`), checked in Notify's order
+(`notify_service_for`). The check stays off Postgres: a token not shaped like a JWT is refused before any lookup; a
+service's secrets, opened with SECRET_KEY, are remembered in-process for AUTH_CACHE_SECONDS (a revocation takes
+effect within it), and otherwise come sealed from the Redis registry (`shared.tenancy`), loaded from Postgres only
+when Redis lost it.
 """
 
 import hashlib
@@ -199,6 +188,18 @@ async def notify_service_for(state: State, authorization: str | None) -> UUID:
 
     For the hot path as for FastAPI's routes (`NotifyServiceId` is the dependency form); callers catch nothing:
     `api.handlers` answers NotifyAuthError in Notify's shape.
+
+    As in Notify (notifications-api's `requires_auth` with the client package's `decode_jwt_token`):
+
+    1. no `Authorization` header → 401; not the `Bearer` scheme → 401;
+    2. `iss` read without checking the signature: not a JWT → 403, no `iss` → 403, not a UUID → 403;
+    3. the service's keys, valid ones first, then those revoked in the last 7 days (`keys.REVOKED_KEY_GRACE_SECONDS`):
+       none → 403 `service not found` (a service without keys is not told apart from an unknown one);
+    4. each key in turn: a token of another algorithm than HS256 → 403; signed with another key → the next key;
+       signed with this one but `iat` more than 30 s from now → 403 (clock); without `iat` → the next key (Notify's
+       quirk, so it ends as `API key not found`); otherwise not valid (an `exp` passed, say) → 403; valid but the
+       key revoked → 403;
+    5. no key signed it → 403 `API key not found`.
 
     Raises:
         NotifyAuthError: no token or not the Bearer scheme (401); a token Notify would refuse (403, its message).

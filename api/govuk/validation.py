@@ -1,12 +1,10 @@
 """GOV.UK Notify v2 send requests: the body of `POST /v2/notifications/email|sms` checked as Notify checks it.
 
-The v2 write path (`api.routes.notifications.serve`) parses the raw body here instead of with the native
-pydantic model, so that every refusal is Notify's 400 with Notify's messages (`email_address Not a valid email
-address`, `template_id is a required property`, ...), all the body's problems at once, as Notify reports them.
-Email addresses are checked by email-validator (syntax only: no DNS lookups on the hot path), phone numbers by
-phonenumbers (the UK is the default region, as at Notify; a UK number must be a mobile). What this service cannot
-honour is refused with a 400 that says so: scheduling (`scheduled_for`), reply-to addresses and SMS senders
-(`email_reply_to_id`, `sms_sender_id`: none exist here), one-click unsubscribe links and content sanitising.
+`parse_send` reads the raw body (not the native pydantic model) and refuses it with Notify's 400 in Notify's words
+(`email_address Not a valid email address`, `template_id is a required property`, ...), every problem at once.
+Email addresses are checked for syntax only (email-validator: no DNS lookup), phone numbers by phonenumbers (the
+UK by default, as at Notify; a UK number must be a mobile). What this service cannot honour is a 400 that says so:
+`scheduled_for`, `email_reply_to_id`, `sms_sender_id`, one-click unsubscribe links, content sanitising.
 """
 
 import json
