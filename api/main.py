@@ -12,12 +12,12 @@ from uuid import UUID
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from api.access_log import AccessLogMiddleware, leave_out_probes
-from api.body import BodyLimitMiddleware
 from api.cache import TtlCache
 from api.govuk.auth import NotifyKeyCache, NotifyTokenCache
 from api.handlers import install_error_handlers
-from api.hotpath import HotPathMiddleware
+from api.middleware.access_log import AccessLogMiddleware, leave_out_probes
+from api.middleware.body import BodyLimitMiddleware
+from api.middleware.hotpath import HotPathMiddleware
 from api.rate_limiter import RateLimiter
 from api.routes import notifications, notify_v2, services, status, templates
 from api.template_cache import TemplateCache

@@ -26,7 +26,7 @@ from api.errors import NotifyError, NotifyNotFoundError, NotifyValidationError
 from api.govuk.auth import NotifyServiceId
 from api.govuk.objects import missing_personalisation, notification, preview, template
 from api.govuk.validation import exact_personalisation, personalisation_values, reference_error
-from api.routes.notifications import V2_EMAIL, V2_ONE, V2_SMS, base_url, respond
+from api.ingest import V2_EMAIL, V2_ONE, V2_SMS, base_url, respond
 from shared import queries
 from shared.schemas import INT4_MAX
 from shared.templating import placeholders

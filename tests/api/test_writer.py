@@ -10,9 +10,9 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from api import ingest
 from api.errors import RedisUnresponsiveError, WriteOutcomeUnknownError
 from api.flush import Written
-from api.routes import notifications
 from api.writer import RedisWriter
 from shared import keys, redis_client
 from shared.schemas import BRIEF_EXAMPLE
@@ -41,7 +41,7 @@ async def test_an_unexpected_error_on_the_hot_path_is_a_json_500(
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(notifications, "_ingest", broken)
+    monkeypatch.setattr(ingest, "parse", broken)
     response = await client.post("/notifications/v1/", json=BRIEF_EXAMPLE)
 
     assert response.status_code == 500

@@ -1,17 +1,8 @@
-"""The hot path: the notification routes served straight from ASGI, skipping FastAPI's routing.
+"""The hot path: the notification routes served straight from ASGI, before FastAPI's routing.
 
-Producers call POST and GET far more than anything else, and on two cores FastAPI's router and request
-machinery cost more per request than validation, Redis and serialization together. This middleware recognises
-`POST /notifications/v1/`, `POST /notifications/v1/multiple` and `GET /notifications/v1/{uuid}`, and GOV.UK
-Notify's `POST /v2/notifications/email|sms` and `GET /v2/notifications/{uuid}`, by path, has
-`api.routes.notifications.serve` answer from the raw request (no Request, Headers or Response objects), turns
-exceptions into responses with the app's own exception handlers, and sends the answer itself. Anything else —
-including a GET whose id is not a UUID, so that FastAPI reports the 422 — goes on to FastAPI. The routes stay
-declared in FastAPI for the OpenAPI docs.
-
-It sits outside Starlette's own middleware stack (`api.main.NotifyAPI`): FastAPI's server-error, telemetry and
-body-limit layers each cost a coroutine and a wrapped `send` per request, as much as validating the body. So the
-hot path answers an unexpected exception itself, as they would have: logged, and a 500.
+Recognises the notification routes by method and path and has `api.ingest.serve` answer them from the raw request;
+errors become responses through the app's own exception handlers, an unexpected one is logged and a 500. Anything
+else, including a GET whose id is not a canonical UUID (FastAPI reports its 422), goes on to FastAPI.
 """
 
 import logging
@@ -21,18 +12,17 @@ from fastapi import FastAPI, Request, Response
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api import ingest
 from api.handlers import error_response
-from api.routes import notifications
+from api.ingest import Route
 
 logger = logging.getLogger(__name__)
-PREFIX = notifications.SINGLE
+PREFIX = ingest.SINGLE.path
+_V2_PREFIX = ingest.V2_PREFIX + "/"
+_V2_SENDS = {"email": ingest.V2_EMAIL, "sms": ingest.V2_SMS}
 
 
-_V2_PREFIX = notifications.V2_PREFIX + "/"
-_V2_SENDS = {"email": notifications.V2_EMAIL, "sms": notifications.V2_SMS}
-
-
-def _id_route(route: str, rest: str) -> tuple[str, UUID | None] | None:
+def _id_route(route: Route, rest: str) -> tuple[Route, UUID | None] | None:
     if len(rest) != 36:
         return None
     try:
@@ -41,24 +31,24 @@ def _id_route(route: str, rest: str) -> tuple[str, UUID | None] | None:
         return None
 
 
-def _route(method: str, path: str) -> tuple[str, UUID | None] | None:
-    """Return the route template of a hot-path request and the id a GET asks for, or None."""
+def _route(method: str, path: str) -> tuple[Route, UUID | None] | None:
+    """Return the route of a hot-path request and the id a GET asks for, or None."""
     if path.startswith(_V2_PREFIX):
         rest = path[len(_V2_PREFIX) :]
         if method == "POST":
             route = _V2_SENDS.get(rest)
             return None if route is None else (route, None)
-        return _id_route(notifications.V2_ONE, rest) if method == "GET" else None
+        return _id_route(ingest.V2_ONE, rest) if method == "GET" else None
     if not path.startswith(PREFIX):
         return None
     rest = path[len(PREFIX) :]
     if method == "POST":
         if rest == "":
-            return notifications.SINGLE, None
+            return ingest.SINGLE, None
         if rest == "multiple":
-            return notifications.MULTIPLE, None
+            return ingest.MULTIPLE, None
     elif method == "GET":
-        return _id_route(notifications.ONE, rest)
+        return _id_route(ingest.ONE, rest)
     return None
 
 
@@ -75,11 +65,10 @@ class HotPathMiddleware:
         if matched is None:
             await self.app(scope, receive, send)
             return
-        scope["notify.route"], notification_id = matched
+        route, notification_id = matched
+        scope["notify.route"] = route.path
         try:
-            status, body, headers = await notifications.serve(
-                self.fastapi_app.state, scope["notify.route"], scope, receive, notification_id
-            )
+            status, body, headers = await ingest.serve(self.fastapi_app.state, route, scope, receive, notification_id)
         except ClientDisconnect:
             return  # the client left before sending its whole body: nobody to answer, nothing was accepted
         except Exception as exc:

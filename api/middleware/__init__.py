@@ -1,0 +1,1 @@
+"""The ASGI layers every request passes before any route: access log, body limits, hot path."""
