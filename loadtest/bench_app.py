@@ -7,10 +7,14 @@ concurrent callers, and reports the process's CPU time per request, which is ste
 versions of the hot path; use `make bench` for the figures that matter to a producer.
 
     .venv/bin/python -m loadtest.bench_app [--requests 20000] [--label ...] [--idempotency-keys] [--cluster] [--v2]
+        [--access-log]
 
 --v2 also measures, right after the native single POST, the native single POST naming an email template with one
 placeholder (`single-template`) and `POST /v2/notifications/email` with the same template (`v2-email`: GOV.UK
 Notify's send with a Notify JWT, as the official client sends it: a new token each second), to compare them.
+
+--access-log writes the access log line of every request (ACCESS_LOG=true, as deployed), to /dev/null; without it
+the app logs nothing per request.
 
 Runs on embedded servers of its own; with --use-configured-servers on those DATABASE_URL / REDIS_URL name (data
 is thrown away). Appends to loadtest/results/app.csv.
@@ -19,6 +23,8 @@ is thrown away). Appends to loadtest/results/app.csv.
 import argparse
 import asyncio
 import itertools
+import logging
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -63,17 +69,19 @@ async def measure(
     cluster: bool = False,
     shards: int = 1,
     wait_replicas: int = 0,
+    access_log: bool = False,
 ) -> dict[str, Any]:
     """Send `requests` requests of `mode` through the app in-process; return CPU and wall time per request.
 
     `keyed`: each request carries an Idempotency-Key of its own (a producer that may retry; none does here).
     `cluster`, `shards`, `wait_replicas`: REDIS_CLUSTER, STREAM_SHARDS and REDIS_WAIT_REPLICAS of the app.
+    `access_log`: ACCESS_LOG (its lines go to the root logger's handlers: `main` puts one on /dev/null).
     """
     engine = create_engine(database_url, pool_size=1)
     settings = Settings(
         database_url=database_url,
         redis_url=redis_url,
-        access_log=False,
+        access_log=access_log,
         log_level="WARNING",
         max_backlog_entries=10**9,
         redis_cluster=cluster,
@@ -165,6 +173,7 @@ async def measure(
     done = requests // CALLERS * CALLERS
     return {
         "mode": f"{mode}+key" if keyed else mode,
+        "access_log": access_log,
         "redis": f"cluster of {len(servers)} nodes, {shards} shards, wait {wait_replicas}" if cluster else "single",
         "requests": done,
         "cpu_us_per_request": round(1e6 * cpu / done, 1),
@@ -204,8 +213,13 @@ def main() -> None:
     parser.add_argument(
         "--v2", action="store_true", help="also measure GOV.UK Notify's POST /v2/notifications/email after single"
     )
+    parser.add_argument(
+        "--access-log", action="store_true", help="log every request's access line (to /dev/null), as deployed"
+    )
     add_servers_flag(parser)
     args = parser.parse_args()
+    if args.access_log:  # the app's log set-up formats the handlers it finds (`shared.logs`)
+        logging.getLogger().addHandler(logging.StreamHandler(open(os.devnull, "w")))  # noqa: SIM115 - the whole run
     when = datetime.now(UTC).isoformat(timespec="seconds")
     rows = []
     modes = (
@@ -215,7 +229,7 @@ def main() -> None:
     )
     with bench_servers(args.use_configured_servers) as (database_url, redis_url), ExitStack() as stack:
         runs: list[tuple[str, int, dict[str, Any]]] = [
-            (mode, requests, {"keyed": keyed})
+            (mode, requests, {"keyed": keyed, "access_log": args.access_log})
             for mode, requests in modes
             for keyed in ((False, True) if args.idempotency_keys else (False,))
         ]
