@@ -15,7 +15,7 @@ from starlette.types import ASGIApp
 from api.cache import TtlCache
 from api.govuk.auth import NotifyKeyCache, NotifyTokenCache
 from api.handlers import install_error_handlers
-from api.middleware.access_log import AccessLogMiddleware, leave_out_probes
+from api.middleware.access_log import AccessLogMiddleware
 from api.middleware.body import BodyLimitMiddleware
 from api.middleware.hotpath import HotPathMiddleware
 from api.rate_limiter import RateLimiter
@@ -57,12 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = active = settings or get_settings()
         configure_logging(active.log_level, active.log_format)
-        access = logging.getLogger("api.access")
-        access.setLevel(logging.INFO if active.access_log else logging.WARNING)
-        if active.access_log_probes:
-            access.removeFilter(leave_out_probes)
-        else:
-            access.addFilter(leave_out_probes)
+        logging.getLogger("api.access").setLevel(logging.INFO if active.access_log else logging.WARNING)
         app.state.redis = redis = redis_client.connect(active)
         app.state.writer = writer = RedisWriter(
             redis,

@@ -1,5 +1,11 @@
-"""One access line per request from a real uvicorn server, in either log format, or none with ACCESS_LOG=false."""
+"""One access line per request from a real uvicorn server, in either log format, or none with ACCESS_LOG=false.
 
+And `log_info`'s direct lines are the lines `logging` would write.
+"""
+
+import io
+import logging
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -9,6 +15,7 @@ import orjson
 import pytest
 
 from devstack.embedded import free_port
+from shared.logs import JsonFormatter, TextFormatter, log_info
 from tests.helpers import ROOT
 
 REQUESTS = 3
@@ -68,3 +75,50 @@ def test_each_request_is_logged_once_or_not_at_all(
         assert len(lines) == REQUESTS, lines
         if log_format == "json":
             assert [orjson.loads(line)["request_id"] for line in lines] == [f"once-{n}" for n in range(REQUESTS)]
+            assert all(
+                re.fullmatch(rf"GET http://127\.0\.0\.1:{port}/status/heartbeat 204 \d+\.\d{{6}}s", message)
+                for message in (orjson.loads(line)["message"] for line in lines)
+            ), lines
+        else:
+            line = rf"INFO:     GET http://127\.0\.0\.1:{port}/status/heartbeat 204 \d+\.\d{{6}}s"
+            assert all(re.fullmatch(line, text) for text in lines), lines
+
+
+def _no_record(*args: object, **kwargs: object) -> logging.LogRecord:
+    raise AssertionError("a LogRecord was made")
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()], ids=["text", "json"])
+def test_log_info_writes_what_logging_writes(formatter: logging.Formatter, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    logger = logging.Logger("test.log_info", logging.INFO)  # outside the hierarchy: pytest's capture is not there
+    logger.addHandler(handler)
+    message = "GET http://h/a%20b\x1b[31m 204 0.001254s"
+    with monkeypatch.context() as patched:  # the point: no LogRecord for the service's own handlers
+        patched.setattr(logger, "makeRecord", _no_record)
+        log_info(logger, message, {"request_id": "r-1", "request_ids": ["a", "b"]})
+    logger.info(message, extra={"request_id": "r-1", "request_ids": ["a", "b"]})
+
+    direct, recorded = out.getvalue().splitlines()
+    if isinstance(formatter, JsonFormatter):
+        direct_fields, recorded_fields = orjson.loads(direct), orjson.loads(recorded)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", direct_fields.pop("time"))
+        recorded_fields.pop("time")
+        assert list(direct_fields) == list(recorded_fields)  # the same fields in the same order
+        assert direct_fields == recorded_fields
+    else:
+        assert direct == recorded
+        assert direct == "INFO:     GET http://h/a%20b\\x1b[31m 204 0.001254s (requests a b)"
+
+
+def test_log_info_makes_a_record_for_any_other_handler(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("test.log_info.caplog")
+    logger.setLevel(logging.INFO)
+
+    log_info(logger, "100% done", {"request_id": "r-2"})
+
+    (record,) = [record for record in caplog.records if record.name == logger.name]
+    assert record.getMessage() == "100% done"
+    assert record.request_id == "r-2"  # type: ignore[attr-defined]
