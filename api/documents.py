@@ -1,9 +1,8 @@
-"""The documents of a request on the write path: its templates checked, its ids given, each notification encoded once.
+"""A request's documents: templates checked, ids given, each notification rendered and encoded once.
 
-`templates_for` resolves each item's template (through the in-process cache) and checks its personalization;
-`accept` gives the notifications their ids, of the request's stem, renders the templates and encodes each
-document once, within MAX_RENDERED_LENGTH and MAX_QUEUED_BYTES. The native and the GOV.UK Notify v2 POSTs both
-come through here (`api.routes.notifications._ingest`).
+`templates_for` resolves the native items' templates and checks their personalization (one 422 naming every
+problem); `accept` gives the ids of the request's stem and encodes each document within MAX_RENDERED_LENGTH and
+MAX_QUEUED_BYTES. Both native and v2 sends come through here (`api.ingest`).
 """
 
 from collections.abc import Sequence

@@ -1,8 +1,8 @@
 """The read side of the notification routes: a notification from its request's cached JSON in Redis, else Postgres.
 
-A request's notifications are cached as one JSON array under a key of the shard their ids name; `pick` cuts one
-document out of it without parsing, `lookup` falls back to Postgres once the cache key has expired after the
-drain stored them. `notify_lookup` answers GOV.UK Notify's v2 GET with the same lookup.
+A request's notifications stay cached as one JSON array (`pick` cuts one out unparsed) until the drain has stored
+them and the key expired. `lookup` answers the native GET, `notify_lookup` GOV.UK Notify's v2 GET (Notify's object,
+v2 notifications only); another service's notification is a 404.
 """
 
 from uuid import UUID
@@ -23,7 +23,7 @@ def pick(request_json: bytes | None, stem: str, index: int) -> bytes | None:
     string is escaped and every personalization value is a string, so `{"id":"<an id>"` occurs only where a
     document (or its template, whose id is another) starts: the document at `index` starts at `{"id":"<its id>"`
     and ends where the next one starts, or at the closing `]`. Cutting it out costs a search of the bytes;
-    parsing the whole array to return one item cost the event loop 1.6 s for a 120 MB request (issue 11).
+    parsing the whole array to return one item would hold the event loop for as long as a large request takes to parse.
     """
     if request_json is None:
         return None

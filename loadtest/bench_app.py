@@ -172,8 +172,7 @@ async def measure(
     await redis.aclose()
     done = requests // CALLERS * CALLERS
     return {
-        "mode": f"{mode}+key" if keyed else mode,
-        "access_log": access_log,
+        "mode": mode + ("+key" if keyed else "") + ("+log" if access_log else ""),
         "redis": f"cluster of {len(servers)} nodes, {shards} shards, wait {wait_replicas}" if cluster else "single",
         "requests": done,
         "cpu_us_per_request": round(1e6 * cpu / done, 1),

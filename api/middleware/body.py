@@ -1,7 +1,7 @@
-"""Reads a request body as raw JSON bytes, enforcing the content type and MAX_BODY_BYTES.
+"""Request bounds: headers within MAX_HEADER_BYTES (431) and bodies within MAX_BODY_BYTES (413), on every route.
 
-Routes parse these bytes once with pydantic's Rust JSON parser (`model_validate_json`), skipping FastAPI's
-dict-then-validate body handling, which costs twice as much per request.
+`BodyLimitMiddleware` refuses before any route runs; `read_json_body` reads the notification routes' raw JSON
+bytes within the same limit.
 """
 
 from starlette.requests import ClientDisconnect

@@ -1,17 +1,9 @@
-"""GOV.UK Notify's public API v2, so that Notify's official clients send through this service unchanged.
+"""GOV.UK Notify's public API v2, so that Notify's official clients work against this service unchanged.
 
-The sends (`POST /v2/notifications/email|sms`) and the read of one notification (`GET /v2/notifications/{id}`) are
-the notification routes' own path (`api.routes.notifications.serve`, reached from the hot path): the same
-validation-then-group-commit write, the same Redis-then-Postgres read, so a notification is readable by id the
-moment its 201 is sent. They are declared here for the docs. The rest are ordinary FastAPI routes of the caller's
-service, authenticated by Notify's JWT (`NotifyServiceId`):
-
-- `GET /v2/notifications` lists what the drain has stored in Postgres (newest first, pages of 250, Notify's
-  filters and links): a notification still queued in Redis is not listed yet, though GET by id finds it.
-- `GET /v2/template/{id}`, `.../version/{n}`, `GET /v2/templates`, `POST /v2/template/{id}/preview`.
-- `POST /v2/notifications/letter`: a 400 saying letters are not supported.
-
-Every error is in Notify's shape (`api.handlers`).
+The sends and the GET by id are `api.ingest`'s (declared here for the docs); the rest are ordinary routes of the
+caller's service, authenticated by Notify's JWT: the list of stored notifications (a notification still queued is
+found by id but not listed until drained), templates and previews, and a 400 for letters. Errors are Notify's
+(`api.handlers`).
 """
 
 from typing import Annotated, Any
