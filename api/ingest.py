@@ -92,6 +92,8 @@ class Ingest:
     state: State
     route: Route
     service_id: UUID
+    #: `service_id` as text, as in the Redis keys and the documents.
+    service: str
     request_id: str
     #: The Idempotency-Key, if the request has one.
     idempotency_key: str | None
@@ -184,8 +186,9 @@ def begin(
     """Give a POST its ids' stem, and so its shard: every retry with the same Idempotency-Key goes to one shard."""
     key = None if idempotency_header is None else idempotency_key(idempotency_header)
     layout: keys.Layout = state.writer.layout
-    stem = new_stem(None if key is None else layout.shard_for_idempotency_key(str(service_id), key), layout.count)
-    return Ingest(state, route, service_id, request_id, key, stem, layout.shard_of_stem(stem), root)
+    service = str(service_id)
+    stem = new_stem(None if key is None else layout.shard_for_idempotency_key(service, key), layout.count)
+    return Ingest(state, route, service_id, service, request_id, key, stem, layout.shard_of_stem(stem), root)
 
 
 def idempotency_key(value: bytes) -> str:
@@ -219,9 +222,9 @@ def refuse_before_validation(request: Ingest, raw: bytes) -> None:
     Only for a service near its limit: counting the list (orjson) costs ~1/5 of validating it, and a flood past
     its limit would otherwise make the API validate every refused request.
     """
-    limits: RateLimiter = request.state.rate_limits
     if not request.route.listed or request.idempotency_key is not None:
         return
+    limits: RateLimiter = request.state.rate_limits
     if not limits.knows(request.service_id, request.shard.index):
         return
     cost = _items_in(raw)
@@ -297,7 +300,7 @@ async def rate_limit(request: Ingest, cost: int) -> RateLimit | None:
         raise _rate_limited(refused, cost)
     # each shard counts in a bucket of its own, refilled at its share of the limit
     shards = request.state.writer.layout.count
-    return RateLimit(shard.bucket_key(str(service_id)), per_minute, cost, per_minute / shards)
+    return RateLimit(shard.bucket_key(request.service), per_minute, cost, per_minute / shards)
 
 
 def _rate_limited(state: RateState, cost: int) -> RateLimitedError:
@@ -316,7 +319,7 @@ def documents(request: Ingest, parsed: Parsed) -> Documents:
     route = request.route
     ids, docs = accept(
         parsed.items,
-        str(request.service_id),
+        request.service,
         parsed.templates,
         request.state.settings,
         request.stem,
@@ -338,7 +341,7 @@ async def write(request: Ingest, queued: Documents, limit: RateLimit | None, fin
         WriteOutcomeUnknownError: Redis did not confirm the write (503; the detail says how to find out).
         RateLimitedError: Redis's bucket refused the request; nothing was queued (429).
     """
-    state, service, shard = request.state, str(request.service_id), request.shard
+    state, service, shard = request.state, request.service, request.shard
     keyed = None
     if request.idempotency_key is not None:
         assert fingerprint is not None
