@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from redis.exceptions import AskError, ClusterDownError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import ReadOnlyError as RedisReadOnlyError
@@ -192,6 +193,11 @@ def install_error_handlers(app: FastAPI) -> None:
         RedisTimeoutError,
         RedisOutOfMemoryError,  # maxmemory reached (noeviction): nothing was written
         RedisReadOnlyError,  # a replica during failover
+        # A cluster in failover: redis-py raises these with the reply's code stripped from the message, so
+        # `reply_code` cannot see them ("The cluster is down"); MasterDownError and MovedError are subclasses.
+        ClusterDownError,
+        TryAgainError,
+        AskError,
     )
     for exc_type in unavailable:
         app.add_exception_handler(exc_type, _unavailable)

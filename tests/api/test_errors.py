@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 from fastapi import FastAPI
+from redis import exceptions as redis_errors
 
 from api import errors
 from api.handlers import install_error_handlers
@@ -106,3 +107,28 @@ def test_an_error_type_without_its_own_notify_name_is_refused() -> None:
 
         class _UnnamedNotify(errors.NotifyError):
             pass
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis_errors.ClusterDownError("The cluster is down"),  # as redis-py raises CLUSTERDOWN: the code stripped
+        redis_errors.MasterDownError("Link with MASTER is down and replica-serve-stale-data is set to 'no'."),
+        redis_errors.TryAgainError("Multiple keys request during rehashing of slot"),
+        redis_errors.MovedError("3999 127.0.0.1:6381"),
+        redis_errors.AskError("3999 127.0.0.1:6381"),
+    ],
+)
+async def test_a_cluster_in_failover_is_a_503_not_a_500(error: Exception) -> None:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    async def fail() -> None:
+        raise error
+
+    app.add_api_route("/notifications/v1/", fail)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        answer = await client.get("/notifications/v1/")
+
+    assert answer.status_code == 503, answer.text
+    assert "retry-after" in answer.headers
