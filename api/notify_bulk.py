@@ -18,6 +18,7 @@ from typing import Any
 from uuid import UUID
 
 import orjson
+from sqlalchemy import Row
 
 from api.errors import NotifyError, NotifyValidationError
 from api.notify_validation import (
@@ -29,6 +30,7 @@ from api.notify_validation import (
     phone_error,
     reference_error,
 )
+from shared.jobs import GC_JOB_STATUS
 from shared.recipient_csv import InvalidRowsError, JobFileError, JobRules, max_record_chars
 from shared.schemas import MESSAGE_TEXT
 from shared.settings import Settings
@@ -190,3 +192,37 @@ def rows_error(exc: InvalidRowsError) -> NotifyError:
     more = exc.count - min(len(exc.errors), MAX_ROWS_LISTED)
     tail = f". And {more} more rows with errors, not listed" if more else ""
     return NotifyError(f"Some rows have errors. {listed}{tail}.")
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat()
+
+
+def job_object(job: Row[Any]) -> dict[str, Any]:
+    """A job (`shared.queries.get_job`'s row) in GC Notify's shape (its `JobSchema`), as `{"data": job}` holds it.
+
+    What this service does not keep is null: `created_by` (no users), `sender_id` (no senders),
+    `processing_started` / `processing_finished`; `updated_at` is when it was cancelled, if it was.
+    """
+    api_key = None
+    if job.api_key_id is not None:
+        api_key = {"id": str(job.api_key_id), "name": job.api_key_name, "key_type": "normal"}
+    return {
+        "id": str(job.id),
+        "original_file_name": job.name,
+        "notification_count": job.notification_count,
+        "job_status": GC_JOB_STATUS[job.status],
+        "template": str(job.template_id),
+        "template_version": job.template_version,
+        "template_type": job.template_type,
+        "scheduled_for": _time(job.scheduled_for),
+        "created_at": _time(job.created_at),
+        "updated_at": _time(job.cancelled_at),
+        "processing_started": None,
+        "processing_finished": None,
+        "api_key": api_key,
+        "created_by": None,
+        "service": str(job.service_id),
+        "service_name": {"name": job.service_name},
+        "sender_id": None,
+    }

@@ -454,11 +454,14 @@ async def list_template_versions(conn: AsyncConnection, service_id: UUID, templa
 
 # --- jobs (bulk sends) ---------------------------------------------------------------------------------------------
 
-#: A job with its service and template type, which are its template's (migration 0007).
+#: A job with its service and template type, which are its template's (migration 0007), and the names its answers
+#: show (its service's, its API key's).
 JOB_SELECT = """
     SELECT j.id, j.name, j.template_id, j.template_version, j.notification_count, j.status, j.scheduled_for,
-           j.created_at, j.api_key_id, j.cancelled_at, t.service_id, t.type AS template_type
-    FROM jobs AS j JOIN templates AS t ON t.id = j.template_id
+           j.created_at, j.api_key_id, j.cancelled_at, t.service_id, t.type AS template_type,
+           s.name AS service_name, k.name AS api_key_name
+    FROM jobs AS j JOIN templates AS t ON t.id = j.template_id JOIN services AS s ON s.id = t.service_id
+    LEFT JOIN api_keys AS k ON k.id = j.api_key_id
 """
 
 

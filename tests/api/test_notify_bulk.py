@@ -6,11 +6,14 @@ from uuid import UUID, uuid4
 
 import orjson
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.errors import NotifyError, NotifyValidationError
-from api.notify_bulk import CSV_MAX_ROWS, BulkRequest, bulk_rules, file_error, parse_bulk, rows_error
+from api.notify_bulk import CSV_MAX_ROWS, BulkRequest, bulk_rules, file_error, job_object, parse_bulk, rows_error
+from shared import jobs, queries, tenancy
 from shared.recipient_csv import InvalidRowsError, JobFileError, JobRow, chunked, csv_rows
 from shared.settings import Settings
+from tests.conftest import Tenant
 
 SETTINGS = Settings(database_url=None, redis_url=None)
 SERVICE = uuid4()
@@ -142,3 +145,40 @@ async def test_a_refusal_lists_100_rows_then_how_many_more() -> None:
     message = rows_error(caught.value).message
     assert message.count("invalid recipient") == 100
     assert message.endswith("Row 99 - `email address`: invalid recipient. And 150 more rows with errors, not listed.")
+
+
+async def test_a_job_in_gc_notifys_shape(engine: AsyncEngine, tenant: Tenant) -> None:
+    template_id, job_id = tenancy.new_id(), jobs.new_job_id()
+    async with engine.begin() as conn:
+        await queries.insert_template(conn, template_id, tenant.service_id, "t", "s", "((name))", NOW, "email")
+        await queries.insert_job(
+            conn, job_id, "January", template_id, 1, 2, jobs.SCHEDULED, NOW + timedelta(hours=1), NOW, tenant.key_id
+        )
+        job = await queries.get_job(conn, tenant.service_id, job_id)
+    assert job is not None
+    assert job_object(job) == {
+        "id": str(job_id),
+        "original_file_name": "January",
+        "notification_count": 2,
+        "job_status": "scheduled",
+        "template": str(template_id),
+        "template_version": 1,
+        "template_type": "email",
+        "scheduled_for": "2026-12-03T13:00:00+00:00",
+        "created_at": "2026-12-03T12:00:00+00:00",
+        "updated_at": None,
+        "processing_started": None,
+        "processing_finished": None,
+        "api_key": {"id": str(tenant.key_id), "name": "test", "key_type": "normal"},
+        "created_by": None,
+        "service": str(tenant.service_id),
+        "service_name": {"name": "tenant-a"},
+        "sender_id": None,
+    }
+    async with engine.begin() as conn:
+        cancelled, _ = await queries.cancel_job(conn, tenant.service_id, job_id, NOW)
+    assert cancelled is not None
+    assert (job_object(cancelled)["job_status"], job_object(cancelled)["updated_at"]) == (
+        "cancelled",
+        "2026-12-03T12:00:00+00:00",
+    )
