@@ -542,3 +542,25 @@ async def cancel_job(
             text("UPDATE jobs SET status = 'cancelled', cancelled_at = :now WHERE id = :id"), {"id": job_id, "now": now}
         )
     return await get_job(conn, service_id, job_id), cancellable
+
+
+async def claim_due_job(conn: AsyncConnection, now: datetime) -> Row[Any] | None:
+    """Take the scheduled job due longest ago (`scheduled_for <= now`) for this transaction; None when none is due.
+
+    The job becomes `pending` and stays locked until the transaction ends: a scheduler queues its rows in the same
+    transaction, so a crash rolls the job back to `scheduled` (due, taken again by the next run). `SKIP LOCKED`:
+    schedulers running at once take different jobs; a job being cancelled (`cancel_job` holds its lock) is skipped.
+    """
+    claimed = (
+        await conn.execute(
+            text(
+                "UPDATE jobs SET status = 'pending' WHERE id = ("
+                "SELECT id FROM jobs WHERE status = 'scheduled' AND scheduled_for <= :now "
+                "ORDER BY scheduled_for, id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id"
+            ),
+            {"now": now},
+        )
+    ).scalar_one_or_none()
+    if claimed is None:
+        return None
+    return (await conn.execute(text(JOB_SELECT + "WHERE j.id = :id"), {"id": claimed})).one()

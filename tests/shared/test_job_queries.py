@@ -111,3 +111,28 @@ async def test_a_cancel_waits_for_the_lock_a_scheduler_holds_and_then_sees_the_j
     job, cancelled = await cancelling
     assert not cancelled
     assert job.status == "pending"
+
+
+async def test_schedulers_at_once_each_claim_a_different_due_job_and_a_rollback_gives_it_back(
+    engine: AsyncEngine,
+) -> None:
+    _, template = await _template(engine, "jobs-a")
+    first = await _job(engine, template, jobs.SCHEDULED, NOW - timedelta(minutes=2))
+    second = await _job(engine, template, jobs.SCHEDULED, NOW - timedelta(minutes=1))
+    await _job(engine, template, jobs.SCHEDULED, NOW + timedelta(minutes=1))  # not due
+    async with engine.connect() as one, engine.connect() as two:
+        await one.begin()
+        await two.begin()
+        taken = await queries.claim_due_job(one, NOW)
+        other = await queries.claim_due_job(two, NOW)
+        assert taken is not None
+        assert other is not None
+        assert (taken.id, taken.status, other.id, other.status) == (first, "pending", second, "pending")
+        async with engine.connect() as three:
+            assert await queries.claim_due_job(three, NOW) is None  # the rest is taken or not due
+        await one.rollback()  # a scheduler that died: its job is due again
+        await two.commit()
+    async with engine.begin() as conn:
+        again = await queries.claim_due_job(conn, NOW)
+        assert again is not None
+        assert again.id == first

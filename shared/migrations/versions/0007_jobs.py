@@ -4,7 +4,8 @@ A job names its template version (a foreign key to `template_versions`); its ser
 template's (`templates.service_id`, `templates.type`), read by a join rather than stored twice (docs/schema.md).
 `status` is the one internal status set (`shared.queries.JOB_STATUSES`, each route shows it in its own words);
 `scheduled_for` is set for a job that waited for its time, `cancelled_at` exactly when it was cancelled.
-Jobs are listed newest first by `(template_id, id)`: ids are UUIDv7, so id order is creation order.
+Jobs are listed newest first by `(template_id, id)`: ids are UUIDv7, so id order is creation order; the jobs a
+scheduler may start are found by `(scheduled_for, id) WHERE status = 'scheduled'`.
 
 `notifications.job_id` is nullable without a default: adding it to the partitioned table rewrites nothing (each
 partition's catalogue entry only). No index and no foreign key on it, as on the table's other references (each
@@ -59,11 +60,13 @@ def upgrade() -> None:
         sa.CheckConstraint("status <> 'scheduled' OR scheduled_for IS NOT NULL", name="jobs_scheduled_for_check"),
     )
     op.create_index("jobs_template_newest_idx", "jobs", ["template_id", "id"])
+    op.execute("CREATE INDEX jobs_due_idx ON jobs (scheduled_for, id) WHERE status = 'scheduled'")
     op.add_column("notifications", sa.Column("job_id", UUID, nullable=True))
 
 
 def downgrade() -> None:
     """Drop `notifications.job_id` and `jobs` (jobs and their links are lost; their notifications stay)."""
     op.drop_column("notifications", "job_id")
+    op.drop_index("jobs_due_idx", table_name="jobs")
     op.drop_index("jobs_template_newest_idx", table_name="jobs")
     op.drop_table("jobs")
