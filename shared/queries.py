@@ -13,6 +13,7 @@ import orjson
 from sqlalchemy import Row, TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shared import jobs
 from shared.codec import NotificationDoc, TemplateRef, encode_notification
 from shared.templating import render
 
@@ -536,7 +537,7 @@ async def cancel_job(
     ).one_or_none()
     if locked is None:
         return None, False
-    cancellable = locked.status == "scheduled" and locked.scheduled_for > now
+    cancellable = locked.status == jobs.SCHEDULED and locked.scheduled_for > now
     if cancellable:
         await conn.execute(
             text("UPDATE jobs SET status = 'cancelled', cancelled_at = :now WHERE id = :id"), {"id": job_id, "now": now}
