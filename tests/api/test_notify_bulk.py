@@ -13,7 +13,7 @@ from api.notify_bulk import CSV_MAX_ROWS, BulkRequest, bulk_rules, file_error, j
 from shared import jobs, queries, tenancy
 from shared.recipient_csv import InvalidRowsError, JobFileError, JobRow, chunked, csv_rows
 from shared.settings import Settings
-from tests.conftest import Tenant
+from tests.helpers import Tenant
 
 SETTINGS = Settings(database_url=None, redis_url=None)
 SERVICE = uuid4()
