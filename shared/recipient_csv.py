@@ -18,7 +18,7 @@ numbers count data rows from 1, blank ones left out) and how many there were. A 
 until the iterator has ended without raising. A fault of the file as a whole (header, size, encoding) raises
 `JobFileError` at once.
 
-Validation rules are the callers' (`api.notify_bulk` for the v2 bulk route, `native_rules` for native jobs, which
+Validation rules are the callers' (`api.govuk.bulk` for the v2 bulk route, `native_rules` for native jobs, which
 reuse the single sends' rules); this module only reads, shapes and counts.
 """
 

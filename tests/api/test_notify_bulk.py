@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.errors import NotifyError, NotifyValidationError
-from api.notify_bulk import CSV_MAX_ROWS, BulkRequest, bulk_rules, file_error, job_object, parse_bulk, rows_error
+from api.govuk.bulk import CSV_MAX_ROWS, BulkRequest, bulk_rules, file_error, job_object, parse_bulk, rows_error
 from shared import jobs, queries, tenancy
 from shared.recipient_csv import InvalidRowsError, JobFileError, JobRow, chunked, csv_rows
 from shared.settings import Settings

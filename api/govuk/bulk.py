@@ -3,7 +3,7 @@
 `parse_bulk` checks the JSON body (GC's `post_bulk_request` schema, `additionalProperties: false`; exactly one of
 `rows` / `csv`; `scheduled_for` within JOBS_MAX_SCHEDULE_HOURS_AHEAD) and returns the job's CSV as bytes (`rows` are
 written as CSV, so both forms take one path). Its rows are then read by `shared.recipient_csv.csv_rows` with
-`bulk_rules`, which checks each row as a v2 send is checked (`api.notify_validation`: the recipient's email or
+`bulk_rules`, which checks each row as a v2 send is checked (`api.govuk.validation`: the recipient's email or
 phone check, the personalisation limits); `rows_error` and `file_error` turn the reader's refusals into GC's 400s.
 Every refusal is Notify's shape: schema problems as `ValidationError`s (all at once), the rest a `BadRequestError`.
 """
@@ -21,7 +21,7 @@ import orjson
 from sqlalchemy import Row
 
 from api.errors import NotifyError, NotifyValidationError
-from api.notify_validation import (
+from api.govuk.validation import (
     EMAIL,
     SMS,
     _shown,
