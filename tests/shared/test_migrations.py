@@ -15,11 +15,13 @@ from alembic.config import Config
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from api.main import create_app
 from devstack.embedded import EmbeddedPostgres
 from devstack.local_server import free_port
+from shared import ids
 from shared.db import create_engine, sqlalchemy_url
 from shared.settings import Settings
 from tests.helpers import ROOT, Servers, drain_all, make_tenant, migrate
@@ -201,11 +203,61 @@ def test_downgrade_and_upgrade_again(scratch_db: str) -> None:
     assert [t for (t,) in tables] == [
         "alembic_version",
         "api_keys",
+        "jobs",
         "notifications",
         "services",
         "template_versions",
         "templates",
     ]
+
+
+def test_0007_adds_jobs_and_a_job_id_beside_the_notifications_there_are_and_takes_them_away(scratch_db: str) -> None:
+    migrate(scratch_db, "0006")
+    stored = ids.notification_id_at(ids.new_stem(), 0)  # today's partition
+    _sql(
+        scratch_db,
+        'INSERT INTO notifications (id, service_id, "to", created_at, updated_at) '
+        f"VALUES ('{stored}', '{DEFAULT_SERVICE_ID}', 'kept@example.com', now(), now())",
+    )
+
+    migrate(scratch_db, "0007")
+
+    template, job = "0190b8a4-6c1e-7000-8000-0000000000aa", "0190b8a4-6c1e-7000-8000-0000000000bb"
+    (rows, _, _, _, checks) = _sql(
+        scratch_db,
+        "SELECT id::text, job_id FROM notifications",
+        f"INSERT INTO templates (id, service_id, name, type, created_at) "
+        f"VALUES ('{template}', '{DEFAULT_SERVICE_ID}', 't', 'email', now())",
+        f"INSERT INTO template_versions VALUES ('{template}', 1, 's', 'b', now())",
+        "INSERT INTO jobs (id, name, template_id, template_version, notification_count, status, created_at) "
+        f"VALUES ('{job}', 'j', '{template}', 1, 2, 'queued', now())",
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = 'jobs'::regclass AND contype = 'c'",
+    )
+    assert rows == [(stored, None)]  # the column is there, NULL for what was stored before
+    assert checks == [(4,)]
+    with pytest.raises(IntegrityError, match="jobs_status_check"):
+        _sql(scratch_db, f"UPDATE jobs SET status = 'finished' WHERE id = '{job}'")
+    with pytest.raises(IntegrityError, match="jobs_cancelled_at_check"):
+        _sql(scratch_db, f"UPDATE jobs SET status = 'cancelled' WHERE id = '{job}'")
+    _sql(scratch_db, f"UPDATE notifications SET job_id = '{job}'")
+
+    migrate_down(scratch_db, "0006")
+
+    (rows, tables) = _sql(
+        scratch_db,
+        'SELECT id::text, "to" FROM notifications',
+        "SELECT to_regclass('jobs') IS NULL",
+    )
+    assert rows == [(stored, "kept@example.com")]
+    assert tables == [(True,)]
+
+
+def migrate_down(database_url: str, revision: str) -> None:
+    """Downgrade the database at `database_url` to `revision`."""
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = database_url
+    config.attributes["configure_logger"] = False
+    command.downgrade(config, revision)
 
 
 def test_a_migration_started_before_postgres_listens_waits_for_it(
