@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-import orjson
 from sqlalchemy import Row
 
 from api.errors import NotifyError, NotifyValidationError
@@ -26,6 +25,7 @@ from api.govuk.validation import (
     SMS,
     _shown,
     email_error,
+    json_object,
     personalisation_values,
     phone_error,
     reference_error,
@@ -110,12 +110,7 @@ def parse_bulk(body: bytes, service_id: UUID, settings: Settings, now: datetime 
         NotifyError: not JSON; neither or both of `rows` and `csv` ("You should specify either rows or csv"); a
             `reply_to_id` (this service keeps no reply-to addresses or senders).
     """
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise NotifyError("Invalid JSON supplied in POST data") from None
-    if not isinstance(data, dict):
-        raise NotifyValidationError([f"{_shown(data)} is not of type object"])
+    data = json_object(body)
     errors: list[str] = []
     unexpected = [name for name in data if name not in PROPERTIES]
     if unexpected:

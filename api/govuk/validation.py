@@ -243,6 +243,17 @@ def exact_personalisation(
     return exact
 
 
+def json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or Notify's 400 (`Invalid JSON supplied in POST data`, `… is not of type object`)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise NotifyError("Invalid JSON supplied in POST data") from None
+    if not isinstance(data, dict):
+        raise NotifyValidationError([f"{_shown(data)} is not of type object"])
+    return data
+
+
 def parse_send(body: bytes, notification_type: str, service_id: UUID, settings: Settings) -> NotifySend:
     """Check the body of a v2 email or sms POST and return what it asks for.
 
@@ -250,12 +261,7 @@ def parse_send(body: bytes, notification_type: str, service_id: UUID, settings: 
         NotifyValidationError: the body breaks Notify's schema (400 `ValidationError`, every problem listed).
         NotifyError: the body is not JSON, or asks for what this service cannot do (400).
     """
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise NotifyError("Invalid JSON supplied in POST data") from None
-    if not isinstance(data, dict):
-        raise NotifyValidationError([f"{_shown(data)} is not of type object"])
+    data = json_object(body)
     errors: list[str] = []
     unexpected = [name for name in data if name not in PROPERTIES[notification_type]]
     if unexpected:
