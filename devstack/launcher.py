@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from devstack.embedded import DataFolderInUse, EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError, PortInUse
 from devstack.lifetime import die_with_parent
-from devstack.local_server import port_is_free
+from devstack.local_server import free_port, port_is_free
 from shared.cli import DEV_SERVICE
 from shared.run_data import SECRET_KEY_FILE, SERVERS_ENV, write_running
 from shared.secretbox import new_secret_key
@@ -76,6 +76,20 @@ def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         command, env=env, cwd=ROOT, start_new_session=True, preexec_fn=die_with_parent(signal.SIGINT)
     )
+
+
+def _worker_metrics_port(env: dict[str, str], host: str, default: int) -> int:
+    """The workers' metrics port: WORKER_METRICS_PORT as set, else `default` or, if that is taken, a free one.
+
+    The choice goes into `env`, so the workers serve where the banner says (a second `make run` beside the first
+    would otherwise name the first's port, and its workers serve nothing).
+    """
+    if "WORKER_METRICS_PORT" in env or not default or port_is_free(default, host):
+        return int(env.get("WORKER_METRICS_PORT", default))
+    chosen = free_port()
+    env["WORKER_METRICS_PORT"] = str(chosen)
+    print(f"port {default} is in use by another process: worker metrics on {chosen} instead", flush=True)
+    return chosen
 
 
 def _start_embedded(make: Callable[[int | None], Server], setting: str, default: int) -> Server:
@@ -138,6 +152,7 @@ def main() -> int | str:
             env["SECRET_KEY"] = _saved_secret(data / SECRET_KEY_FILE, new_secret_key)
         if "WORKER_METRICS_HOST" not in env:  # the workers' metrics on the API's interface, not on every one
             env["WORKER_METRICS_HOST"] = args.host
+        metrics_port = _worker_metrics_port(env, env["WORKER_METRICS_HOST"], settings.worker_metrics_port)
         # where the CLI and `make loadtest` find this stack (the embedded servers may not be on their default ports)
         running = {
             name: env.get(name) or getattr(settings, name.lower()) or "" for name in ("DATABASE_URL", "REDIS_URL")
@@ -167,9 +182,9 @@ def main() -> int | str:
             "as set in ADMIN_TOKEN" if settings.admin_token else f"{env['ADMIN_TOKEN']}  (in {data / 'admin-token'})"
         )
         metrics = (
-            f"worker metrics on http://{env['WORKER_METRICS_HOST']}:{settings.worker_metrics_port}/metrics "
+            f"worker metrics on http://{env['WORKER_METRICS_HOST']}:{metrics_port}/metrics "
             "(WORKER_METRICS_PORT; the first worker's)"
-            if settings.worker_metrics_port
+            if metrics_port
             else "worker metrics: off (WORKER_METRICS_PORT=0)"
         )
         sealing = "as set in SECRET_KEY" if settings.secret_key else f"in {data / SECRET_KEY_FILE}"

@@ -296,3 +296,17 @@ def test_make_loadtest_finds_the_service_on_port_and_leaves_the_checkout_clean(b
     (row,) = (beside.data / "loadtest" / "locust.csv").read_text().splitlines()[1:]
     assert ",heartbeat,1," in row
     assert list((beside.data / "loadtest" / "locust").glob("*_heartbeat_stats.csv"))
+
+
+def test_a_taken_default_worker_metrics_port_moves_to_a_free_one_and_says_so(
+    listener: socket.socket, capsys: pytest.CaptureFixture[str]
+) -> None:
+    default = listener.getsockname()[1]
+    env: dict[str, str] = {}
+
+    chosen = launcher._worker_metrics_port(env, "127.0.0.1", default)
+
+    assert chosen != default
+    assert env["WORKER_METRICS_PORT"] == str(chosen)  # the workers serve where the banner says
+    assert f"port {default} is in use by another process: worker metrics on {chosen} instead" in capsys.readouterr().out
+    assert launcher._worker_metrics_port({"WORKER_METRICS_PORT": str(default)}, "127.0.0.1", default) == default  # set
