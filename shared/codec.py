@@ -37,6 +37,8 @@ class NotificationDoc(TypedDict):
     type: NotRequired[str]
     reference: NotRequired[str | None]
     status: NotRequired[str]
+    # only in notifications of a bulk job, as read from Postgres (`api.jobs` stores them with their job's id)
+    job_id: NotRequired[str]
 
 
 def jsonb_order(values: dict[str, Any]) -> dict[str, Any]:
@@ -61,11 +63,13 @@ def encode_notification(
     notification_type: str | None = None,
     reference: str | None = None,
     status: str = "created",
+    job_id: UUID | str | None = None,
 ) -> bytes:
     """Serialize one notification to its JSON document (timestamps as datetimes or ISO-8601 strings).
 
     A notification of the Notify v2 routes has a `notification_type` (`email`, `sms`): its document also carries
     `type`, `reference` and `status`; the native routes' documents do not, so their answers stay as they were.
+    A notification of a bulk job (`api.jobs`) also carries its `job_id`; other documents have no such field.
     """
     doc: dict[str, Any] = {
         "id": str(notification_id),
@@ -81,6 +85,8 @@ def encode_notification(
     }
     if notification_type is not None:
         doc["type"], doc["reference"], doc["status"] = notification_type, reference, status
+    if job_id is not None:
+        doc["job_id"] = str(job_id)
     return orjson.dumps(doc)
 
 

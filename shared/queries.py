@@ -43,7 +43,7 @@ INSERT_NOTIFICATIONS = text(
 
 SELECT_NOTIFICATIONS_FROM = """
     SELECT n.id, n.service_id, n."to", n.created_at, n.updated_at, n.sent_at, n.personalization::text,
-           n.template_id, n.template_version, n.type, n.reference, n.status, tv.subject, tv.body
+           n.template_id, n.template_version, n.type, n.reference, n.status, n.job_id, tv.subject, tv.body
     FROM notifications AS n
     LEFT JOIN template_versions AS tv ON tv.template_id = n.template_id AND tv.version = n.template_version
 """
@@ -101,6 +101,7 @@ def _document(row: Row[Any]) -> bytes:
         notification_type=row.type,
         reference=row.reference,
         status=row.status,
+        job_id=row.job_id,
     )
 
 
@@ -127,6 +128,7 @@ def listing_query(
     reference: str | None,
     older_than: UUID | None,
     limit: int = NOTIFY_PAGE_SIZE,
+    include_jobs: bool = False,
 ) -> tuple[TextClause, dict[str, Any]]:
     """Return the SQL and parameters listing a service's stored v2 notifications, newest first.
 
@@ -135,9 +137,12 @@ def listing_query(
     `(service_id, type, id)` per type asked for (all stored types when none is), at most a page each, merged. A
     separate `(service_id, id)` index for the unfiltered list would cost the drain a third B-tree per v2 row. Types
     and statuses are first narrowed to those a stored notification can have. Ids below `older_than` are a range of
-    each index.
+    each index. Bulk jobs' notifications are left out unless `include_jobs` (as GC Notify does): a filter on the
+    rows each index scan reads, so a page behind a large job reads past its rows.
     """
     where = ["n.service_id = :service_id", "n.type IS NOT NULL"]
+    if not include_jobs:
+        where.append("n.job_id IS NULL")
     params: dict[str, Any] = {"service_id": service_id, "limit": limit}
     wanted_types = sorted(STORED_TYPES.intersection(types) if types else STORED_TYPES)
     if statuses:
@@ -170,14 +175,22 @@ async def list_notify_notifications(
     reference: str | None,
     older_than: UUID | None,
     limit: int = NOTIFY_PAGE_SIZE,
+    include_jobs: bool = False,
 ) -> list[bytes]:
     """Return the JSON documents of a service's stored v2 notifications (type not NULL), newest first.
 
     Filters: any of `types` and of `statuses` (empty: all), the exact `reference`, ids below `older_than`
-    (`listing_query`). Callers answer a filter that cannot match (`listing_can_match`) without calling this.
+    (`listing_query`); bulk jobs' notifications only with `include_jobs`. Callers answer a filter that cannot
+    match (`listing_can_match`) without calling this.
     """
     query, params = listing_query(
-        service_id, types=types, statuses=statuses, reference=reference, older_than=older_than, limit=limit
+        service_id,
+        types=types,
+        statuses=statuses,
+        reference=reference,
+        older_than=older_than,
+        limit=limit,
+        include_jobs=include_jobs,
     )
     return [_document(row) for row in await conn.execute(query, params)]
 
@@ -216,15 +229,21 @@ def copy_rows(docs: list[NotificationDoc]) -> list[tuple[Any, ...]]:
     return rows
 
 
-async def copy_notifications(raw: Any, docs: list[NotificationDoc]) -> int:
+async def copy_notifications(raw: Any, docs: list[NotificationDoc], job_id: UUID | None = None) -> int:
     """Store decoded notifications with one binary COPY, in one transaction of the raw asyncpg connection.
 
     The fast path of the drain: not idempotent. It raises asyncpg's UniqueViolationError when any notification
     is stored already (a redelivered batch); the caller then stores the batch with `insert_notifications`.
+    A bulk job's rows (`api.jobs`) are COPYed the same way with their `job_id`, inside the job's own transaction
+    (this one is then a savepoint of it).
     """
     rows = copy_rows(docs)
+    columns = NOTIFICATION_COLUMNS
+    if job_id is not None:
+        rows = [(*row, job_id) for row in rows]
+        columns = [*NOTIFICATION_COLUMNS, "job_id"]
     async with raw.transaction():
-        await raw.copy_records_to_table("notifications", records=rows, columns=NOTIFICATION_COLUMNS)
+        await raw.copy_records_to_table("notifications", records=rows, columns=columns)
     return len(rows)
 
 

@@ -115,6 +115,7 @@ def notification(doc: dict[str, Any], root: str) -> dict[str, Any]:
         "is_cost_data_ready": False,
         "cost_in_pounds": None,
         "cost_details": {},
+        "job_id": doc.get("job_id"),  # GC Notify's: the bulk job it was sent in, else null
     }
 
 

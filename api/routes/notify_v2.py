@@ -87,8 +87,8 @@ async def get_notification(
     return await respond(request, V2_ONE, _uuid(notification_id, "notification_id"))
 
 
-def _list_filters(request: Request) -> tuple[list[str], list[str], str | None, UUID | None]:
-    """Check the list's query as Notify does: (template types, statuses, reference, older_than)."""
+def _list_filters(request: Request) -> tuple[list[str], list[str], str | None, UUID | None, bool]:
+    """Check the list's query as Notify does: (template types, statuses, reference, older_than, include_jobs)."""
     query = request.query_params
     errors = []
     unexpected = [name for name in query if name not in _LIST_PARAMETERS]
@@ -108,9 +108,12 @@ def _list_filters(request: Request) -> tuple[list[str], list[str], str | None, U
     reference = query.get("reference")
     if reference is not None and (error := reference_error(reference)):
         errors.append(error)
+    include_jobs = query.get("include_jobs", "false").lower()
+    if include_jobs not in ("true", "false"):
+        errors.append(f"include_jobs {query['include_jobs']} is not of type boolean")
     if errors:
         raise NotifyValidationError(errors)
-    return types, statuses, reference, older_than
+    return types, statuses, reference, older_than, include_jobs == "true"
 
 
 @router.get("/notifications")
@@ -119,13 +122,20 @@ async def list_notifications(request: Request, service_id: NotifyServiceId, engi
 
     Filters: `template_type` and `status` (repeatable), `reference`, `older_than` (a notification id). Lists what
     is stored in Postgres; a notification still queued in Redis shows up once drained (GET by id finds it at once).
+    Bulk jobs' notifications are listed only with `include_jobs=true`, as GC Notify lists them.
     """
-    types, statuses, reference, older_than = _list_filters(request)
+    types, statuses, reference, older_than, include_jobs = _list_filters(request)
     docs: list[bytes] = []
     if queries.listing_can_match(types, statuses):  # else empty (`status=delivered`): no query, no scan
         async with engine.connect() as conn:
             docs = await queries.list_notify_notifications(
-                conn, service_id, types=types, statuses=statuses, reference=reference, older_than=older_than
+                conn,
+                service_id,
+                types=types,
+                statuses=statuses,
+                reference=reference,
+                older_than=older_than,
+                include_jobs=include_jobs,
             )
     root = base_url(request.scope, request.app.state.settings.public_base_url)
     found = [notification(orjson.loads(doc), root) for doc in docs]
