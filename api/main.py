@@ -19,7 +19,7 @@ from api.middleware.access_log import AccessLogMiddleware
 from api.middleware.body import BodyLimitMiddleware
 from api.middleware.hotpath import HotPathMiddleware
 from api.rate_limiter import RateLimiter
-from api.routes import notifications, notify_v2, services, status, templates
+from api.routes import notifications, notify_bulk, notify_v2, services, status, templates
 from api.template_cache import TemplateCache
 from api.writer import RedisWriter
 from shared import keys, redis_client
@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(notifications.router)
     app.include_router(templates.router)
+    app.include_router(notify_bulk.router)  # before notify_v2: its GET /v2/notifications/{id} would take `bulk`
     app.include_router(notify_v2.router)
     app.include_router(services.router)
     app.include_router(status.router)
