@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.main import create_app
 from devstack.embedded import EmbeddedPostgres, EmbeddedRedis
+from shared import ratelimits
 from shared.db import create_engine
 from shared.settings import Settings
 from tests.helpers import TEST_SECRET_KEY, Tenant, make_tenant, migrate, notify_headers, notify_key
@@ -255,3 +256,16 @@ async def test_postgres_down_is_a_503_and_nothing_stored(own_postgres: Any) -> N
     finally:
         await redis.aclose()
         await engine.dispose()
+
+
+async def test_a_job_larger_than_the_whole_rate_limit_is_a_413(
+    notify: httpx.AsyncClient, templates: tuple[str, str], engine: AsyncEngine, redis: Redis, tenant: Tenant
+) -> None:
+    await ratelimits.set_rate_limit(engine, redis, tenant.service_id, 2)
+    rows = [["phone number", "code"], *[["+447700900123", "1"]] * 3]
+    refused = await notify.post(URL, json={"name": "j", "template_id": templates[1], "rows": rows})
+    assert refused.status_code == 413, refused.text
+    assert "more than your service's whole rate limit of 2" in _message(refused)
+    assert await _counts(engine) == (0, 0)
+    accepted = await notify.post(URL, json={"name": "j", "template_id": templates[1], "rows": rows[:3]})
+    assert accepted.status_code == 201, accepted.text
