@@ -269,3 +269,21 @@ async def test_a_job_larger_than_the_whole_rate_limit_is_a_413(
     assert await _counts(engine) == (0, 0)
     accepted = await notify.post(URL, json={"name": "j", "template_id": templates[1], "rows": rows[:3]})
     assert accepted.status_code == 201, accepted.text
+
+
+async def test_a_row_rendering_past_max_rendered_length_refuses_the_job(
+    notify: httpx.AsyncClient, client: httpx.AsyncClient, tenant: Tenant, engine: AsyncEngine
+) -> None:
+    native = {"Authorization": f"Bearer {tenant.key}"}
+    big = {"name": "big", "subject": "s", "body": "((name))" * 6}
+    made = await client.post("/templates/v1/", json=big, headers=native)
+    assert made.status_code == 201, made.text
+    rows = [["email address", "name"], ["a@example.com", "short"], ["b@example.com", "x" * 4000]]
+    refused = await notify.post(URL, json={"name": "j", "template_id": made.json()["id"], "rows": rows})
+    assert refused.status_code == 400, refused.text
+    assert _message(refused) == (
+        "Some rows have errors. Row 1 - renders a template of 24001 characters, longer than MAX_RENDERED_LENGTH=20000."
+    )
+    assert await _counts(engine) == (0, 0)
+    bad_flag = await notify.get("/v2/notifications", params={"include_jobs": "maybe"})
+    assert (bad_flag.status_code, _message(bad_flag)) == (400, "include_jobs maybe is not of type boolean")
