@@ -1,0 +1,103 @@
+"""All SQL of the service, one module per table family (notifications, tenancy, templates, jobs), re-exported here.
+
+The drain's inserts, GET's lookups and listings, the tenancy tables and the bulk jobs.
+
+The drain's fast path is one binary COPY of decoded rows (`copy_notifications`); its idempotent path
+(`insert_notifications`, for redelivered entries) hands Postgres the entries' JSON as they are and inserts `ON
+CONFLICT DO NOTHING`: a redelivered entry never makes a second row.
+"""
+
+from shared.queries.jobs import JOB_SELECT, cancel_job, claim_due_job, get_job, insert_job, list_jobs
+from shared.queries.notifications import (
+    INSERT_NOTIFICATIONS,
+    NOTIFICATION_COLUMNS,
+    NOTIFY_PAGE_SIZE,
+    SELECT_NOTIFICATION,
+    SELECT_NOTIFICATION_RANGE,
+    SELECT_NOTIFICATIONS_FROM,
+    STORED_STATUSES,
+    STORED_TYPES,
+    copy_notifications,
+    copy_rows,
+    fetch_notification,
+    fetch_notifications,
+    insert_notifications,
+    list_notify_notifications,
+    listing_can_match,
+    listing_query,
+)
+from shared.queries.templates import (
+    TEMPLATE_VERSION_SELECT,
+    add_template_version,
+    get_template_version,
+    insert_template,
+    list_template_versions,
+    list_templates,
+    lock_template,
+)
+from shared.queries.tenancy import (
+    API_KEY_COLUMNS,
+    SERVICE_COLUMNS,
+    get_service,
+    get_service_by_name,
+    insert_api_key,
+    insert_service,
+    list_api_keys,
+    list_services,
+    lock_rate_limit,
+    own_rate_limits,
+    revoke_api_key,
+    revoked_api_keys,
+    sealed_api_keys,
+    set_api_key_ciphertext,
+    set_rate_limit,
+    valid_api_keys,
+)
+
+__all__ = [
+    "API_KEY_COLUMNS",
+    "INSERT_NOTIFICATIONS",
+    "JOB_SELECT",
+    "NOTIFICATION_COLUMNS",
+    "NOTIFY_PAGE_SIZE",
+    "SELECT_NOTIFICATION",
+    "SELECT_NOTIFICATIONS_FROM",
+    "SELECT_NOTIFICATION_RANGE",
+    "SERVICE_COLUMNS",
+    "STORED_STATUSES",
+    "STORED_TYPES",
+    "TEMPLATE_VERSION_SELECT",
+    "add_template_version",
+    "cancel_job",
+    "claim_due_job",
+    "copy_notifications",
+    "copy_rows",
+    "fetch_notification",
+    "fetch_notifications",
+    "get_job",
+    "get_service",
+    "get_service_by_name",
+    "get_template_version",
+    "insert_api_key",
+    "insert_job",
+    "insert_notifications",
+    "insert_service",
+    "insert_template",
+    "list_api_keys",
+    "list_jobs",
+    "list_notify_notifications",
+    "list_services",
+    "list_template_versions",
+    "list_templates",
+    "listing_can_match",
+    "listing_query",
+    "lock_rate_limit",
+    "lock_template",
+    "own_rate_limits",
+    "revoke_api_key",
+    "revoked_api_keys",
+    "sealed_api_keys",
+    "set_api_key_ciphertext",
+    "set_rate_limit",
+    "valid_api_keys",
+]

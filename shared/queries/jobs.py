@@ -1,0 +1,121 @@
+"""SQL of bulk jobs (migration 0007): create, read, list, cancel and claim under a row lock."""
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Row, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shared import jobs
+
+#: A job with its service and template type, which are its template's (migration 0007), and the names its answers
+#: show (its service's, its API key's).
+JOB_SELECT = """
+    SELECT j.id, j.name, j.template_id, j.template_version, j.notification_count, j.status, j.scheduled_for,
+           j.created_at, j.api_key_id, j.cancelled_at, t.service_id, t.type AS template_type,
+           s.name AS service_name, k.name AS api_key_name
+    FROM jobs AS j JOIN templates AS t ON t.id = j.template_id JOIN services AS s ON s.id = t.service_id
+    LEFT JOIN api_keys AS k ON k.id = j.api_key_id
+"""
+
+
+async def insert_job(
+    conn: AsyncConnection,
+    job_id: UUID,
+    name: str,
+    template_id: UUID,
+    template_version: int,
+    notification_count: int,
+    status: str,
+    scheduled_for: datetime | None,
+    created_at: datetime,
+    api_key_id: UUID | None,
+) -> None:
+    """Create a job (the template version must exist: a foreign key; the caller checks it is the service's)."""
+    await conn.execute(
+        text(
+            "INSERT INTO jobs (id, name, template_id, template_version, notification_count, status, scheduled_for, "
+            "created_at, api_key_id) VALUES (:id, :name, :template_id, :version, :count, :status, :scheduled_for, "
+            ":created_at, :api_key_id)"
+        ),
+        {
+            "id": job_id,
+            "name": name,
+            "template_id": template_id,
+            "version": template_version,
+            "count": notification_count,
+            "status": status,
+            "scheduled_for": scheduled_for,
+            "created_at": created_at,
+            "api_key_id": api_key_id,
+        },
+    )
+
+
+async def get_job(conn: AsyncConnection, service_id: UUID, job_id: UUID) -> Row[Any] | None:
+    """Return a job of `service_id`, or None (another service's job is None too)."""
+    query = text(JOB_SELECT + "WHERE j.id = :id AND t.service_id = :service_id")
+    return (await conn.execute(query, {"id": job_id, "service_id": service_id})).one_or_none()
+
+
+async def list_jobs(
+    conn: AsyncConnection, service_id: UUID, limit: int, older_than: UUID | None = None
+) -> list[Row[Any]]:
+    """Return up to `limit` of a service's jobs, newest first, older than the job `older_than` if given."""
+    query = text(
+        JOB_SELECT + "WHERE t.service_id = :service_id AND (CAST(:older_than AS uuid) IS NULL OR j.id < :older_than) "
+        "ORDER BY j.id DESC LIMIT :limit"
+    )
+    return list(await conn.execute(query, {"service_id": service_id, "older_than": older_than, "limit": limit}))
+
+
+async def cancel_job(
+    conn: AsyncConnection, service_id: UUID, job_id: UUID, now: datetime
+) -> tuple[Row[Any] | None, bool]:
+    """Cancel a job of `service_id` that is `scheduled` and not yet due; return it and whether this cancelled it.
+
+    The job's row is locked (`FOR UPDATE`) while it is checked and changed, so a scheduler starting due jobs, which
+    takes the same lock, either starts it first (then it is not cancelled) or finds it cancelled. A job that is
+    already cancelled, started, or due is returned unchanged with False; an unknown job (or another service's) is
+    (None, False).
+    """
+    locked = (
+        await conn.execute(
+            text(
+                "SELECT j.status, j.scheduled_for FROM jobs AS j JOIN templates AS t ON t.id = j.template_id "
+                "WHERE j.id = :id AND t.service_id = :service_id FOR UPDATE OF j"
+            ),
+            {"id": job_id, "service_id": service_id},
+        )
+    ).one_or_none()
+    if locked is None:
+        return None, False
+    cancellable = locked.status == jobs.SCHEDULED and locked.scheduled_for > now
+    if cancellable:
+        await conn.execute(
+            text("UPDATE jobs SET status = 'cancelled', cancelled_at = :now WHERE id = :id"), {"id": job_id, "now": now}
+        )
+    return await get_job(conn, service_id, job_id), cancellable
+
+
+async def claim_due_job(conn: AsyncConnection, now: datetime) -> Row[Any] | None:
+    """Take the scheduled job due longest ago (`scheduled_for <= now`) for this transaction; None when none is due.
+
+    The job becomes `pending` and stays locked until the transaction ends: a scheduler queues its rows in the same
+    transaction, so a crash rolls the job back to `scheduled` (due, taken again by the next run). `SKIP LOCKED`:
+    schedulers running at once take different jobs; a job being cancelled (`cancel_job` holds its lock) is skipped.
+    """
+    claimed = (
+        await conn.execute(
+            text(
+                "UPDATE jobs SET status = 'pending' WHERE id = ("
+                "SELECT id FROM jobs WHERE status = 'scheduled' AND scheduled_for <= :now "
+                "ORDER BY scheduled_for, id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id"
+            ),
+            {"now": now},
+        )
+    ).scalar_one_or_none()
+    if claimed is None:
+        return None
+    return (await conn.execute(text(JOB_SELECT + "WHERE j.id = :id"), {"id": claimed})).one()
