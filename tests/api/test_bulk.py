@@ -11,9 +11,10 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api import jobs
 from api.main import create_app
 from devstack.embedded import EmbeddedPostgres, EmbeddedRedis
-from shared import ratelimits
+from shared import partitions, ratelimits
 from shared.db import create_engine
 from shared.settings import Settings
 from tests.helpers import TEST_SECRET_KEY, Tenant, make_tenant, migrate, notify_headers, notify_key
@@ -287,3 +288,24 @@ async def test_a_row_rendering_past_max_rendered_length_refuses_the_job(
     assert await _counts(engine) == (0, 0)
     bad_flag = await notify.get("/v2/notifications", params={"include_jobs": "maybe"})
     assert (bad_flag.status_code, _message(bad_flag)) == (400, "include_jobs maybe is not of type boolean")
+
+
+async def test_a_job_on_a_day_without_its_partition_makes_it_and_is_stored(
+    notify: httpx.AsyncClient, templates: tuple[str, str], engine: AsyncEngine
+) -> None:
+    today = partitions.today()
+    async with engine.begin() as conn:  # as a fresh database or a clock step leaves it: today's partition is missing
+        await conn.execute(text(f"DROP TABLE IF EXISTS {partitions.name_of(today)}"))
+    jobs._KNOWN_DAYS.clear()
+
+    sent = await notify.post(
+        "/v2/notifications/bulk",
+        json={
+            "name": "today",
+            "template_id": templates[0],
+            "rows": [["email address", "name"], ["a@example.com", "A"]],
+        },
+    )
+
+    assert sent.status_code == 201, sent.text
+    assert len(await _job_rows(engine, sent.json()["data"]["id"])) == 1
