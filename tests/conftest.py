@@ -38,6 +38,8 @@ from tests.helpers import (
     Tenant,
     make_tenant,
     migrate,
+    notify_headers,
+    notify_key,
 )
 from worker.drain import Drain
 
@@ -222,3 +224,23 @@ def live_api(settings: Settings, redis: Redis, engine: AsyncEngine) -> Iterator[
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.fixture
+def own_servers(tmp_path: Path) -> Iterator[tuple[EmbeddedPostgres, EmbeddedRedis]]:
+    """A PostgreSQL and a Redis just for this test (one that stops Postgres)."""
+    pg = EmbeddedPostgres(tmp_path / "pg").start()
+    redis_server = EmbeddedRedis(tmp_path / "redis").start()
+    try:
+        migrate(pg.url)
+        yield pg, redis_server
+    finally:
+        redis_server.stop(kill=True)
+        pg.stop(mode="immediate")
+
+
+@pytest.fixture
+def notify(client: httpx.AsyncClient, tenant: Tenant) -> httpx.AsyncClient:
+    """The in-process client, speaking for `tenant` with a GOV.UK Notify token."""
+    client.headers.update(notify_headers(notify_key(tenant)))
+    return client

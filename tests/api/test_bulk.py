@@ -1,7 +1,6 @@
 """GC Notify's bulk send over HTTP: every row stored with its job in one transaction, or nothing; the job routes."""
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -13,11 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api import jobs
 from api.main import create_app
-from devstack.embedded import EmbeddedPostgres, EmbeddedRedis
 from shared import partitions, ratelimits
 from shared.db import create_engine
 from shared.settings import Settings
-from tests.helpers import TEST_SECRET_KEY, Tenant, make_tenant, migrate, notify_headers, notify_key
+from tests.helpers import TEST_SECRET_KEY, Tenant, make_tenant, notify_headers, notify_key
 
 EMAIL_TEMPLATE = {"name": "welcome", "subject": "Hi ((name))", "body": "Hello ((name))"}
 URL = "/v2/notifications/bulk"
@@ -28,13 +26,6 @@ def _message(response: httpx.Response) -> str:
     body = response.json()
     assert body["status_code"] == response.status_code
     return str(body["errors"][0]["message"])
-
-
-@pytest.fixture
-def notify(client: httpx.AsyncClient, tenant: Tenant) -> httpx.AsyncClient:
-    """The in-process client speaking for `tenant` with a Notify token."""
-    client.headers.update(notify_headers(notify_key(tenant)))
-    return client
 
 
 @pytest.fixture
@@ -213,21 +204,8 @@ async def test_get_list_and_cancel_jobs_of_the_service_only(
     assert (await notify.get("/v2/notifications/bulk/not-a-uuid")).status_code == 400
 
 
-@pytest.fixture
-def own_postgres(tmp_path: Path) -> Any:
-    """A PostgreSQL and a Redis just for this test (it stops Postgres)."""
-    pg = EmbeddedPostgres(tmp_path / "pg").start()
-    redis_server = EmbeddedRedis(tmp_path / "redis").start()
-    try:
-        migrate(pg.url)
-        yield pg, redis_server
-    finally:
-        redis_server.stop(kill=True)
-        pg.stop(mode="immediate")
-
-
-async def test_postgres_down_is_a_503_and_nothing_stored(own_postgres: Any) -> None:
-    pg, redis_server = own_postgres
+async def test_postgres_down_is_a_503_and_nothing_stored(own_servers: Any) -> None:
+    pg, redis_server = own_servers
     settings = Settings(
         database_url=pg.url,
         redis_url=redis_server.url,

@@ -27,13 +27,6 @@ def _errors(response: httpx.Response) -> list[dict[str, str]]:
 
 
 @pytest.fixture
-def notify(client: httpx.AsyncClient, tenant: Tenant) -> httpx.AsyncClient:
-    """The in-process client, speaking for `tenant` with a Notify token (fresh per request is not needed here)."""
-    client.headers.update(notify_headers(notify_key(tenant)))
-    return client
-
-
-@pytest.fixture
 async def templates(client: httpx.AsyncClient, tenant: Tenant) -> tuple[str, str]:
     """An email and an sms template of `tenant`'s service (made with its native key)."""
     native = {"Authorization": f"Bearer {tenant.key}"}

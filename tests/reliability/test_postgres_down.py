@@ -5,11 +5,7 @@ service, key and templates made after that, so the rate limits' mirror in Redis 
 POST of each route must find its limit without Postgres.
 """
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
-import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
 
@@ -19,21 +15,8 @@ from shared import keys, tenancy
 from shared.db import create_engine
 from shared.secretbox import SecretBox
 from shared.settings import Settings
-from tests.helpers import TEST_SECRET_KEY, make_tenant, migrate, notify_headers, notify_key
+from tests.helpers import TEST_SECRET_KEY, make_tenant, notify_headers, notify_key
 from worker.drain import Drain
-
-
-@pytest.fixture
-def own_servers(tmp_path: Path) -> Iterator[tuple[EmbeddedPostgres, EmbeddedRedis]]:
-    """A PostgreSQL and a Redis just for this test."""
-    pg = EmbeddedPostgres(tmp_path / "pg").start()
-    redis_server = EmbeddedRedis(tmp_path / "redis").start()
-    try:
-        migrate(pg.url)
-        yield pg, redis_server
-    finally:
-        redis_server.stop(kill=True)
-        pg.stop(mode="immediate")
 
 
 async def test_new_service_sends_on_every_route_while_postgres_is_down(
