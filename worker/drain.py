@@ -76,6 +76,12 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
 
 
+def _stream_order(entry_id: bytes) -> tuple[int, int]:
+    """A stream id (`<ms>-<seq>`) as the pair Redis orders it by."""
+    millis, _, seq = entry_id.partition(b"-")
+    return int(millis), int(seq or 0)
+
+
 class Drain:
     """Moves notifications from the Redis stream into Postgres; one instance per worker process."""
 
@@ -169,8 +175,10 @@ class Drain:
         if not claimed:
             return claimed
         ids = [entry_id for entry_id, _ in claimed]
+        # stream ids compare as numbers (`5-10` after `5-2`), not as bytes: a byte-wise range can run backwards
+        first, last = min(ids, key=_stream_order), max(ids, key=_stream_order)
         pending = await self.redis.xpending_range(
-            self.stream, keys.GROUP, min=min(ids), max=max(ids), count=len(ids) + 1000, consumername=self.consumer
+            self.stream, keys.GROUP, min=first, max=last, count=len(ids) + 1000, consumername=self.consumer
         )
         deliveries = {item["message_id"]: int(item["times_delivered"]) for item in pending}
         limit = self.settings.max_deliveries
@@ -199,6 +207,8 @@ class Drain:
         with collector_paused():
             async for part in self._fetched_parts(raw):
                 stored += await self._drain_part(part, redelivered)
+        if self.on_loop is not None:  # progress: a drain working through a long reclaim is alive
+            self.on_loop()
         return stored
 
     async def _fetched_parts(self, raw: list[RawEntry]) -> AsyncIterator[list[Fetched]]:

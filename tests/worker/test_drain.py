@@ -378,3 +378,37 @@ async def test_entries_whose_read_reply_was_lost_are_read_again_at_once(
     assert stalled.stored == len(accepted)  # each stored once
     assert await redis.xlen(keys.STREAM) == 0
     assert (await redis.xpending(keys.STREAM, keys.GROUP))["pending"] == 0
+
+
+async def test_overdelivered_entries_are_found_whatever_their_ids_sort_as_bytes(
+    client: httpx.AsyncClient, redis: Redis, engine: AsyncEngine, drain: Drain
+) -> None:
+    await client.post(f"{BASE}/", json={"to": "deadly"})
+    ((_, fields),) = await redis.xrange(keys.STREAM)
+    await redis.delete(keys.STREAM)
+    for entry_id in ("5-2", "5-10"):  # as bytes 5-10 < 5-2: a byte-wise range would run backwards
+        await redis.xadd(keys.STREAM, fields, id=entry_id)
+    await redis.xgroup_create(keys.STREAM, keys.GROUP, id="0")
+    await redis.xreadgroup(keys.GROUP, "victim", {keys.STREAM: ">"}, count=2)  # a worker that died with them
+    rescuer = Drain(
+        redis, engine, drain.settings.model_copy(update={"reclaim_idle_ms": 0, "max_deliveries": 1}), "rescuer"
+    )
+
+    claimed = await rescuer.reclaim_stale()  # their second delivery: past MAX_DELIVERIES=1
+
+    assert sorted(entry_id for entry_id, _ in claimed) == [b"5-10", b"5-2"]
+    assert await rescuer.bury_overdelivered(claimed) == []
+    assert await redis.xlen(keys.DEAD_LETTER_STREAM) == 2
+
+
+async def test_each_stored_batch_counts_as_progress_for_the_heartbeat(
+    client: httpx.AsyncClient, redis: Redis, engine: AsyncEngine, drain: Drain
+) -> None:
+    await client.post(f"{BASE}/", json={"to": "me"})
+    beats: list[float] = []
+    beating = Drain(redis, engine, drain.settings, "beating", on_loop=lambda: beats.append(1.0))
+    await beating.ensure_group()
+
+    await beating.drain_batch(await beating.read_new())  # as the reclaim loop drains batch after batch, no read between
+
+    assert beats == [1.0]
