@@ -83,6 +83,18 @@ class StartupNodesCluster(RedisCluster):
                             startup[name] = ClusterNode(host, port, **self.connection_kwargs)
         return await super().initialize()
 
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        """Run a command as `RedisCluster` does; a connection torn down under it is a `ConnectionError`.
+
+        During a failover one task's re-initialisation closes a connection another task is connecting on, and
+        redis-py then fails with `AttributeError: 'NoneType' object has no attribute 'writelines'` (seen in
+        test_cluster's primary kill): an unreachable node, not a bug of the caller, so callers see it as one.
+        """
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except AttributeError as exc:
+            raise RedisConnectionError(f"connection closed while in use ({exc})") from exc
+
 
 def _retry_once_on_a_dead_connection() -> dict[str, Any]:
     return {
