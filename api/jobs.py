@@ -1,39 +1,71 @@
-"""Bulk jobs: GC Notify's `POST /v2/notifications/bulk` stored by COPY from the API, and its job routes' work.
+"""Jobs: one request carrying many notifications, stored all or nothing. The routes' work, for both routes.
 
-`create_bulk_job` follows docs/jobs.md's candidate 1. The body is checked (`api.govuk.bulk.parse_bulk`), the
-template found in the write path's cache, every row read and checked as a v2 send is (`shared.recipient_csv`
-with `api.govuk.bulk.bulk_rules`, and each rendering within MAX_RENDERED_LENGTH): all or nothing, before Postgres
-is touched. Then one transaction inserts the `jobs` row and COPYs the rows into `notifications` with the drain's
-binary COPY (`shared.queries.copy_notifications`, `job_id` set), and commits: the 201 comes after Postgres's
-commit, so the job is `stored` (GC's `finished`) when it is answered. The notifications' ids share one UUIDv7
-stem, the row's index in the last 24 bits (`shared.ids`): a job's notifications are one id range, and GET of any of
-them is a primary-key lookup (Redis holds nothing of a job).
+GC Notify's `POST /v2/notifications/bulk` (`create_bulk_job`, its body in memory: at most 50,000 rows) and the
+native streamed `POST /notifications/v1/jobs` (`create_native_job`, CSV or NDJSON of up to MAX_JOB_ROWS rows, read
+as it arrives) take one path, `store_job` (docs/jobs.md): in ONE Postgres transaction, an Idempotency-Key is taken
+(`job_keys`, so a retry stores the job once), every row is read and checked as it arrives and COPYed into
+`notifications` with its `job_id` (`shared.job_store.copy_rows`) — or, for a scheduled job, kept in `job_files`
+until the worker's scheduler queues it —, then the `jobs` row is written with its count, and the transaction
+commits. The 201 comes after the commit: the job is durable (`stored`, or `scheduled`). A bad row, a file fault,
+too many rows for the service's rate limit, or the client gone roll everything back; so does a process killed
+mid-upload (Postgres drops the transaction with the connection). Redis holds nothing of a job.
 
-Current limits (docs/jobs.md, "What remains"): `scheduled_for` is refused (no scheduler yet); with Postgres
-unreachable the job is refused with a 503 (no Redis fallback yet); rows are not charged to the service's token
-bucket (the flush charges tokens only with a stream entry), though a job larger than the whole per-minute limit is
-a 413 as `/multiple` is; no Idempotency-Key.
+Current limits (docs/jobs.md): with Postgres unreachable a job is refused with a 503 (no Redis fallback); a
+job's rows are not taken from the service's token bucket, though a job larger than the whole per-minute limit is a
+413 as `/multiple` is.
 """
 
-import dataclasses
-from datetime import UTC, date, datetime
-from typing import Any
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 from uuid import UUID
 
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy import Row, text
 from starlette.datastructures import State
 
-from api.errors import BadRequestError, NotifyError, RetryLaterError
-from api.govuk.bulk import MAX_ROWS_LISTED, bulk_rules, file_error, job_object, parse_bulk, rows_error
+from api.errors import (
+    MAX_ERRORS_LISTED,
+    ApiError,
+    BadRequestError,
+    ConflictError,
+    IdempotencyKeyInFlightError,
+    IdempotencyKeyMismatchError,
+    NotifyError,
+    RetryLaterError,
+)
+from api.govuk.bulk import (
+    MAX_ROWS_LISTED,
+    bulk_rules,
+    file_error,
+    job_object,
+    parse_bulk,
+    rows_error,
+    scheduled_for_error,
+)
 from api.govuk.validation import EMAIL, SMS
 from api.rate_limiter import RateLimiter
 from api.template_cache import TemplateVersion
-from shared import failures, ids, jobs, partitions, queries
-from shared.codec import NotificationDoc
-from shared.recipient_csv import InvalidRowsError, JobFileError, JobRow, JobRules, chunked, csv_rows
+from shared import failures, job_store, jobs, queries
+from shared.recipient_csv import (
+    InvalidRowsError,
+    JobFileError,
+    JobRow,
+    JobRules,
+    RowCheck,
+    chunked,
+    csv_rows,
+    native_rules,
+    ndjson_rows,
+)
 from shared.templating import RenderedTooLongError, render_within
 
-#: Days whose partition this process has found or made (`partitions.ensure` asks Postgres once per day).
-_KNOWN_DAYS: set[date] = set()
+T = TypeVar("T")
+
+#: How long an upload may stall between two chunks before Postgres rolls its job back (milliseconds).
+IDLE_UPLOAD_MS = 60_000
 
 #: Jobs one page of `GET /v2/notifications/bulk` lists (GC Notify's API_PAGE_SIZE).
 JOBS_PAGE_SIZE = 250
@@ -70,7 +102,7 @@ class JobCancellationNotAllowedError(NotifyError):
 def _unreachable(exc: Exception) -> RetryLaterError:
     return RetryLaterError(
         f"Postgres is unreachable ({type(exc).__name__}): nothing of this job was stored; retry later "
-        "(bulk jobs are written straight to Postgres)"
+        "(jobs are written straight to Postgres)"
     )
 
 
@@ -86,124 +118,310 @@ def job_with_statistics(job: Any) -> dict[str, Any]:
     return {**job_object(job), "statistics": _statistics(job)}
 
 
-async def _rows(request_csv: bytes, rules: JobRules) -> list[JobRow]:
-    """Read and check every row of the job (at most CSV_MAX_ROWS): all of them, or Notify's 400."""
-    rows: list[JobRow] = []
-    try:
-        async for batch in csv_rows(chunked(request_csv), rules, max_listed=MAX_ROWS_LISTED):
-            rows.extend(batch)
-    except JobFileError as exc:
-        raise file_error(exc) from None
-    except InvalidRowsError as exc:
-        raise rows_error(exc) from None
-    return rows
+def rendering_check(template: TemplateVersion, max_rendered: int) -> RowCheck:
+    """A send's last check of a row: the template's rendered subject and body within MAX_RENDERED_LENGTH."""
+
+    def check(to: str, values: dict[str, str]) -> list[str]:
+        try:
+            render_within((template.subject, template.body), values, max_rendered)
+        except RenderedTooLongError as exc:
+            return [f"renders a template of {exc.length} characters, longer than MAX_RENDERED_LENGTH={max_rendered}"]
+        return []
+
+    return check
 
 
-def _rules(template: TemplateVersion, max_rendered: int, rules: JobRules) -> JobRules:
-    """Add the v2 send's last check to the rows' rules: the rendered subject and body within MAX_RENDERED_LENGTH."""
-    check = rules.check
+def with_rendering_bound(template: TemplateVersion, max_rendered: int, rules: JobRules) -> JobRules:
+    """Add `rendering_check` to the rows' rules, for rows that pass the others."""
+    check, rendered = rules.check, rendering_check(template, max_rendered)
 
     def checked(to: str, values: dict[str, str]) -> list[str]:
-        problems = check(to, values)
-        if not problems:
-            try:
-                render_within((template.subject, template.body), values, max_rendered)
-            except RenderedTooLongError as exc:
-                problems.append(
-                    f"renders a template of {exc.length} characters, longer than MAX_RENDERED_LENGTH={max_rendered}"
-                )
-        return problems
+        return check(to, values) or rendered(to, values)
 
-    return dataclasses.replace(rules, check=checked)
+    return JobRules(rules.recipient_columns, rules.placeholders, checked, rules.max_rows, rules.max_record_chars)
 
 
-async def create_bulk_job(state: State, service_id: UUID, body: bytes) -> dict[str, Any]:
-    """Check a bulk send, store its job and every row in one transaction, and return GC Notify's job object.
-
-    Raises:
-        NotifyError: the body, the template or a row is not valid (GC Notify's 400s); `scheduled_for` given.
-        BadRequestError: more rows than the service's whole rate limit per minute (413).
-        RetryLaterError: Postgres is unreachable (503, `Retry-After`): nothing was stored.
-    """
-    settings = state.settings
-    request = parse_bulk(body, service_id, settings)
-    if request.scheduled_for is not None:
-        raise NotifyError(
-            "scheduled_for: scheduled bulk sends are not supported yet by this service; send the job without "
-            "scheduled_for to have it stored at once"
-        )
+async def job_template(state: State, service_id: UUID, template_id: UUID) -> TemplateVersion | None:
+    """Return the service's template (its latest version) for a job, or None; 503 when Postgres is unreachable."""
     try:
-        template = await state.templates.resolve(service_id, request.template_id, None)
+        template = await state.templates.resolve(service_id, template_id, None)
     except Exception as exc:
         if failures.database_unreachable(exc):
             raise _unreachable(exc) from exc
         raise
-    if template is None:
-        raise NotifyError("Template not found")
-    if template.type not in (EMAIL, SMS):
-        raise NotifyError(f"{template.type} templates cannot be sent in bulk")
-    rules = _rules(template, settings.max_rendered_length, bulk_rules(settings, template.type, template.placeholders))
-    rows = await _rows(request.csv, rules)
-    limits: RateLimiter = state.rate_limits
-    per_minute = await limits.limit_for(service_id)
-    if per_minute and len(rows) > per_minute:
-        raise BadRequestError(
-            f"the job holds {len(rows)} notifications, more than your service's whole rate limit of {per_minute} "
-            "per minute: send at most that many per job",
-            status_code=413,
-        )
+    return template if template is not None and template.type in (EMAIL, SMS) else None
+
+
+@dataclass(frozen=True, slots=True)
+class JobKey:
+    """An Idempotency-Key given with a job, and the fingerprint of the request it came with."""
+
+    key: str
+    fingerprint: bytes
+
+
+class Fingerprinted:
+    """A body's chunks passed on as they come, hashed with the route and query into an Idempotency-Key's fingerprint."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], route_and_query: bytes) -> None:
+        self.chunks = chunks
+        self.hash = hashlib.sha256(route_and_query + b"\n")
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        """Yield the body's chunks, each hashed first."""
+        async for chunk in self.chunks:
+            self.hash.update(chunk)
+            yield chunk
+
+    async def drain(self) -> bytes:
+        """Read what is left of the body; return the whole request's fingerprint."""
+        async for _ in self:
+            pass
+        return self.hash.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredJob:
+    """A job's row as stored, and whether it was stored by an earlier request with the same Idempotency-Key."""
+
+    job: Row[Any]
+    replayed: bool
+
+
+async def store_job(
+    state: State,
+    template: TemplateVersion,
+    name: str,
+    batches: AsyncIterator[list[JobRow]],
+    *,
+    reference: str | None = None,
+    scheduled_for: datetime | None = None,
+    key: str | None = None,
+    body: Fingerprinted | None = None,
+    refusal: Callable[[Exception], Exception] | None = None,
+) -> StoredJob:
+    """Store a job in one transaction: its rows as they are read (COPYed, or kept when scheduled), then its row.
+
+    With `key` (and `body`, the request being read, for its fingerprint): the service's Idempotency-Key, taken in
+    the same transaction. A key already stored with the same request gives back that job (`replayed`), with
+    another request a 422; a key whose first request is still being stored, a 409.
+
+    Raises:
+        JobFileError, InvalidRowsError: from reading the rows (nothing stored); `refusal` turns them into the
+            route's error first, when given.
+        BadRequestError: more rows than the service's whole rate limit per minute (413).
+        RetryLaterError: Postgres is unreachable (503): nothing was stored.
+    """
+    service_id = template.service_id
     job_id = jobs.new_job_id()
     now = datetime.now(UTC)
-    created_at = now.isoformat()
-    stem = ids.new_stem()
-    service = str(service_id)
-    template_ref = {"id": str(template.template_id), "version": template.version}
-    docs: list[NotificationDoc] = [
-        {
-            "id": ids.notification_id_at(stem, index),
-            "service_id": service,
-            "to": row.to,
-            "personalization": row.personalisation,
-            "template": template_ref,  # type: ignore[typeddict-item]
-            "subject": None,
-            "body": None,
-            "created_at": created_at,
-            "updated_at": created_at,
-            "sent_at": None,
-            "type": template.type,
-            "reference": request.reference,
-        }
-        for index, row in enumerate(rows)
-    ]
+    target = job_store.JobTarget(job_id, service_id, template.template_id, template.version, template.type, reference)
     try:
-        # the day's partition first, as the drain makes it (maintenance makes days ahead, but a clock step or a
-        # fresh database may not have this one): a COPY into a missing partition fails
-        await partitions.ensure(state.engine, {partitions.day_of(docs[0]["id"])}, _KNOWN_DAYS)
+        stem = None if scheduled_for is not None else await job_store.new_stem(state.engine)
         async with state.engine.begin() as conn:
+            # the first statement opens the transaction (SQLAlchemy begins it lazily: a COPY on the raw connection
+            # before any statement would commit on its own); an upload stalled this long between two chunks leaves
+            # the transaction idle, and Postgres ends it (rolled back) rather than hold its snapshot
+            await conn.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {IDLE_UPLOAD_MS}"))
+            if key is not None:
+                assert body is not None
+                earlier = await _take_key(conn, service_id, key, job_id, state.settings.idempotency_ttl_seconds)
+                if earlier is not None:
+                    return await _replay(conn, service_id, earlier, await body.drain())
+            if stem is None:
+                count = await job_store.save_file(conn, job_id, batches)
+                status = jobs.SCHEDULED
+            else:
+                raw = (await conn.get_raw_connection()).driver_connection
+                count = await job_store.copy_rows(raw, target, stem, batches, now)
+                status = jobs.STORED
+            await _check_rate_limit(state, service_id, count)
             await queries.insert_job(
-                conn,
-                job_id,
-                request.name,
-                template.template_id,
-                template.version,
-                len(docs),
-                jobs.STORED,
-                None,
-                now,
-                None,
+                conn, job_id, name, template.template_id, template.version, count, status, scheduled_for, now, None
             )
-            raw = (await conn.get_raw_connection()).driver_connection
-            await queries.copy_notifications(raw, docs, job_id)
+            if key is not None:
+                assert body is not None
+                await queries.insert_job_key(conn, service_id, key, job_id, await body.drain())
             job = await queries.get_job(conn, service_id, job_id)
+    except (JobFileError, InvalidRowsError) as exc:
+        if refusal is None:
+            raise
+        raise refusal(exc) from None
     except Exception as exc:
         if failures.database_unreachable(exc):
             raise _unreachable(exc) from exc
         raise
     assert job is not None
-    return job_object(job)
+    return StoredJob(job, False)
 
 
-async def _read(state: State, read: Any) -> Any:
+async def _take_key(conn: Any, service_id: UUID, key: str, job_id: UUID, ttl_seconds: int) -> Row[Any] | None:
+    """Take the service's Idempotency-Key for this transaction; return the job it already names, if any."""
+    if not await queries.lock_job_key(conn, service_id, key):
+        raise IdempotencyKeyInFlightError(
+            "a job with this Idempotency-Key is still being stored; retry once it is answered"
+        )
+    return await queries.get_job_key(conn, service_id, key, ttl_seconds)
+
+
+async def _replay(conn: Any, service_id: UUID, earlier: Row[Any], fingerprint: bytes) -> StoredJob:
+    if earlier.fingerprint != fingerprint:
+        raise IdempotencyKeyMismatchError(
+            "this Idempotency-Key was used with another job (another body, template or name): use a new key"
+        )
+    job = await queries.get_job(conn, service_id, earlier.job_id)
+    if job is None:  # cannot be: the key goes with its job
+        raise ConflictError("the job this Idempotency-Key stored is gone")
+    return StoredJob(job, True)
+
+
+async def _check_rate_limit(state: State, service_id: UUID, count: int) -> None:
+    limits: RateLimiter = state.rate_limits
+    per_minute = await limits.limit_for(service_id)
+    if per_minute and count > per_minute:
+        raise BadRequestError(
+            f"the job holds {count} notifications, more than your service's whole rate limit of {per_minute} "
+            "per minute: send at most that many per job",
+            status_code=413,
+        )
+
+
+async def create_bulk_job(state: State, service_id: UUID, body: bytes) -> dict[str, Any]:
+    """Check a bulk send, store its job and every row (or keep them until `scheduled_for`); GC Notify's job object.
+
+    Raises:
+        NotifyError: the body, the template or a row is not valid (GC Notify's 400s).
+        BadRequestError: more rows than the service's whole rate limit per minute (413).
+        RetryLaterError: Postgres is unreachable (503, `Retry-After`): nothing was stored.
+    """
+    settings = state.settings
+    request = parse_bulk(body, service_id, settings)
+    template = await job_template(state, service_id, request.template_id)
+    if template is None:
+        raise NotifyError("Template not found")
+    rules = with_rendering_bound(
+        template, settings.max_rendered_length, bulk_rules(settings, template.type, template.placeholders)
+    )
+    batches = csv_rows(chunked(request.csv), rules, max_listed=MAX_ROWS_LISTED, batch_rows=job_store.JOB_BATCH_ROWS)
+
+    def refusal(exc: Exception) -> Exception:
+        return file_error(exc) if isinstance(exc, JobFileError) else rows_error(exc)  # type: ignore[arg-type]
+
+    stored = await store_job(
+        state,
+        template,
+        request.name,
+        batches,
+        reference=request.reference,
+        scheduled_for=request.scheduled_for,
+        refusal=refusal,
+    )
+    return job_object(stored.job)
+
+
+#: Content types of a native job's body: CSV (a header row, then rows) or NDJSON (one native object a line).
+CSV_TYPES = frozenset({"text/csv", "application/csv"})
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"})
+
+
+def _invalid(loc: tuple[Any, ...], kind: str, message: str) -> RequestValidationError:
+    return RequestValidationError([{"type": kind, "loc": loc, "msg": message}])
+
+
+def _native_refusal(exc: Exception) -> ApiError | RequestValidationError:
+    """The native 400 for a file that cannot be read as a whole; the native 422 listing a job's bad rows."""
+    if isinstance(exc, JobFileError):
+        return BadRequestError(f"the job's file cannot be taken: {exc}")
+    assert isinstance(exc, InvalidRowsError)
+    errors: list[dict[str, Any]] = [
+        {"type": "invalid_row", "loc": ["body", "row", error.number], "msg": "; ".join(error.messages)}
+        for error in exc.errors
+    ]
+    if exc.count > len(errors):
+        more = exc.count - len(errors)
+        errors.append({"type": "too_many_errors", "loc": [], "msg": f"and {more} more rows with errors, not listed"})
+    return RequestValidationError(errors)
+
+
+async def create_native_job(
+    state: State,
+    service_id: UUID,
+    template_id: UUID,
+    name: str,
+    scheduled_for: str | None,
+    content_type: str | None,
+    chunks: AsyncIterator[bytes],
+    *,
+    idempotency_key: str | None = None,
+    request_mark: bytes = b"",
+) -> StoredJob:
+    """Store a native job from its streamed body (CSV or NDJSON), all or nothing; see `store_job`.
+
+    `request_mark` (route and query) goes into an Idempotency-Key's fingerprint with the body.
+
+    Raises:
+        BadRequestError: a body of another type (415), a `scheduled_for` out of bounds or a file that cannot be
+            read (400), more rows than the service's rate limit per minute (413).
+        RequestValidationError: an unknown template; rows that are not valid (422, the rows listed).
+        RetryLaterError: Postgres is unreachable (503).
+    """
+    settings = state.settings
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type not in CSV_TYPES | NDJSON_TYPES:
+        raise BadRequestError(
+            f"a job's body is CSV (Content-Type: text/csv) or NDJSON (application/x-ndjson), not {content_type!r}",
+            status_code=415,
+        )
+    when = None
+    if scheduled_for is not None:
+        when, error = scheduled_for_error(scheduled_for, datetime.now(UTC), settings.jobs_max_schedule_hours_ahead)
+        if error is not None:
+            raise _invalid(("query", "scheduled_for"), "scheduled_for", error.removeprefix("scheduled_for "))
+    template = await job_template(state, service_id, template_id)
+    if template is None:
+        raise _invalid(("query", "template_id"), "unknown_template", f"your service has no template {template_id}")
+    body = Fingerprinted(chunks, request_mark) if idempotency_key is not None else None
+    source = chunks if body is None else body.__aiter__()
+    listed = MAX_ERRORS_LISTED - 1  # and a last entry saying how many more
+    if media_type in CSV_TYPES:
+        rules = with_rendering_bound(
+            template, settings.max_rendered_length, native_rules(settings, template.type, template.placeholders)
+        )
+        batches = csv_rows(source, rules, max_listed=listed, batch_rows=job_store.JOB_BATCH_ROWS)
+    else:
+        batches = ndjson_rows(
+            source,
+            settings,
+            template.template_id,
+            template.placeholders,
+            max_listed=listed,
+            batch_rows=job_store.JOB_BATCH_ROWS,
+            check=rendering_check(template, settings.max_rendered_length),
+        )
+    return await store_job(
+        state, template, name, batches, scheduled_for=when, key=idempotency_key, body=body, refusal=_native_refusal
+    )
+
+
+def native_job(job: Row[Any], *, counts: bool = False) -> dict[str, Any]:
+    """A job in the native routes' shape; with `counts`, how many of its rows are queued and stored."""
+    shown: dict[str, Any] = {
+        "id": str(job.id),
+        "name": job.name,
+        "status": jobs.NATIVE_JOB_STATUS[job.status],
+        "rows": job.notification_count,
+        "template": {"id": str(job.template_id), "version": job.template_version},
+        "scheduled_for": None if job.scheduled_for is None else job.scheduled_for.astimezone(UTC).isoformat(),
+        "created_at": job.created_at.astimezone(UTC).isoformat(),
+    }
+    if counts:  # a job's rows are queued and stored in one transaction: all of them, or none yet
+        done = job.notification_count if job.status in (jobs.QUEUED, jobs.STORED) else 0
+        shown["queued"] = done
+        shown["stored"] = job.notification_count if job.status == jobs.STORED else 0
+    return shown
+
+
+async def _read(state: State, read: Callable[[Any], Awaitable[T]]) -> T:
     try:
         async with state.engine.begin() as conn:
             return await read(conn)
@@ -213,9 +431,30 @@ async def _read(state: State, read: Any) -> Any:
         raise
 
 
+async def get_job(state: State, service_id: UUID, job_id: UUID) -> Row[Any] | None:
+    """Return a job of the service (made through either route), or None."""
+    return await _read(state, lambda conn: queries.get_job(conn, service_id, job_id))
+
+
+async def list_jobs(state: State, service_id: UUID, limit: int, older_than: UUID | None) -> list[Row[Any]] | None:
+    """Return a page of the service's jobs, newest first, older than `older_than`; None when that is not its job."""
+
+    async def read(conn: Any) -> list[Row[Any]] | None:
+        if older_than is not None and await queries.get_job(conn, service_id, older_than) is None:
+            return None
+        return await queries.list_jobs(conn, service_id, limit, older_than)
+
+    return await _read(state, read)
+
+
+async def cancel_job(state: State, service_id: UUID, job_id: UUID) -> tuple[Row[Any] | None, bool]:
+    """Cancel a scheduled job of the service that is not yet due (its kept rows deleted); see `queries.cancel_job`."""
+    return await _read(state, lambda conn: queries.cancel_job(conn, service_id, job_id, datetime.now(UTC)))
+
+
 async def get_bulk_job(state: State, service_id: UUID, job_id: UUID) -> dict[str, Any]:
     """Return a job of the service with its statistics; GC Notify's 404 for any other."""
-    job = await _read(state, lambda conn: queries.get_job(conn, service_id, job_id))
+    job = await get_job(state, service_id, job_id)
     if job is None:
         raise JobNotFoundError()
     return job_with_statistics(job)
@@ -223,18 +462,15 @@ async def get_bulk_job(state: State, service_id: UUID, job_id: UUID) -> dict[str
 
 async def list_bulk_jobs(state: State, service_id: UUID, older_than: UUID | None) -> list[dict[str, Any]]:
     """Return a page of the service's jobs, newest first, older than the job `older_than` (which must be its own)."""
-
-    async def read(conn: Any) -> list[Any]:
-        if older_than is not None and await queries.get_job(conn, service_id, older_than) is None:
-            raise NotifyError("older_than Job does not exist for this service")
-        return await queries.list_jobs(conn, service_id, JOBS_PAGE_SIZE, older_than)
-
-    return [job_with_statistics(job) for job in await _read(state, read)]
+    found = await list_jobs(state, service_id, JOBS_PAGE_SIZE, older_than)
+    if found is None:
+        raise NotifyError("older_than Job does not exist for this service")
+    return [job_with_statistics(job) for job in found]
 
 
 async def cancel_bulk_job(state: State, service_id: UUID, job_id: UUID) -> dict[str, Any]:
     """Cancel a scheduled job of the service that has not started; GC Notify's refusals otherwise."""
-    job, cancelled = await _read(state, lambda conn: queries.cancel_job(conn, service_id, job_id, datetime.now(UTC)))
+    job, cancelled = await cancel_job(state, service_id, job_id)
     if job is None:
         raise JobNotFoundError()
     if not cancelled:

@@ -19,7 +19,7 @@ from api.middleware.access_log import AccessLogMiddleware
 from api.middleware.body import BodyLimitMiddleware
 from api.middleware.hotpath import HotPathMiddleware
 from api.rate_limiter import RateLimiter
-from api.routes import notifications, notify_bulk, notify_v2, services, status, templates
+from api.routes import jobs, notifications, notify_bulk, notify_v2, services, status, templates
 from api.template_cache import TemplateCache
 from api.writer import RedisWriter
 from shared import keys, redis_client
@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     install_error_handlers(app)
+    app.include_router(jobs.router)  # before notifications: its GET /notifications/v1/{id} would take `jobs`
     app.include_router(notifications.router)
     app.include_router(templates.router)
     app.include_router(notify_bulk.router)  # before notify_v2: its GET /v2/notifications/{id} would take `bulk`

@@ -310,11 +310,12 @@ async def ndjson_rows(
     max_listed: int,
     max_rows: int | None = None,
     batch_rows: int = BATCH_ROWS,
+    check: RowCheck | None = None,
 ) -> AsyncIterator[list[JobRow]]:
     """Yield a native NDJSON job's valid rows in batches (one `/notifications/v1/` object a line); as `csv_rows`.
 
     Each line is checked by the native send's model; it may name the job's template (`template_id`) or none, and
-    must give every placeholder a value. Blank lines are skipped.
+    must give every placeholder a value; then by `check`, if given. Blank lines are skipped.
 
     Raises:
         JobFileError: more than `max_rows` (MAX_JOB_ROWS) lines, a line too long, not UTF-8, no line at all.
@@ -347,6 +348,8 @@ async def ndjson_rows(
             problems.append("`template_id`: a job's rows use the job's template (leave it out)")
         if item.template_version is not None:
             problems.append("`template_version`: a job's rows use the job's template version (leave it out)")
+        if not problems and check is not None:
+            problems = check(item.to, values)
         if problems:
             errors.add(number, problems)
             return []
@@ -386,6 +389,7 @@ __all__ = [
     "JobFileError",
     "JobRow",
     "JobRules",
+    "RowCheck",
     "RowError",
     "chunked",
     "csv_rows",

@@ -1,5 +1,8 @@
 """Request bounds: headers within MAX_HEADER_BYTES (431) and bodies within MAX_BODY_BYTES (413), on every route.
 
+One exception: a native job's upload (`POST /notifications/v1/jobs`) streams its body into Postgres as it reads
+it, bounded by MAX_JOB_ROWS rows (`api.routes.jobs`), so its body is let through whatever its length.
+
 `BodyLimitMiddleware` refuses before any route runs; `read_json_body` reads the notification routes' raw JSON
 bytes within the same limit.
 """
@@ -9,6 +12,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import BadRequestError
 from api.handlers import error_response
+
+#: Native jobs: a POST here streams its body (`api.routes.jobs`), bounded by MAX_JOB_ROWS rather than MAX_BODY_BYTES.
+JOBS_PATH = "/notifications/v1/jobs"
 
 
 def _is_json(content_type: str) -> bool:
@@ -64,11 +70,12 @@ class BodyLimitMiddleware:
             return
         settings = scope["app"].state.settings
         limit: int = settings.max_body_bytes
+        streamed = scope["method"] == "POST" and scope["path"] == JOBS_PATH
         header_bytes = 0
         declared = False
         for name, value in scope["headers"]:
             header_bytes += len(name) + len(value)
-            if name == b"content-length":
+            if name == b"content-length" and not streamed:
                 declared = True
                 if not value.isdigit() or int(value) > limit:  # uvicorn refuses a malformed length before us
                     await _refuse(scope, receive, send, f"request body is larger than {limit} bytes", 413)
@@ -77,7 +84,7 @@ class BodyLimitMiddleware:
             detail = f"request headers are larger than {settings.max_header_bytes} bytes (MAX_HEADER_BYTES)"
             await _refuse(scope, receive, send, detail, 431)
             return
-        if declared or scope["method"] in ("GET", "HEAD"):
+        if declared or streamed or scope["method"] in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
         await _CountedBody(self.app, limit)(scope, receive, send)

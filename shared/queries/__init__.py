@@ -7,7 +7,17 @@ The drain's fast path is one binary COPY of decoded rows (`copy_notifications`);
 CONFLICT DO NOTHING`: a redelivered entry never makes a second row.
 """
 
-from shared.queries.jobs import JOB_SELECT, cancel_job, claim_due_job, get_job, insert_job, list_jobs
+from shared.queries.jobs import (
+    JOB_SELECT,
+    cancel_job,
+    claim_due_job,
+    get_job,
+    get_job_key,
+    insert_job,
+    insert_job_key,
+    list_jobs,
+    lock_job_key,
+)
 from shared.queries.notifications import (
     INSERT_NOTIFICATIONS,
     NOTIFICATION_COLUMNS,
@@ -75,11 +85,13 @@ __all__ = [
     "fetch_notification",
     "fetch_notifications",
     "get_job",
+    "get_job_key",
     "get_service",
     "get_service_by_name",
     "get_template_version",
     "insert_api_key",
     "insert_job",
+    "insert_job_key",
     "insert_notifications",
     "insert_service",
     "insert_template",
@@ -91,6 +103,7 @@ __all__ = [
     "list_templates",
     "listing_can_match",
     "listing_query",
+    "lock_job_key",
     "lock_rate_limit",
     "lock_template",
     "own_rate_limits",

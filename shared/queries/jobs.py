@@ -78,7 +78,7 @@ async def cancel_job(
     The job's row is locked (`FOR UPDATE`) while it is checked and changed, so a scheduler starting due jobs, which
     takes the same lock, either starts it first (then it is not cancelled) or finds it cancelled. A job that is
     already cancelled, started, or due is returned unchanged with False; an unknown job (or another service's) is
-    (None, False).
+    (None, False). A cancelled job's kept rows (`job_files`) are deleted with it.
     """
     locked = (
         await conn.execute(
@@ -96,6 +96,7 @@ async def cancel_job(
         await conn.execute(
             text("UPDATE jobs SET status = 'cancelled', cancelled_at = :now WHERE id = :id"), {"id": job_id, "now": now}
         )
+        await conn.execute(text("DELETE FROM job_files WHERE job_id = :id"), {"id": job_id})
     return await get_job(conn, service_id, job_id), cancellable
 
 
@@ -119,3 +120,37 @@ async def claim_due_job(conn: AsyncConnection, now: datetime) -> Row[Any] | None
     if claimed is None:
         return None
     return (await conn.execute(text(JOB_SELECT + "WHERE j.id = :id"), {"id": claimed})).one()
+
+
+async def lock_job_key(conn: AsyncConnection, service_id: UUID, key: str) -> bool:
+    """Take a service's job Idempotency-Key for this transaction; False when another transaction holds it now.
+
+    An advisory lock on the key, not the `job_keys` row: the row is written at the end of a job's transaction, and
+    a retry arriving meanwhile is told at once (409) rather than left waiting for the whole upload.
+    """
+    query = text("SELECT pg_try_advisory_xact_lock(hashtextextended(:service_id || ' ' || :key, 2112))")
+    return bool((await conn.execute(query, {"service_id": str(service_id), "key": key})).scalar_one())
+
+
+async def get_job_key(conn: AsyncConnection, service_id: UUID, key: str, ttl_seconds: int) -> Row[Any] | None:
+    """Return the job (`job_id`, `fingerprint`) a service's Idempotency-Key names; keys past the TTL are dropped."""
+    await conn.execute(
+        text(
+            "DELETE FROM job_keys WHERE service_id = :service_id AND key = :key "
+            "AND created_at < now() - make_interval(secs => :ttl)"
+        ),
+        {"service_id": service_id, "key": key, "ttl": ttl_seconds},
+    )
+    query = text("SELECT job_id, fingerprint FROM job_keys WHERE service_id = :service_id AND key = :key")
+    return (await conn.execute(query, {"service_id": service_id, "key": key})).one_or_none()
+
+
+async def insert_job_key(conn: AsyncConnection, service_id: UUID, key: str, job_id: UUID, fingerprint: bytes) -> None:
+    """Record a service's Idempotency-Key for a job (in the job's own transaction)."""
+    await conn.execute(
+        text(
+            "INSERT INTO job_keys (service_id, key, job_id, fingerprint) "
+            "VALUES (:service_id, :key, :job_id, :fingerprint)"
+        ),
+        {"service_id": service_id, "key": key, "job_id": job_id, "fingerprint": fingerprint},
+    )

@@ -10,9 +10,8 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api import jobs
 from api.main import create_app
-from shared import partitions, ratelimits
+from shared import job_store, partitions, ratelimits
 from shared.db import create_engine
 from shared.settings import Settings
 from tests.helpers import TEST_SECRET_KEY, Tenant, make_tenant, notify_headers, notify_key
@@ -129,22 +128,39 @@ async def test_neither_or_both_of_rows_and_csv(
     assert (refused.status_code, _message(refused)) == (400, "You should specify either rows or csv")
 
 
-async def test_scheduled_for_is_refused_for_now(
+async def test_a_scheduled_job_keeps_its_rows_out_of_notifications_and_can_be_cancelled(
     notify: httpx.AsyncClient, templates: tuple[str, str], engine: AsyncEngine
 ) -> None:
     body = {
         "name": "later",
         "template_id": templates[1],
-        "rows": [["phone number", "code"], ["+447700900123", "1"]],
+        "rows": [["phone number", "code"], ["+447700900123", "1"], ["+447700900124", "2"]],
         "scheduled_for": "2099-01-01T00:00:00",
     }
     past = await notify.post("/v2/notifications/bulk", json=body)
     assert _message(past) == "scheduled_for datetime can only be up to 96 hours in the future"
-    body["scheduled_for"] = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    refused = await notify.post("/v2/notifications/bulk", json=body)
-    assert refused.status_code == 400, refused.text
-    assert "scheduled bulk sends are not supported yet" in _message(refused)
-    assert await _counts(engine) == (0, 0)
+    when = datetime.now(UTC) + timedelta(hours=1)
+    body["scheduled_for"] = when.isoformat()
+    sent = await notify.post("/v2/notifications/bulk", json=body)
+    assert sent.status_code == 201, sent.text
+    job = sent.json()["data"]
+    assert (job["job_status"], job["notification_count"]) == ("scheduled", 2)
+    assert datetime.fromisoformat(job["scheduled_for"]) == when
+    assert await _counts(engine) == (1, 0)  # the job, none of its notifications
+    async with engine.connect() as conn:
+        kept = (await conn.execute(text("SELECT count(*) FROM job_files WHERE job_id = :j"), {"j": job["id"]})).one()
+    assert kept == (1,)
+    got = (await notify.get(f"{URL}/{job['id']}")).json()["data"]
+    assert (got["job_status"], got["statistics"]) == ("scheduled", [])
+
+    cancelled = await notify.delete(f"{URL}/{job['id']}")
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["data"]["job_status"] == "cancelled"
+    again = await notify.delete(f"{URL}/{job['id']}")
+    assert again.json()["errors"][0]["error"] == "JobAlreadyCancelledError"
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM job_files"))).scalar_one() == 0
+    assert await _counts(engine) == (1, 0)
 
 
 async def test_more_than_50000_rows_is_a_400(
@@ -274,7 +290,7 @@ async def test_a_job_on_a_day_without_its_partition_makes_it_and_is_stored(
     today = partitions.today()
     async with engine.begin() as conn:  # as a fresh database or a clock step leaves it: today's partition is missing
         await conn.execute(text(f"DROP TABLE IF EXISTS {partitions.name_of(today)}"))
-    jobs._KNOWN_DAYS.clear()
+    job_store._KNOWN_DAYS.clear()
 
     sent = await notify.post(
         "/v2/notifications/bulk",

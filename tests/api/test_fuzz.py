@@ -24,6 +24,10 @@ from shared.db import create_engine
 from shared.secretbox import SecretBox
 from tests.helpers import ROOT, Tenant, notify_headers, notify_key
 
+# a native job's body (CSV or NDJSON): arbitrary bytes, and lines that look the part
+_LINES = st.lists(st.sampled_from([b"to,name", b"a@example.com,A", b'{"to": "a@example.com"}', b"", b",,"]), max_size=5)
+for _media_type in ("text/csv", "application/x-ndjson"):
+    schemathesis.openapi.media_type(_media_type, st.one_of(st.binary(max_size=200), _LINES.map(b"\n".join)))
 schema = schemathesis.openapi.from_dict(create_app().openapi())
 ADMIN_TOKEN = "fuzz-admin-token"
 #: Examples per operation; raise it (FUZZ_EXAMPLES=1000) for a longer hunt than `make test` affords.

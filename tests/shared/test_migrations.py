@@ -203,6 +203,8 @@ def test_downgrade_and_upgrade_again(scratch_db: str) -> None:
     assert [t for (t,) in tables] == [
         "alembic_version",
         "api_keys",
+        "job_files",
+        "job_keys",
         "jobs",
         "notifications",
         "services",
