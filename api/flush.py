@@ -6,7 +6,9 @@ so that the drain fetches a batch in parts of bounded size); for a write with an
 with it, unless a record exists under that key already: then nothing of the write is kept or queued and the record
 found is returned; for a write of a rate-limited service, its cost taken from the service's token bucket (refilled
 by Redis's clock), or, when there are too few tokens, nothing of it kept, queued or recorded. The reply also gives
-the stream's length, for backpressure. `pack` writes the arguments, `parse` reads the reply: the layout is theirs.
+the stream's length, for backpressure. A write with an empty entry is a charge only (a job's rows, stored by the
+job's own path): its tokens are taken, nothing is kept or queued. `pack` writes the arguments, `parse` reads the
+reply: the layout is theirs.
 """
 
 import re
@@ -219,7 +221,7 @@ for i = 1, n do
     rates[#rates + 1] = math.floor(bucket.tokens * 1000)
     rates[#rates + 1] = math.ceil(wait)
   end
-  if not found and allowed then
+  if not found and allowed and #ARGV[2 * i] > 0 then  -- an empty entry only takes tokens (a job's charge)
     local entry = ARGV[2 * i]
     redis.call('SET', KEYS[i + 1], entry)
     redis.call('XADD', KEYS[1], '*', key_field, KEYS[i + 1], request_id_field, ARGV[2 * i + 1], size_field, #entry)

@@ -213,7 +213,7 @@ def refuse_before_body(request: Ingest) -> None:
         return
     refused = request.state.rate_limits.refused_before(request.service_id, 1, request.shard.index)
     if refused:
-        raise _rate_limited(refused, 1)
+        raise rate_limited_error(refused, 1)
 
 
 def refuse_before_validation(request: Ingest, raw: bytes) -> None:
@@ -229,7 +229,7 @@ def refuse_before_validation(request: Ingest, raw: bytes) -> None:
         return
     cost = _items_in(raw)
     if cost and (refused := limits.refused_before(request.service_id, cost, request.shard.index)):
-        raise _rate_limited(refused, cost)
+        raise rate_limited_error(refused, cost)
 
 
 def _items_in(raw: bytes) -> int | None:
@@ -297,13 +297,14 @@ async def rate_limit(request: Ingest, cost: int) -> RateLimit | None:
         )
     refused = None if request.idempotency_key is not None else limits.refused_before(service_id, cost, shard.index)
     if refused is not None:
-        raise _rate_limited(refused, cost)
+        raise rate_limited_error(refused, cost)
     # each shard counts in a bucket of its own, refilled at its share of the limit
     shards = request.state.writer.layout.count
     return RateLimit(shard.bucket_key(request.service), per_minute, cost, per_minute / shards)
 
 
-def _rate_limited(state: RateState, cost: int) -> RateLimitedError:
+def rate_limited_error(state: RateState, cost: int) -> RateLimitedError:
+    """The 429 of a write the service's bucket cannot hold yet (`cost` tokens), with Retry-After and RateLimit-*."""
     retry_after = max(1, math.ceil(state.wait_ms / 1000))
     return RateLimitedError(
         f"your service's rate limit of {state.limit} notifications per minute is reached: {state.remaining} left, "
@@ -360,7 +361,7 @@ async def write(request: Ingest, queued: Documents, limit: RateLimit | None, fin
     if written.rate is not None:
         state.rate_limits.note(written.rate, request.service_id, sent_at, shard.index)
         if not written.rate.allowed:
-            raise _rate_limited(written.rate, len(queued.ids))
+            raise rate_limited_error(written.rate, len(queued.ids))
     return written
 
 

@@ -10,12 +10,13 @@ commits. The 201 comes after the commit: the job is durable (`stored`, or `sched
 too many rows for the service's rate limit, or the client gone roll everything back; so does a process killed
 mid-upload (Postgres drops the transaction with the connection). Redis holds nothing of a job.
 
-Current limits (docs/jobs.md): with Postgres unreachable a job is refused with a 503 (no Redis fallback); a
-job's rows are not taken from the service's token bucket, though a job larger than the whole per-minute limit is a
-413 as `/multiple` is.
+A job of a rate-limited service is charged its rows, as a `/multiple` of as many items is, once they are all read
+and before the commit (a job the bucket cannot hold yet is a 429, one larger than the whole limit a 413: nothing
+stored). Current limit (docs/jobs.md): with Postgres unreachable a job is refused with a 503 (no Redis fallback).
 """
 
 import hashlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ from api.errors import (
     NotifyError,
     RetryLaterError,
 )
+from api.flush import RateLimit
 from api.govuk.bulk import (
     MAX_ROWS_LISTED,
     bulk_rules,
@@ -46,9 +48,11 @@ from api.govuk.bulk import (
     scheduled_for_error,
 )
 from api.govuk.validation import EMAIL, SMS
+from api.ingest import rate_limited_error
 from api.rate_limiter import RateLimiter
 from api.template_cache import TemplateVersion
-from shared import failures, job_store, jobs, queries
+from api.writer import RedisWriter
+from shared import failures, ids, job_store, jobs, queries
 from shared.recipient_csv import (
     InvalidRowsError,
     JobFileError,
@@ -235,7 +239,7 @@ async def store_job(
                 raw = (await conn.get_raw_connection()).driver_connection
                 count = await job_store.copy_rows(raw, target, stem, batches, now)
                 status = jobs.STORED
-            await _check_rate_limit(state, service_id, count)
+            await _charge(state, service_id, job_id, count)
             await queries.insert_job(
                 conn, job_id, name, template.template_id, template.version, count, status, scheduled_for, now, None
             )
@@ -275,15 +279,31 @@ async def _replay(conn: Any, service_id: UUID, earlier: Row[Any], fingerprint: b
     return StoredJob(job, True)
 
 
-async def _check_rate_limit(state: State, service_id: UUID, count: int) -> None:
+async def _charge(state: State, service_id: UUID, job_id: UUID, count: int) -> None:
+    """Take a job's rows from the service's token bucket, as a `/multiple` of `count` items would be taken.
+
+    Raises:
+        BadRequestError: more rows than the whole limit per minute (413: it never fits).
+        RateLimitedError: the bucket holds fewer tokens than the job has rows (429, Retry-After): nothing is stored.
+    """
     limits: RateLimiter = state.rate_limits
     per_minute = await limits.limit_for(service_id)
-    if per_minute and count > per_minute:
+    if not per_minute:
+        return
+    if count > per_minute:
         raise BadRequestError(
             f"the job holds {count} notifications, more than your service's whole rate limit of {per_minute} "
             "per minute: send at most that many per job",
             status_code=413,
         )
+    writer: RedisWriter = state.writer
+    shard = writer.layout.shard_of_stem(job_id.hex[: 2 * ids.STEM_BYTES])
+    rate = RateLimit(shard.bucket_key(str(service_id)), per_minute, count, per_minute / writer.layout.count)
+    sent_at = time.monotonic()
+    state_ = await writer.charge(rate, shard.index)
+    limits.note(state_, service_id, sent_at, shard.index)
+    if not state_.allowed:
+        raise rate_limited_error(state_, count)
 
 
 async def create_bulk_job(state: State, service_id: UUID, body: bytes) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from api.errors import (
     ReplicasUnconfirmedError,
     WriteOutcomeUnknownError,
 )
-from api.flush import FLUSH, Idempotency, RateLimit, Write, Written, pack, parse, reply_code
+from api.flush import FLUSH, Idempotency, RateLimit, RateState, Write, Written, pack, parse, reply_code
 from shared import keys
 from shared.metrics import BACKLOG
 from shared.redis_client import is_cluster, node_client
@@ -158,6 +158,26 @@ class RedisWriter:
             self._start_flusher(queue)
         # Cancelling this wait cancels only this request's future, never the flush that other requests share
         return await pending.done
+
+    async def charge(self, rate_limit: RateLimit, shard: int = 0) -> RateState:
+        """Take `rate_limit.cost` tokens from the service's bucket in `shard`, with the writes of the same flush.
+
+        For work that is stored by another path than the streams (a job's rows): nothing is kept or queued, so the
+        streams' backlog does not refuse it. Returns the bucket's state (`allowed` False: nothing was taken).
+
+        Raises:
+            RedisUnresponsiveError, WriteOutcomeUnknownError, redis.exceptions.RedisError: as `write`.
+        """
+        queue = self._shards[shard]
+        if queue.probe is not None:
+            raise RedisUnresponsiveError()
+        pending = _PendingWrite(b"", rate_limit.bucket_key, "", None, rate_limit)
+        queue.queue.append(pending)
+        if not queue.flusher_starting and queue.in_flight < self._max_in_flight:
+            self._start_flusher(queue)
+        written = await pending.done
+        assert written.rate is not None
+        return written.rate
 
     def _start_flusher(self, queue: _ShardQueue) -> None:
         queue.flusher_starting = True  # it takes everything queued until it runs

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.main import create_app
-from shared import job_store, partitions, ratelimits
+from shared import job_store, keys, partitions, ratelimits
 from shared.db import create_engine
 from shared.settings import Settings
 from tests.helpers import TEST_SECRET_KEY, Tenant, make_tenant, notify_headers, notify_key
@@ -264,6 +264,33 @@ async def test_a_job_larger_than_the_whole_rate_limit_is_a_413(
     assert await _counts(engine) == (0, 0)
     accepted = await notify.post(URL, json={"name": "j", "template_id": templates[1], "rows": rows[:3]})
     assert accepted.status_code == 201, accepted.text
+
+
+async def test_a_job_takes_its_rows_from_the_rate_limit_and_one_that_does_not_fit_is_a_429(
+    notify: httpx.AsyncClient,
+    client: httpx.AsyncClient,
+    templates: tuple[str, str],
+    engine: AsyncEngine,
+    redis: Redis,
+    tenant: Tenant,
+) -> None:
+    await ratelimits.set_rate_limit(engine, redis, tenant.service_id, 10)
+    rows = [["phone number", "code"], *[["+447700900123", "1"]] * 6]
+    first = await notify.post(URL, json={"name": "six", "template_id": templates[1], "rows": rows})
+    assert first.status_code == 201, first.text
+    second = await notify.post(URL, json={"name": "six more", "template_id": templates[1], "rows": rows})
+    assert second.status_code == 429, second.text
+    assert int(second.headers["retry-after"]) >= 1
+    assert await _counts(engine) == (1, 6)  # nothing of the refused job
+    assert await redis.xlen(keys.STREAM) == 0  # a job's charge queues nothing
+    # the job's six tokens are the ones /multiple counts: four are left, not five
+    native = {"Authorization": f"Bearer {tenant.key}"}
+    item = {"to": "+447700900123", "personalization": {}}
+    five = await client.post("/notifications/v1/multiple", json=[item] * 5, headers=native)
+    assert five.status_code == 429, five.text
+    four = await client.post("/notifications/v1/multiple", json=[item] * 4, headers=native)
+    assert four.status_code == 201, four.text
+    assert await redis.xlen(keys.STREAM) == 1
 
 
 async def test_a_row_rendering_past_max_rendered_length_refuses_the_job(
