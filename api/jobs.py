@@ -217,11 +217,14 @@ async def store_job(
         RetryLaterError: Postgres is unreachable (503): nothing was stored.
     """
     service_id = template.service_id
-    job_id = jobs.new_job_id()
     now = datetime.now(UTC)
-    target = job_store.JobTarget(job_id, service_id, template.template_id, template.version, template.type, reference)
     try:
+        # a job stored at once shares its id's stem with its notifications: the job's id is its first row's
         stem = None if scheduled_for is not None else await job_store.new_stem(state.engine)
+        job_id = jobs.new_job_id() if stem is None else UUID(ids.notification_id_at(stem, 0))
+        target = job_store.JobTarget(
+            job_id, service_id, template.template_id, template.version, template.type, reference
+        )
         async with state.engine.begin() as conn:
             # the first statement opens the transaction (SQLAlchemy begins it lazily: a COPY on the raw connection
             # before any statement would commit on its own); an upload stalled this long between two chunks leaves
@@ -434,6 +437,13 @@ def native_job(job: Row[Any], *, counts: bool = False) -> dict[str, Any]:
         "scheduled_for": None if job.scheduled_for is None else job.scheduled_for.astimezone(UTC).isoformat(),
         "created_at": job.created_at.astimezone(UTC).isoformat(),
     }
+    if job.status == jobs.STORED and job.scheduled_for is None:
+        # stored at once: its notifications' ids are its own id with the row's index (from 0) in the last 24 bits
+        stem = job.id.hex[: 2 * ids.STEM_BYTES]
+        shown["notification_ids"] = {
+            "first": ids.notification_id_at(stem, 0),
+            "last": ids.notification_id_at(stem, job.notification_count - 1),
+        }
     if counts:  # a job's rows are queued and stored in one transaction: all of them, or none yet
         done = job.notification_count if job.status in (jobs.QUEUED, jobs.STORED) else 0
         shown["queued"] = done
