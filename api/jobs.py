@@ -214,8 +214,34 @@ async def store_job(
         JobFileError, InvalidRowsError: from reading the rows (nothing stored); `refusal` turns them into the
             route's error first, when given.
         BadRequestError: more rows than the service's whole rate limit per minute (413).
-        RetryLaterError: Postgres is unreachable (503): nothing was stored.
+        RateLimitedError: the service's bucket cannot hold the rows yet (429).
+        RetryLaterError: Postgres is unreachable, or MAX_CONCURRENT_JOBS jobs are being stored (503): nothing was
+            stored.
     """
+    active: int = getattr(state, "jobs_in_progress", 0)
+    if active >= state.settings.max_concurrent_jobs:
+        raise RetryLaterError(
+            f"this API process is storing {active} jobs already (MAX_CONCURRENT_JOBS); nothing of this one was "
+            "read: retry later"
+        )
+    state.jobs_in_progress = active + 1
+    try:
+        return await _store_job(state, template, name, batches, reference, scheduled_for, key, body, refusal)
+    finally:
+        state.jobs_in_progress -= 1
+
+
+async def _store_job(
+    state: State,
+    template: TemplateVersion,
+    name: str,
+    batches: AsyncIterator[list[JobRow]],
+    reference: str | None,
+    scheduled_for: datetime | None,
+    key: str | None,
+    body: Fingerprinted | None,
+    refusal: Callable[[Exception], Exception] | None,
+) -> StoredJob:
     service_id = template.service_id
     now = datetime.now(UTC)
     try:

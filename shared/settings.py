@@ -47,9 +47,11 @@ class Settings(BaseSettings):
     max_personalization_value_length: int = Field(4096, ge=1)
     max_rendered_length: int = Field(20_000, ge=1)
     max_queued_bytes: int = Field(8 * 1024 * 1024, ge=1024)
-    # Jobs (bulk sends): most rows one native job may hold; how far ahead a job may be scheduled.
+    # Jobs (bulk sends): most rows one native job may hold; how far ahead a job may be scheduled; how many jobs
+    # one API process stores at once (each holds a pooled Postgres connection for its whole upload).
     max_job_rows: int = Field(10_000_000, ge=1, le=16_000_000)
     jobs_max_schedule_hours_ahead: int = Field(96, ge=1)
+    max_concurrent_jobs: int = Field(2, ge=1)
 
     # Redis behaviour.
     # The queue is this many Redis streams, with hash-tagged keys (a cluster spreads them over its primaries).

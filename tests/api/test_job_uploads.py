@@ -1,0 +1,45 @@
+"""An API process stores at most MAX_CONCURRENT_JOBS jobs at once: each holds a Postgres connection while it uploads."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.helpers import Tenant
+
+JOBS = "/notifications/v1/jobs"
+
+
+async def test_one_job_past_max_concurrent_jobs_is_a_503_and_the_next_one_after_is_stored(
+    client: httpx.AsyncClient, app: FastAPI, engine: AsyncEngine, tenant: Tenant
+) -> None:
+    app.state.settings = app.state.settings.model_copy(update={"max_concurrent_jobs": 1})
+    template = await client.post("/templates/v1/", json={"name": "t", "type": "sms", "body": "Code ((code))"})
+    params = {"template_id": template.json()["id"]}
+    go_on = asyncio.Event()
+    reading = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b"to,code\n+447700900123,1\n"
+        reading.set()
+        await go_on.wait()
+        yield b"+447700900124,2\n"
+
+    csv = {"Content-Type": "text/csv"}
+    first = asyncio.create_task(client.post(JOBS, params=params, headers=csv, content=slow_body()))
+    await asyncio.wait_for(reading.wait(), 30)  # the first job is being stored: its transaction is open
+    refused = await client.post(JOBS, params=params, headers=csv, content=b"to,code\n+447700900125,3\n")
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"]
+    assert "MAX_CONCURRENT_JOBS" in refused.json()["detail"]
+    go_on.set()
+    stored = await asyncio.wait_for(first, 30)
+    assert stored.status_code == 201, stored.text
+    assert stored.json()["rows"] == 2
+    after = await client.post(JOBS, params=params, headers=csv, content=b"to,code\n+447700900125,3\n")
+    assert after.status_code == 201, after.text
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM notifications"))).scalar_one() == 3
