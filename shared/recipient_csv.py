@@ -162,7 +162,7 @@ def _parse(records: list[str]) -> list[list[str] | _Unreadable]:
 
 
 def _blank(cells: list[str]) -> bool:
-    return not any(cell.strip() for cell in cells)
+    return not "".join(cells).strip()
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,9 +55,36 @@ def _pieces_keeping_missing(text: str, values: Mapping[str, str]) -> list[str]:
     return pieces
 
 
-def rendered_length(text: str | None, values: Mapping[str, str]) -> int:
-    """Return how many characters `render(text, values)` would produce, without producing them."""
-    return 0 if text is None else sum(map(len, _pieces(text, values)))
+class Measure:
+    """The length `render` gives texts (a subject and a body, say) for any values, from one split of the texts.
+
+    A job checks every row's rendering against MAX_RENDERED_LENGTH: the texts are split once per job, then each
+    row costs a sum over its values' lengths, with nothing split, joined or rendered.
+    """
+
+    def __init__(self, *texts: str | None) -> None:
+        self.literal = 0
+        #: placeholder name → (times it occurs, the lengths of its written forms when it has no value)
+        self.names: dict[str, tuple[int, int]] = {}
+        for text in texts:
+            if not text:
+                continue
+            last = 0
+            for match in PLACEHOLDER.finditer(text):
+                start, end = match.span()
+                self.literal += start - last
+                count, written = self.names.get(match.group(1), (0, 0))
+                self.names[match.group(1)] = (count + 1, written + end - start)
+                last = end
+            self.literal += len(text) - last
+
+    def __call__(self, values: Mapping[str, str]) -> int:
+        """Return the length of the texts rendered with `values` (a placeholder without a value kept as written)."""
+        length = self.literal
+        for name, (count, written) in self.names.items():
+            value = values.get(name)
+            length += written if value is None else count * len(value)
+        return length
 
 
 def render(text: str | None, values: Mapping[str, str]) -> str | None:

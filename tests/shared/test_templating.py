@@ -5,7 +5,7 @@ import tracemalloc
 
 import pytest
 
-from shared.templating import RenderedTooLongError, render, render_within, rendered_length
+from shared.templating import Measure, RenderedTooLongError, render, render_within
 
 VALUES = {"name": "Ann", "code": "1234", "empty": "", "amp": "&<>\"'", "long": "x" * 5000, "nl": "a\n\nb"}
 TEMPLATES = [
@@ -30,12 +30,14 @@ def test_the_measured_length_is_the_rendered_length(template: str) -> None:
     rendered = render(template, VALUES)
     assert rendered is not None
 
-    assert rendered_length(template, VALUES) == len(rendered)
+    assert Measure(template)(VALUES) == len(rendered)
+    assert Measure(template, None, template)(VALUES) == 2 * len(rendered)
+    assert Measure(template)({}) == len(template)  # no values: every placeholder as written
     assert render_within([template], VALUES, len(rendered)) == [rendered]
     # escaping is per character and no placeholder holds an escaped one: measuring with escaped values gives the
     # length of the escaped rendering
     escaped = {name: html.escape(value) for name, value in VALUES.items()}
-    assert rendered_length(html.escape(template), escaped) == len(html.escape(rendered))
+    assert Measure(html.escape(template))(escaped) == len(html.escape(rendered))
 
 
 def test_render_within_counts_every_text_together_and_refuses_one_character_over() -> None:
