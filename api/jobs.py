@@ -156,14 +156,6 @@ async def job_template(state: State, service_id: UUID, template_id: UUID) -> Tem
     return template if template is not None and template.type in (EMAIL, SMS) else None
 
 
-@dataclass(frozen=True, slots=True)
-class JobKey:
-    """An Idempotency-Key given with a job, and the fingerprint of the request it came with."""
-
-    key: str
-    fingerprint: bytes
-
-
 class Fingerprinted:
     """A body's chunks passed on as they come, hashed with the route and query into an Idempotency-Key's fingerprint."""
 
