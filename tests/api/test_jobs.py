@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api import jobs as api_jobs
 from api.main import create_app
 from shared import job_store, ratelimits
 from shared.settings import Settings
@@ -556,3 +557,37 @@ async def _no_open_transaction(engine: AsyncEngine) -> bool:
             )
         )
         return int(found.scalar_one()) == 0
+
+
+async def test_an_upload_that_stalls_is_a_408_and_stores_nothing(
+    client: httpx.AsyncClient, email: str, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api_jobs, "IDLE_UPLOAD_MS", 1000)
+    never = asyncio.Event()
+
+    async def stalled() -> AsyncIterator[bytes]:
+        yield _csv(job_store.JOB_BATCH_ROWS + 100)  # a batch COPYed, then nothing more
+        await never.wait()
+
+    refused = await _post(client, email, stalled())
+    assert refused.status_code == 408, refused.text
+    assert "nothing of this job was stored" in refused.json()["detail"]
+    assert await _counts(engine) == (0, 0, 0)
+    await wait_for(lambda: _no_open_transaction(engine), 30)
+
+
+async def test_a_slow_steady_upload_is_not_taken_for_a_stalled_one(
+    client: httpx.AsyncClient, email: str, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api_jobs, "IDLE_UPLOAD_MS", 2000)
+    chunks = 40  # 0.1 s apart: the body takes twice the stall limit, a batch is never filled before its end
+
+    async def steady() -> AsyncIterator[bytes]:
+        yield b"to,name\n"
+        for chunk in range(chunks):
+            await asyncio.sleep(0.1)
+            yield b"".join(f"{chunk}-{n}@example.com,N\n".encode() for n in range(10))
+
+    sent = await _post(client, email, steady())
+    assert sent.status_code == 201, sent.text
+    assert await _counts(engine) == (1, chunks * 10, 0)
