@@ -7,14 +7,16 @@ as it arrives) take one path, `store_job` (docs/jobs.md): in ONE Postgres transa
 `notifications` with its `job_id` (`shared.job_store.copy_rows`) — or, for a scheduled job, kept in `job_files`
 until the worker's scheduler queues it —, then the `jobs` row is written with its count, and the transaction
 commits. The 201 comes after the commit: the job is durable (`stored`, or `scheduled`). A bad row, a file fault,
-too many rows for the service's rate limit, or the client gone roll everything back; so does a process killed
-mid-upload (Postgres drops the transaction with the connection). Redis holds nothing of a job.
+too many rows for the service's rate limit, or the client gone (or silent for IDLE_UPLOAD_MS: 408) roll everything
+back; so does a process killed mid-upload (Postgres drops the transaction with the connection). Redis holds
+nothing of a job.
 
 A job of a rate-limited service is charged its rows, as a `/multiple` of as many items is, once they are all read
 and before the commit (a job the bucket cannot hold yet is a 429, one larger than the whole limit a 413: nothing
 stored). Current limit (docs/jobs.md): with Postgres unreachable a job is refused with a 503 (no Redis fallback).
 """
 
+import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -68,7 +70,7 @@ from shared.templating import Measure
 
 T = TypeVar("T")
 
-#: How long an upload may stall between two chunks before Postgres rolls its job back (milliseconds).
+#: How long an upload may send nothing before it is refused (408) and its job rolled back (milliseconds).
 IDLE_UPLOAD_MS = 60_000
 
 #: Jobs one page of `GET /v2/notifications/bulk` lists (GC Notify's API_PAGE_SIZE).
@@ -245,9 +247,10 @@ async def _store_job(
         )
         async with state.engine.begin() as conn:
             # the first statement opens the transaction (SQLAlchemy begins it lazily: a COPY on the raw connection
-            # before any statement would commit on its own); an upload stalled this long between two chunks leaves
-            # the transaction idle, and Postgres ends it (rolled back) rather than hold its snapshot
-            await conn.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {IDLE_UPLOAD_MS}"))
+            # before any statement would commit on its own). The transaction is idle while a batch is read, however
+            # long a steady upload takes to fill it: a stalled upload is ended by the API (`_within_stalls`), not by
+            # a Postgres timeout that would also end slow ones (and answer them as if Postgres were unreachable)
+            await conn.execute(text("SET LOCAL idle_in_transaction_session_timeout = 0"))
             if key is not None:
                 assert body is not None
                 earlier = await _take_key(conn, service_id, key, job_id, state.settings.idempotency_ttl_seconds)
@@ -365,6 +368,22 @@ CSV_TYPES = frozenset({"text/csv", "application/csv"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"})
 
 
+async def _within_stalls(chunks: AsyncIterator[bytes], seconds: float) -> AsyncIterator[bytes]:
+    """Pass a body's chunks on; 408 once the client sends nothing for `seconds` (the job is rolled back)."""
+    iterator = aiter(chunks)
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(iterator), seconds)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise BadRequestError(
+                f"the upload sent nothing for {seconds:g} seconds: nothing of this job was stored; send it again",
+                status_code=408,
+            ) from None
+        yield chunk
+
+
 def _invalid(loc: tuple[Any, ...], kind: str, message: str) -> RequestValidationError:
     return RequestValidationError([{"type": kind, "loc": loc, "msg": message}])
 
@@ -402,7 +421,7 @@ async def create_native_job(
 
     Raises:
         BadRequestError: a body of another type (415), a `scheduled_for` out of bounds or a file that cannot be
-            read (400), more rows than the service's rate limit per minute (413).
+            read (400), more rows than the service's rate limit per minute (413), an upload that stalled (408).
         RequestValidationError: an unknown template; rows that are not valid (422, the rows listed).
         RetryLaterError: Postgres is unreachable (503).
     """
@@ -421,6 +440,7 @@ async def create_native_job(
     template = await job_template(state, service_id, template_id)
     if template is None:
         raise _invalid(("query", "template_id"), "unknown_template", f"your service has no template {template_id}")
+    chunks = _within_stalls(chunks, IDLE_UPLOAD_MS / 1000)
     body = Fingerprinted(chunks, request_mark) if idempotency_key is not None else None
     source = chunks if body is None else body.__aiter__()
     listed = MAX_ERRORS_LISTED - 1  # and a last entry saying how many more

@@ -51,6 +51,7 @@ def _json(body: object, status_code: int = 200, headers: dict[str, str] | None =
     openapi_extra=_BODY_DOC,
     responses={
         400: {"description": "A file that cannot be read, or scheduled_for out of bounds", **_ERROR},
+        408: {"description": "The upload sent nothing for 60 s; nothing was stored", **_ERROR},
         409: {"description": "A job with this Idempotency-Key is still being stored", **_ERROR},
         413: {"description": "More rows than the service's whole rate limit per minute", **_ERROR},
         415: {"description": "The body is neither CSV nor NDJSON", **_ERROR},
