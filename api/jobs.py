@@ -51,7 +51,6 @@ from api.govuk.bulk import (
 )
 from api.govuk.validation import EMAIL, SMS
 from api.ingest import rate_limited_error
-from api.rate_limiter import RateLimiter
 from api.template_cache import TemplateVersion
 from api.writer import RedisWriter
 from shared import failures, ids, job_store, jobs, queries
@@ -256,6 +255,9 @@ async def _store_job(
                 earlier = await _take_key(conn, service_id, key, job_id, state.settings.idempotency_ttl_seconds)
                 if earlier is not None:
                     return await _replay(conn, service_id, earlier, await body.drain())
+            per_minute = await state.rate_limits.limit_for(service_id)
+            if per_minute:  # a job that can never fit is refused as soon as it is seen to, not once all is read
+                batches = _within_limit(batches, per_minute)
             if stem is None:
                 count = await job_store.save_file(conn, job_id, batches)
                 status = jobs.SCHEDULED
@@ -263,7 +265,8 @@ async def _store_job(
                 raw = (await conn.get_raw_connection()).driver_connection
                 count = await job_store.copy_rows(raw, target, stem, batches, now)
                 status = jobs.STORED
-            await _charge(state, service_id, job_id, count)
+            if per_minute:
+                await _charge(state, service_id, job_id, count, per_minute)
             await queries.insert_job(
                 conn, job_id, name, template.template_id, template.version, count, status, scheduled_for, now, None
             )
@@ -303,29 +306,36 @@ async def _replay(conn: Any, service_id: UUID, earlier: Row[Any], fingerprint: b
     return StoredJob(job, True)
 
 
-async def _charge(state: State, service_id: UUID, job_id: UUID, count: int) -> None:
+def _too_many(count: int, per_minute: int) -> BadRequestError:
+    return BadRequestError(
+        f"the job holds {count} notifications or more, more than your service's whole rate limit of {per_minute} "
+        "per minute: send at most that many per job",
+        status_code=413,
+    )
+
+
+async def _within_limit(batches: AsyncIterator[list[JobRow]], per_minute: int) -> AsyncIterator[list[JobRow]]:
+    """Pass a job's batches on; 413 as soon as they hold more rows than the service's whole limit per minute."""
+    count = 0
+    async for batch in batches:
+        count += len(batch)
+        if count > per_minute:
+            raise _too_many(count, per_minute)
+        yield batch
+
+
+async def _charge(state: State, service_id: UUID, job_id: UUID, count: int, per_minute: int) -> None:
     """Take a job's rows from the service's token bucket, as a `/multiple` of `count` items would be taken.
 
     Raises:
-        BadRequestError: more rows than the whole limit per minute (413: it never fits).
         RateLimitedError: the bucket holds fewer tokens than the job has rows (429, Retry-After): nothing is stored.
     """
-    limits: RateLimiter = state.rate_limits
-    per_minute = await limits.limit_for(service_id)
-    if not per_minute:
-        return
-    if count > per_minute:
-        raise BadRequestError(
-            f"the job holds {count} notifications, more than your service's whole rate limit of {per_minute} "
-            "per minute: send at most that many per job",
-            status_code=413,
-        )
     writer: RedisWriter = state.writer
     shard = writer.layout.shard_of_stem(job_id.hex[: 2 * ids.STEM_BYTES])
     rate = RateLimit(shard.bucket_key(str(service_id)), per_minute, count, per_minute / writer.layout.count)
     sent_at = time.monotonic()
     state_ = await writer.charge(rate, shard.index)
-    limits.note(state_, service_id, sent_at, shard.index)
+    state.rate_limits.note(state_, service_id, sent_at, shard.index)
     if not state_.allowed:
         raise rate_limited_error(state_, count)
 

@@ -50,12 +50,15 @@ def _json(body: object, status_code: int = 200, headers: dict[str, str] | None =
     status_code=201,
     openapi_extra=_BODY_DOC,
     responses={
-        400: {"description": "A file that cannot be read, or scheduled_for out of bounds", **_ERROR},
+        400: {"description": "A file that cannot be read as a whole (header, encoding, too many rows)", **_ERROR},
         408: {"description": "The upload sent nothing for 60 s; nothing was stored", **_ERROR},
         409: {"description": "A job with this Idempotency-Key is still being stored", **_ERROR},
         413: {"description": "More rows than the service's whole rate limit per minute", **_ERROR},
         415: {"description": "The body is neither CSV nor NDJSON", **_ERROR},
-        422: {"description": "Rows that are not valid (listed), an unknown template, or another request's key"},
+        422: {
+            "description": "Rows that are not valid (listed), an unknown template, scheduled_for out of bounds, or "
+            "an Idempotency-Key used with another request"
+        },
         503: {"description": "Postgres unreachable; nothing was stored", **_ERROR},
     },
     summary="Send one template to every row of a CSV or NDJSON file, all or nothing",
@@ -81,7 +84,7 @@ async def create_job(
         request.headers.get("content-type"),
         request.stream(),
         idempotency_key=key,
-        request_mark=f"POST {PATH}?{request.url.query}".encode(),
+        request_mark=f"POST {PATH}?{request.url.query} {request.headers.get('content-type')}".encode(),
     )
     headers = {"Idempotent-Replayed": "true"} if stored.replayed else None
     return _json(jobs.native_job(stored.job), 201, headers)

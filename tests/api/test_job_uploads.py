@@ -1,13 +1,15 @@
-"""An API process stores at most MAX_CONCURRENT_JOBS jobs at once: each holds a Postgres connection while it uploads."""
+"""Bounds on job uploads: MAX_CONCURRENT_JOBS per API process, and a job past the whole rate limit refused early."""
 
 import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
 from fastapi import FastAPI
+from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared import ratelimits
 from tests.helpers import Tenant
 
 JOBS = "/notifications/v1/jobs"
@@ -43,3 +45,28 @@ async def test_one_job_past_max_concurrent_jobs_is_a_503_and_the_next_one_after_
     assert after.status_code == 201, after.text
     async with engine.connect() as conn:
         assert (await conn.execute(text("SELECT count(*) FROM notifications"))).scalar_one() == 3
+
+
+async def test_a_job_past_the_whole_rate_limit_is_refused_before_its_end(
+    client: httpx.AsyncClient, engine: AsyncEngine, redis: Redis, tenant: Tenant
+) -> None:
+    await ratelimits.set_rate_limit(engine, redis, tenant.service_id, 10)
+    template = await client.post("/templates/v1/", json={"name": "t", "type": "sms", "body": "Code ((code))"})
+
+    async def endless_body() -> AsyncIterator[bytes]:
+        yield b"to,code\n" + b"+447700900123,1\n" * 6000  # more than one batch of rows, past the limit
+        await asyncio.Event().wait()  # and then the client never ends its upload
+
+    refused = await asyncio.wait_for(
+        client.post(
+            JOBS,
+            params={"template_id": template.json()["id"]},
+            headers={"Content-Type": "text/csv"},
+            content=endless_body(),
+        ),
+        60,
+    )
+    assert refused.status_code == 413, refused.text
+    assert "whole rate limit of 10" in refused.json()["detail"]
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM notifications"))).scalar_one() == 0
