@@ -1,19 +1,20 @@
-"""Jobs: one request carrying many notifications, stored all or nothing. The routes' work, for both routes.
+"""Jobs: one request carrying many notifications, stored all or nothing. The native routes' work, and both's path.
 
-GC Notify's `POST /v2/notifications/bulk` (`create_bulk_job`, its body in memory: at most 50,000 rows) and the
-native streamed `POST /notifications/v1/jobs` (`create_native_job`, CSV or NDJSON of up to MAX_JOB_ROWS rows, read
-as it arrives) take one path, `store_job` (docs/jobs.md): in ONE Postgres transaction, an Idempotency-Key is taken
-(`job_keys`, so a retry stores the job once), every row is read and checked as it arrives and COPYed into
-`notifications` with its `job_id` (`shared.job_store.copy_rows`) — or, for a scheduled job, kept in `job_files`
-until the worker's scheduler queues it —, then the `jobs` row is written with its count, and the transaction
-commits. The 201 comes after the commit: the job is durable (`stored`, or `scheduled`). A bad row, a file fault,
-too many rows for the service's rate limit, or the client gone (or silent for IDLE_UPLOAD_MS: 408) roll everything
-back; so does a process killed mid-upload (Postgres drops the transaction with the connection). Redis holds
-nothing of a job.
+GC Notify's `POST /v2/notifications/bulk` (`api.govuk.jobs.create_bulk_job`, its body in memory: at most 50,000
+rows) and the native streamed `POST /notifications/v1/jobs` (`create_native_job`, CSV or NDJSON of up to
+MAX_JOB_ROWS rows, read as it arrives) take one path, `store_job` (docs/jobs.md): in ONE Postgres transaction, an
+Idempotency-Key is taken (`job_keys`, so a retry stores the job once), every row is read and checked as it arrives
+and COPYed into `notifications` with its `job_id` (`shared.job_store.copy_rows`) — or, for a scheduled job, kept
+in `job_files` until the worker's scheduler queues it —, then the `jobs` row is written with its count, and the
+transaction commits. The 201 comes after the commit: the job is durable (`stored`, or `scheduled`). A bad row, a
+file fault, too many rows for the service's rate limit, or the client gone (or silent for IDLE_UPLOAD_MS: 408) roll
+everything back; so does a process killed mid-upload (Postgres drops the transaction with the connection). Redis
+holds nothing of a job.
 
 A job of a rate-limited service is charged its rows, as a `/multiple` of as many items is, once they are all read
 and before the commit (a job the bucket cannot hold yet is a 429, one larger than the whole limit a 413: nothing
-stored). Current limit (docs/jobs.md): with Postgres unreachable a job is refused with a 503 (no Redis fallback).
+stored; one past the whole limit is refused as soon as its rows read pass it). Jobs need Postgres: while it is
+unreachable a job is a 503 (docs/jobs.md says why there is no Redis fallback).
 """
 
 import asyncio
@@ -36,17 +37,10 @@ from api.errors import (
     ConflictError,
     IdempotencyKeyInFlightError,
     IdempotencyKeyMismatchError,
-    NotifyError,
     RetryLaterError,
 )
 from api.flush import RateLimit
 from api.govuk.bulk import (
-    MAX_ROWS_LISTED,
-    bulk_rules,
-    file_error,
-    job_object,
-    parse_bulk,
-    rows_error,
     scheduled_for_error,
 )
 from api.govuk.validation import EMAIL, SMS
@@ -60,7 +54,6 @@ from shared.recipient_csv import (
     JobRow,
     JobRules,
     RowCheck,
-    chunked,
     csv_rows,
     native_rules,
     ndjson_rows,
@@ -72,55 +65,12 @@ T = TypeVar("T")
 #: How long an upload may send nothing before it is refused (408) and its job rolled back (milliseconds).
 IDLE_UPLOAD_MS = 60_000
 
-#: Jobs one page of `GET /v2/notifications/bulk` lists (GC Notify's API_PAGE_SIZE).
-JOBS_PAGE_SIZE = 250
-
-
-class JobNotFoundError(NotifyError):
-    """A bulk job that is not the caller's service's (or does not exist): GC Notify's 404."""
-
-    status_code = 404
-    notify_error = "JobNotFoundError"
-
-    def __init__(self) -> None:
-        super().__init__("Job not found")
-
-
-class JobAlreadyCancelledError(NotifyError):
-    """`DELETE /v2/notifications/bulk/{id}` of a job cancelled before."""
-
-    notify_error = "JobAlreadyCancelledError"
-
-    def __init__(self) -> None:
-        super().__init__("Job has already been cancelled")
-
-
-class JobCancellationNotAllowedError(NotifyError):
-    """`DELETE /v2/notifications/bulk/{id}` of a job that is not (or no longer) scheduled."""
-
-    notify_error = "JobCancellationNotAllowedError"
-
-    def __init__(self) -> None:
-        super().__init__("Only a scheduled job that has not started yet can be cancelled")
-
 
 def _unreachable(exc: Exception) -> RetryLaterError:
     return RetryLaterError(
         f"Postgres is unreachable ({type(exc).__name__}): nothing of this job was stored; retry later "
         "(jobs are written straight to Postgres)"
     )
-
-
-def _statistics(job: Any) -> list[dict[str, Any]]:
-    """A job's notifications counted by status: all are `created` (this service does not deliver) once stored."""
-    if job.status != jobs.STORED:
-        return []
-    return [{"status": "created", "count": job.notification_count}]
-
-
-def job_with_statistics(job: Any) -> dict[str, Any]:
-    """GC Notify's job object with its `statistics`, as the job routes answer it."""
-    return {**job_object(job), "statistics": _statistics(job)}
 
 
 def rendering_check(template: TemplateVersion, max_rendered: int) -> RowCheck:
@@ -340,39 +290,6 @@ async def _charge(state: State, service_id: UUID, job_id: UUID, count: int, per_
         raise rate_limited_error(state_, count)
 
 
-async def create_bulk_job(state: State, service_id: UUID, body: bytes) -> dict[str, Any]:
-    """Check a bulk send, store its job and every row (or keep them until `scheduled_for`); GC Notify's job object.
-
-    Raises:
-        NotifyError: the body, the template or a row is not valid (GC Notify's 400s).
-        BadRequestError: more rows than the service's whole rate limit per minute (413).
-        RetryLaterError: Postgres is unreachable (503, `Retry-After`): nothing was stored.
-    """
-    settings = state.settings
-    request = parse_bulk(body, service_id, settings)
-    template = await job_template(state, service_id, request.template_id)
-    if template is None:
-        raise NotifyError("Template not found")
-    rules = with_rendering_bound(
-        template, settings.max_rendered_length, bulk_rules(settings, template.type, template.placeholders)
-    )
-    batches = csv_rows(chunked(request.csv), rules, max_listed=MAX_ROWS_LISTED, batch_rows=job_store.JOB_BATCH_ROWS)
-
-    def refusal(exc: Exception) -> Exception:
-        return file_error(exc) if isinstance(exc, JobFileError) else rows_error(exc)  # type: ignore[arg-type]
-
-    stored = await store_job(
-        state,
-        template,
-        request.name,
-        batches,
-        reference=request.reference,
-        scheduled_for=request.scheduled_for,
-        refusal=refusal,
-    )
-    return job_object(stored.job)
-
-
 #: Content types of a native job's body: CSV (a header row, then rows) or NDJSON (one native object a line).
 CSV_TYPES = frozenset({"text/csv", "application/csv"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"})
@@ -528,29 +445,3 @@ async def list_jobs(state: State, service_id: UUID, limit: int, older_than: UUID
 async def cancel_job(state: State, service_id: UUID, job_id: UUID) -> tuple[Row[Any] | None, bool]:
     """Cancel a scheduled job of the service that is not yet due (its kept rows deleted); see `queries.cancel_job`."""
     return await _read(state, lambda conn: queries.cancel_job(conn, service_id, job_id, datetime.now(UTC)))
-
-
-async def get_bulk_job(state: State, service_id: UUID, job_id: UUID) -> dict[str, Any]:
-    """Return a job of the service with its statistics; GC Notify's 404 for any other."""
-    job = await get_job(state, service_id, job_id)
-    if job is None:
-        raise JobNotFoundError()
-    return job_with_statistics(job)
-
-
-async def list_bulk_jobs(state: State, service_id: UUID, older_than: UUID | None) -> list[dict[str, Any]]:
-    """Return a page of the service's jobs, newest first, older than the job `older_than` (which must be its own)."""
-    found = await list_jobs(state, service_id, JOBS_PAGE_SIZE, older_than)
-    if found is None:
-        raise NotifyError("older_than Job does not exist for this service")
-    return [job_with_statistics(job) for job in found]
-
-
-async def cancel_bulk_job(state: State, service_id: UUID, job_id: UUID) -> dict[str, Any]:
-    """Cancel a scheduled job of the service that has not started; GC Notify's refusals otherwise."""
-    job, cancelled = await cancel_job(state, service_id, job_id)
-    if job is None:
-        raise JobNotFoundError()
-    if not cancelled:
-        raise JobAlreadyCancelledError() if job.status == jobs.CANCELLED else JobCancellationNotAllowedError()
-    return job_with_statistics(job)

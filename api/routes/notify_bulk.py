@@ -1,4 +1,4 @@
-"""GC Notify's bulk send and its job routes (`/v2/notifications/bulk`), declared here; the work is `api.jobs`.
+"""GC Notify's bulk send and its job routes (`/v2/notifications/bulk`), declared here; the work is `api.govuk.jobs`.
 
 Authenticated by Notify's JWT as every v2 route; answers and errors in GC Notify's shapes. Declared before
 `api.routes.notify_v2`, whose `GET /v2/notifications/{notification_id}` would otherwise take `bulk` for an id.
@@ -11,8 +11,8 @@ from uuid import UUID
 import orjson
 from fastapi import APIRouter, Path, Request, Response
 
-from api import jobs
 from api.errors import NotifyValidationError
+from api.govuk import jobs
 from api.govuk.auth import NotifyServiceId
 from api.ingest import base_url
 
