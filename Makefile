@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 
-.PHONY: install run test test-tools check format compose-check migrate loadtest bench bench-drain bench-fairness bench-app bench-worker-start bench-redis clean
+.PHONY: install run test test-tools check format compose-check migrate loadtest bench bench-drain bench-fairness bench-app bench-worker-start bench-redis bench-jobs clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,9 @@ bench-app: install  ## CPU per request of the app alone, in-process (steadier th
 
 bench-worker-start: install  ## seconds from starting `arq worker.main.WorkerSettings` to its first stored row
 	$(BIN)/python -m loadtest.bench_worker_start $(ARGS)
+
+bench-jobs: install  ## a 1,000,000-row CSV job streamed to POST /notifications/v1/jobs beside the same rows as /multiple(1000): rates, drain, API memory
+	$(BIN)/python -m loadtest.bench_jobs_http $(ARGS)
 
 bench-redis: install  ## one Redis process: the group-commit script from redis-py, AOF always/everysec/off, + redis-benchmark
 	command -v redis-benchmark >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-tools)

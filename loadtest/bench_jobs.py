@@ -21,7 +21,7 @@ loadtest/results/jobs.csv. A measurement, not a test: no figure is asserted.
 import argparse
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,22 +50,30 @@ JOB_BATCH_ROWS = 5000
 T = TypeVar("T")
 
 
+def job_lines(total: int) -> Iterator[str]:
+    """The lines of a CSV job of `total` rows (`to`, `name` and `band` columns), the header first, no line ends."""
+    yield "to,name,band"
+    for n in range(total):
+        yield f"user{n}@example.com,Listener {n},Incubus"
+
+
 def job_csv(total: int) -> bytes:
     """A CSV job of `total` rows: `to`, `name` and `band` columns."""
-    lines = ["to,name,band"] + [f"user{n}@example.com,Listener {n},Incubus" for n in range(total)]
-    return ("\r\n".join(lines) + "\r\n").encode()
+    return ("\r\n".join(job_lines(total)) + "\r\n").encode()
+
+
+def multiple_items(start: int, stop: int) -> list[dict[str, Any]]:
+    """The job's rows `start` to `stop` (excluded) as `/multiple` items, personalised as the CSV's."""
+    return [
+        {"to": f"user{n}@example.com", "personalization": {"name": f"Listener {n}", "band": "Incubus"}}
+        for n in range(start, stop)
+    ]
 
 
 def multiple_bodies(total: int) -> list[bytes]:
     """The same rows as `/multiple` bodies of PER_REQUEST items."""
     return [
-        orjson.dumps(
-            [
-                {"to": f"user{n}@example.com", "personalization": {"name": f"Listener {n}", "band": "Incubus"}}
-                for n in range(start, min(start + PER_REQUEST, total))
-            ]
-        )
-        for start in range(0, total, PER_REQUEST)
+        orjson.dumps(multiple_items(start, min(start + PER_REQUEST, total))) for start in range(0, total, PER_REQUEST)
     ]
 
 

@@ -1,17 +1,22 @@
-"""The benchmark's own instruments: the results CSV grows new columns, CPU is metered per process, and the
-sustained-rate search judges a backlog and homes in on the highest sustained rate."""
+"""The benchmark's own instruments: the results CSV grows new columns, CPU is metered per process, the
+sustained-rate search judges a backlog and homes in on the highest sustained rate, and `make bench-jobs` sends the
+same notifications both ways and judges its goals from its figures."""
 
+import argparse
 import csv
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 from loadtest.bench import maximum_rates
 from loadtest.bench_app import measure
+from loadtest.bench_jobs_http import multiple_bodies, report, write_job_csv
 from loadtest.bench_report import append_csv
 from loadtest.measure import CpuMeter
 from loadtest.sustained import (
@@ -142,3 +147,48 @@ def test_sustained_configurations_parse_as_api_by_drain_workers() -> None:
     for bad in ("1", "0x1", "1x", "axb"):
         with pytest.raises(ValueError, match="drain workers"):
             parse_configs(bad)
+
+
+def test_the_bench_jobs_csv_and_its_multiple_bodies_carry_the_same_notifications(tmp_path: Path) -> None:
+    path = tmp_path / "job.csv"
+    write_job_csv(path, 2500)
+    bodies = multiple_bodies(2500, "a-template-id")
+
+    with path.open(newline="") as job:
+        reader = csv.DictReader(job)
+        from_csv = [(row["to"], {"name": row["name"], "band": row["band"]}) for row in reader]
+    items = [item for _, body in bodies for item in orjson.loads(body)]
+    assert reader.fieldnames == ["to", "name", "band"]
+    assert [count for count, _ in bodies] == [1000, 1000, 500]
+    assert [(item["to"], item["personalization"]) for item in items] == from_csv
+    assert {item["template_id"] for item in items} == {"a-template-id"}
+    assert len({to for to, _ in from_csv}) == 2500
+
+
+def _bench_jobs_figures(
+    job_seconds: float, job_stored: int, rss_peak_mb: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A job of 1,000,000 rows, beside a `/multiple` run accepting them in 20 s and storing them in 40 s."""
+    cpu = {"api": 90, "worker0": 10, "postgres": 30, "redis": 0, "bench": 5}
+    job = {"answer": {"status": "stored"}, "seconds": job_seconds, "stored": job_stored, "stored_seconds": job_seconds,
+           "api_rss_before_mb": 100.0, "api_rss_peak_mb": rss_peak_mb, "cpu": cpu}  # fmt: skip
+    multiple = {"accepted": 1_000_000, "seconds": 20.0, "stored_seconds": 40.0, "stored_at_accept_end": 600_000,
+                "tail_seconds": 20.0, "stored": 1_000_000, "api_rss_before_mb": 100.0, "api_rss_peak_mb": 120.0,
+                "cpu": cpu, "tail_cpu": cpu}  # fmt: skip
+    return job, multiple
+
+
+def test_bench_jobs_judges_each_goal_from_the_measured_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    args = argparse.Namespace(in_flight=8, drain_workers=1, appendfsync="always", label="", csv_bytes=45 * 2**20)
+
+    fast = report(1_000_000, *_bench_jobs_figures(job_seconds=10.0, job_stored=1_000_000, rss_peak_mb=150.0), args)
+    slow = report(1_000_000, *_bench_jobs_figures(job_seconds=81.0, job_stored=1_000_000, rss_peak_mb=301.0), args)
+    short = report(1_000_000, *_bench_jobs_figures(job_seconds=10.0, job_stored=999_999, rss_peak_mb=150.0), args)
+
+    # accepted 100,000/s against 50,000/s; stored in 10 s where the drain (25,000/s) takes 40 s; +50 MB
+    assert (fast["accepted_ratio"], fast["stored_time_ratio"], fast["api_rss_growth_mb"]) == (2.0, 0.25, 50.0)
+    assert (fast["goal_accepted_met"], fast["goal_stored_met"], fast["goal_memory_met"]) == (True, True, True)
+    # 12,346/s is 0.25x; 81 s is more than twice the drain's 40 s; +201 MB
+    assert (slow["goal_accepted_met"], slow["goal_stored_met"], slow["goal_memory_met"]) == (False, False, False)
+    assert short["goal_stored_met"] is False  # a row missing from Postgres
+    assert capsys.readouterr().out.count("**not met**") == 0 + 3 + 1
