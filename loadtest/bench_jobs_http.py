@@ -301,8 +301,10 @@ def verdict(met: bool) -> str:
     return "**met**" if met else "**not met**"
 
 
-def report(rows: int, job: dict[str, Any], multiple: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Print the side-by-side table and the goals; return the CSV row."""
+def report(
+    rows: int, job: dict[str, Any], multiple: dict[str, Any], args: argparse.Namespace, load: tuple[float, float]
+) -> dict[str, Any]:
+    """Print the side-by-side table and the goals; return the CSV row (`load`: 1-minute load average before, after)."""
     job_rate = rows / job["seconds"]
     multiple_rate = multiple["accepted"] / multiple["seconds"]
     drain_rate = multiple["accepted"] / multiple["stored_seconds"]
@@ -317,7 +319,8 @@ def report(rows: int, job: dict[str, Any], multiple: dict[str, Any], args: argpa
     print(
         f"\n`python -m loadtest.bench_jobs_http --rows {rows} --in-flight {args.in_flight} --drain-workers "
         f"{args.drain_workers} --appendfsync {args.appendfsync}` — 1 API process, {args.drain_workers} drain "
-        f"worker(s), {os.cpu_count()} cores; CPU in % of one core over each path's seconds to accepted.\n"
+        f"worker(s), {os.cpu_count()} cores (load average {load[0]:.1f} before the run, {load[1]:.1f} after); CPU "
+        "in % of one core over each path's seconds to accepted.\n"
     )
     print(
         "| path | notifications | requests | s to accepted | accepted notif/s | s to all stored | stored notif/s "
@@ -370,6 +373,8 @@ def report(rows: int, job: dict[str, Any], multiple: dict[str, Any], args: argpa
         "drain_workers": args.drain_workers,
         "appendfsync": args.appendfsync,
         "csv_mb": round(args.csv_bytes / 2**20, 1),
+        "load_before": round(load[0], 2),
+        "load_after": round(load[1], 2),
         "job_seconds": round(job["seconds"], 2),
         "job_accepted_per_s": round(job_rate),
         "job_status": job["answer"].get("status"),
@@ -409,6 +414,7 @@ def main() -> None:
         tempfile.TemporaryDirectory() as folder,
     ):
         tmp = Path(folder)
+        load_before = os.getloadavg()[0]
         secret_key = new_secret_key()
         _, key, template_id = asyncio.run(make_tenant(database_url, redis_url, secret_key))
         csv_path = tmp / "job.csv"
@@ -453,6 +459,7 @@ def main() -> None:
                 base_url, key, bodies, args.in_flight, api.pid, cpu_pids, database_url, redis_url
             )
             asyncio.run(empty_tables(database_url))
+            load_after = os.getloadavg()[0]
         except Exception:
             for log in sorted(tmp.glob("*.log")):
                 print(f"--- {log.name} (last lines)\n" + "\n".join(log.read_text().splitlines()[-30:]), flush=True)
@@ -461,7 +468,7 @@ def main() -> None:
             stop(api)
             for worker in workers:
                 stop(worker)
-    row = report(args.rows, job, multiple, args)
+    row = report(args.rows, job, multiple, args, (load_before, load_after))
     RESULTS.mkdir(parents=True, exist_ok=True)
     append_csv(RESULTS / "jobs-http.csv", [row])
 

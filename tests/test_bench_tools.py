@@ -181,9 +181,15 @@ def _bench_jobs_figures(
 def test_bench_jobs_judges_each_goal_from_the_measured_figures(capsys: pytest.CaptureFixture[str]) -> None:
     args = argparse.Namespace(in_flight=8, drain_workers=1, appendfsync="always", label="", csv_bytes=45 * 2**20)
 
-    fast = report(1_000_000, *_bench_jobs_figures(job_seconds=10.0, job_stored=1_000_000, rss_peak_mb=150.0), args)
-    slow = report(1_000_000, *_bench_jobs_figures(job_seconds=81.0, job_stored=1_000_000, rss_peak_mb=301.0), args)
-    short = report(1_000_000, *_bench_jobs_figures(job_seconds=10.0, job_stored=999_999, rss_peak_mb=150.0), args)
+    fast = report(
+        1_000_000, *_bench_jobs_figures(job_seconds=10.0, job_stored=1_000_000, rss_peak_mb=150.0), args, (1.0, 2.0)
+    )
+    slow = report(
+        1_000_000, *_bench_jobs_figures(job_seconds=81.0, job_stored=1_000_000, rss_peak_mb=301.0), args, (1.0, 2.0)
+    )
+    short = report(
+        1_000_000, *_bench_jobs_figures(job_seconds=10.0, job_stored=999_999, rss_peak_mb=150.0), args, (1.0, 2.0)
+    )
 
     # accepted 100,000/s against 50,000/s; stored in 10 s where the drain (25,000/s) takes 40 s; +50 MB
     assert (fast["accepted_ratio"], fast["stored_time_ratio"], fast["api_rss_growth_mb"]) == (2.0, 0.25, 50.0)
