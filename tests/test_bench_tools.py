@@ -191,7 +191,9 @@ def _bench_jobs_figures(
 
 
 def test_bench_jobs_judges_each_goal_from_the_measured_figures(capsys: pytest.CaptureFixture[str]) -> None:
-    args = argparse.Namespace(in_flight=8, drain_workers=1, appendfsync="always", label="", csv_bytes=45 * 2**20)
+    args = argparse.Namespace(
+        in_flight=8, drain_workers=1, appendfsync="always", multiple_first=False, label="", csv_bytes=45 * 2**20
+    )
 
     fast = report(
         1_000_000, *_bench_jobs_figures(job_seconds=10.0, job_stored=1_000_000, rss_peak_mb=150.0), args, (1.0, 2.0)
