@@ -69,6 +69,8 @@ WARM_UP_ROWS = 1000
 GOAL_ACCEPTED_RATIO = 1.5
 GOAL_STORED_TIME_RATIO = 2.0
 GOAL_MEMORY_MB = 200
+#: The processes a notification's path runs through, for CPU per notification.
+PIPELINE = ("api", "worker", "postgres", "redis")
 #: How long the drain may take to store what `/multiple` queued before the run gives up.
 DRAIN_TIMEOUT_SECONDS = 900
 #: How long one job request may take (from the first byte sent to the answer).
@@ -327,6 +329,12 @@ def cpu_cells(cpu: dict[str, int]) -> str:
     return f"{cpu['api']} / {workers} / {cpu['postgres']} / {cpu['redis']} / {cpu['bench']} ({cpu['machine']})"
 
 
+def cpu_us(cpu: dict[str, int], seconds: float, notifications: int, names: tuple[str, ...]) -> float:
+    """CPU microseconds per notification of the named processes (`worker` names every worker), from CPU %."""
+    percent = sum(v for k, v in cpu.items() if k in names or ("worker" in names and k.startswith("worker")))
+    return percent / 100 * seconds / max(notifications, 1) * 1e6
+
+
 def verdict(met: bool) -> str:
     """The goal's column."""
     return "**met**" if met else "**not met**"
@@ -350,7 +358,7 @@ def report(
     print(
         f"\n`python -m loadtest.bench_jobs_http --rows {rows} --in-flight {args.in_flight} --drain-workers "
         f"{args.drain_workers} --appendfsync {args.appendfsync}{' --multiple-first' if args.multiple_first else ''}`"
-        " — 1 API process, {args.drain_workers} drain "
+        f" — 1 API process, {args.drain_workers} drain "
         f"worker(s), {os.cpu_count()} cores (load average {load[0]:.1f} before the run, {load[1]:.1f} after); CPU "
         "in % of one core over each path's seconds to accepted; machine: every process on it, ours or not.\n"
     )
@@ -379,6 +387,19 @@ def report(
         f"{tail_cpu['redis']}).\n"
         if left
         else "\nThe drain had stored every `/multiple` notification by the last 201.\n"
+    )
+    us = {
+        "job_api": cpu_us(job["cpu"], job["seconds"], rows, ("api",)),
+        "job_pipeline": cpu_us(job["cpu"], job["seconds"], rows, PIPELINE),
+        "multiple_api": cpu_us(multiple["cpu"], multiple["seconds"], multiple["accepted"], ("api",)),
+        "multiple_pipeline": cpu_us(multiple["cpu"], multiple["seconds"], multiple["accepted"], PIPELINE)
+        + cpu_us(multiple["tail_cpu"], multiple["tail_seconds"], multiple["accepted"], PIPELINE),
+    }
+    print(
+        f"CPU per notification (less sensitive to the machine's other load than rates): the API "
+        f"{us['job_api']:.1f} µs in the job, {us['multiple_api']:.1f} µs in `/multiple`; the API, workers, Postgres "
+        f"and Redis together {us['job_pipeline']:.1f} µs in the job, {us['multiple_pipeline']:.1f} µs in `/multiple` "
+        f"until stored ({us['multiple_pipeline'] / max(us['job_pipeline'], 1e-9):.2f}x).\n"
     )
     print("| goal (issue 21, item 5) | measured | |")
     print("|---|---|---|")
@@ -424,6 +445,7 @@ def report(
         "multiple_rows_stored": multiple["stored"],
         "multiple_api_rss_peak_mb": round(multiple["api_rss_peak_mb"], 1),
         **{f"multiple_cpu_{name}": value for name, value in multiple["cpu"].items()},
+        **{f"{name}_cpu_us_per_notification": round(value, 2) for name, value in us.items()},
         "accepted_ratio": round(job_rate / multiple_rate, 2),
         "stored_time_ratio": round(job["stored_seconds"] / drain_seconds_for_job, 2),
         "api_rss_growth_mb": round(growth, 1),

@@ -211,4 +211,8 @@ def test_bench_jobs_judges_each_goal_from_the_measured_figures(capsys: pytest.Ca
     # 12,346/s is 0.25x; 81 s is more than twice the drain's 40 s; +201 MB
     assert (slow["goal_accepted_met"], slow["goal_stored_met"], slow["goal_memory_met"]) == (False, False, False)
     assert short["goal_stored_met"] is False  # a row missing from Postgres
+    # CPU per notification: 90 % of a core for 10 s over 1,000,000 rows is 9 µs; the pipeline adds workers and
+    # Postgres (130 %); `/multiple`'s pipeline is its 20 s of sending plus its 20 s of drain tail
+    assert (fast["job_api_cpu_us_per_notification"], fast["job_pipeline_cpu_us_per_notification"]) == (9.0, 13.0)
+    assert fast["multiple_pipeline_cpu_us_per_notification"] == 52.0
     assert capsys.readouterr().out.count("**not met**") == 0 + 3 + 1
