@@ -97,23 +97,28 @@ async def make_tenant(database_url: str, redis_url: str, secret_key: str) -> tup
     return str(service.id), key.secret, str(template_id)
 
 
+def _local_process(pid: int, name: str) -> psutil.Process | None:
+    """The process `pid` of this machine if its name says it is `name` (a remote server's pid may be any process)."""
+    try:
+        process = psutil.Process(pid)
+        return process if name in process.name() else None
+    except psutil.Error:
+        return None
+
+
 async def server_pids(database_url: str, redis_url: str) -> dict[str, int]:
-    """The pids of the Postgres postmaster and of redis-server, for CPU accounting (0 when not readable here)."""
-    pids = {"postgres": 0, "redis": 0}
+    """The pids of the Postgres postmaster and of redis-server, for CPU accounting (0 when not on this machine)."""
     engine = create_engine(database_url, pool_size=1)
     try:
         async with engine.connect() as conn:
-            backend = int(await conn.scalar(text("SELECT pg_backend_pid()")))
-            pids["postgres"] = psutil.Process(backend).ppid()
-    except psutil.Error:
-        pass
+            backend = _local_process(int(await conn.scalar(text("SELECT pg_backend_pid()"))), "postgres")
+            postmaster = backend.ppid() if backend else 0
     finally:
         await engine.dispose()
     redis = Redis.from_url(redis_url)
-    pid = int((await redis.info("server")).get("process_id", 0))
+    redis_server = _local_process(int((await redis.info("server")).get("process_id", 0)), "redis")
     await redis.aclose()
-    pids["redis"] = pid if psutil.pid_exists(pid) else 0
-    return pids
+    return {"postgres": postmaster, "redis": redis_server.pid if redis_server else 0}
 
 
 class ServerCpuMeter(CpuMeter):
