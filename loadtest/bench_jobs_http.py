@@ -121,27 +121,6 @@ async def server_pids(database_url: str, redis_url: str) -> dict[str, int]:
     return {"postgres": postmaster, "redis": redis_server.pid if redis_server else 0}
 
 
-class ServerCpuMeter(CpuMeter):
-    """`CpuMeter` counting, besides live children, those that exited since (their parent reaped them).
-
-    Postgres's backends and autovacuum workers come and go during a run: a child that exits between the two readings
-    would otherwise take its CPU out of the sum (Postgres measured at -4 %). Reaped children's CPU is in the parent's
-    `children_user` / `children_system`.
-    """
-
-    def _read(self) -> dict[str, float]:
-        seconds = {}
-        for name, pid in self.pids.items():
-            try:
-                process = psutil.Process(pid)
-                own = process.cpu_times()
-                live = [child.cpu_times() for child in process.children(recursive=True)]
-                seconds[name] = sum(t.user + t.system + t.children_user + t.children_system for t in [own, *live])
-            except psutil.Error:
-                seconds[name] = 0.0
-        return seconds
-
-
 def write_job_csv(path: Path, rows: int) -> int:
     """Write the job's CSV (`loadtest.bench_jobs.job_lines`) to `path`; return its size in bytes."""
     with path.open("w", newline="") as out:
@@ -261,7 +240,7 @@ def measure_job(
     rss_before = psutil.Process(api_pid).memory_info().rss
     sampler = RssSampler({"api": api_pid})
     sampler.start()
-    meter = ServerCpuMeter(cpu_pids)
+    meter = CpuMeter(cpu_pids)
     meter.start()
     machine, bench_cpu, started = psutil.cpu_times(), time.process_time(), time.monotonic()
     answer = asyncio.run(post_job(base_url, key, template_id, csv_path, f"bench-{time.time_ns()}"))
@@ -290,7 +269,7 @@ def measure_multiple(
     rss_before = psutil.Process(api_pid).memory_info().rss
     sampler = RssSampler({"api": api_pid})
     sampler.start()
-    meter = ServerCpuMeter(cpu_pids)
+    meter = CpuMeter(cpu_pids)
     meter.start()
     machine, bench_cpu, started = psutil.cpu_times(), time.process_time(), time.monotonic()
     accepted = asyncio.run(post_multiple(base_url, key, bodies, in_flight))

@@ -60,7 +60,7 @@ def wrk(port: int, path: str, body: bytes, key: str, seconds: int, tmp: Path, ke
 class CpuMeter:
     """CPU used between `start` and `stop`, in percent of one core.
 
-    Named processes are read with their children; `load` is this process's finished children (wrk).
+    Named processes are read with their children, live or exited; `load` is this process's finished children (wrk).
     """
 
     def __init__(self, pids: dict[str, int]) -> None:
@@ -74,10 +74,11 @@ class CpuMeter:
         for name, pid in self.pids.items():
             try:
                 process = psutil.Process(pid)
-                seconds[name] = sum(
-                    times.user + times.system
-                    for times in [process.cpu_times()] + [c.cpu_times() for c in process.children(recursive=True)]
-                )
+                own = process.cpu_times()
+                live = [child.cpu_times() for child in process.children(recursive=True)]
+                # and children that exited since (reaped: in their parent's children_* times), such as Postgres's
+                # backends and autovacuum workers: without them a reading could go down (Postgres at -4 %)
+                seconds[name] = sum(t.user + t.system + t.children_user + t.children_system for t in [own, *live])
             except psutil.Error:
                 seconds[name] = 0.0
         return seconds
