@@ -49,9 +49,14 @@ class JobTarget:
     reference: str | None
 
 
-async def new_stem(engine: AsyncEngine) -> str:
-    """Return a new stem for a job's ids, its day's partition made first (a COPY into a missing one fails)."""
+async def new_stem(engine: AsyncEngine, at: datetime | None = None) -> str:
+    """Return a new stem for a job's ids, its day's partition made first (a COPY into a missing one fails).
+
+    The ids' time is `at` when given (the scheduler passes Postgres's clock, not its own), else this process's.
+    """
     stem = ids.new_stem()
+    if at is not None:
+        stem = f"{int(at.timestamp() * 1000):012x}{stem[12:]}"
     await partitions.ensure(engine, {partitions.day_of(ids.notification_id_at(stem, 0))}, _KNOWN_DAYS)
     return stem
 

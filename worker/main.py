@@ -1,8 +1,9 @@
 """arq entry point: `arq worker.main.WorkerSettings` runs one drain loop per stream shard in each worker process.
 
 `on_startup` starts the drains as long-running tasks (not one arq job per notification); `on_shutdown` lets them
-finish their batches (up to SHUTDOWN_GRACE_SECONDS). arq's scheduler runs only the housekeeping crons: forget the
-consumers of long-gone processes, and maintain the day partitions of `notifications` (one worker at a time).
+finish their batches (up to SHUTDOWN_GRACE_SECONDS). arq's scheduler runs the crons: forget the consumers of
+long-gone processes, maintain the day partitions of `notifications` (one worker at a time), and start due scheduled
+jobs (`worker.scheduler`).
 """
 
 import asyncio
@@ -22,6 +23,7 @@ from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
 from worker.drain import Drain, consumer_name
 from worker.health import Heartbeat
+from worker.scheduler import RUN_TIMEOUT_SECONDS, SCHEDULER_SECONDS, start_due_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +142,7 @@ def _worker_settings() -> type:
     settings = get_settings()
 
     class WorkerSettings:
-        """arq settings: the drain runs beside arq's scheduler, which only runs housekeeping."""
+        """arq settings: the drain runs beside arq's scheduler, which runs housekeeping and starts scheduled jobs."""
 
         redis_settings = RedisSettings.from_dsn(_arq_redis_url(settings))
         functions: list[Any] = []
@@ -148,6 +150,13 @@ def _worker_settings() -> type:
             cron(forget_idle_consumers, minute=set(range(0, 60, 10)), run_at_startup=False),
             # hourly, and at start-up so a fresh deployment has its partitions before the first day turns over
             cron(maintain_partitions, minute=17, second=0, run_at_startup=True, timeout=600),
+            # scheduled jobs: a tick runs on one worker; runs that overlap take different jobs (worker.scheduler)
+            cron(
+                start_due_jobs,
+                second=set(range(0, 60, SCHEDULER_SECONDS)),
+                run_at_startup=True,
+                timeout=RUN_TIMEOUT_SECONDS,
+            ),
         ]
         on_startup = startup
         on_shutdown = shutdown

@@ -17,6 +17,7 @@ from shared.queries.jobs import (
     insert_job_key,
     list_jobs,
     lock_job_key,
+    store_claimed_job,
 )
 from shared.queries.notifications import (
     INSERT_NOTIFICATIONS,
@@ -112,5 +113,6 @@ __all__ = [
     "sealed_api_keys",
     "set_api_key_ciphertext",
     "set_rate_limit",
+    "store_claimed_job",
     "valid_api_keys",
 ]

@@ -100,26 +100,37 @@ async def cancel_job(
     return await get_job(conn, service_id, job_id), cancellable
 
 
-async def claim_due_job(conn: AsyncConnection, now: datetime) -> Row[Any] | None:
-    """Take the scheduled job due longest ago (`scheduled_for <= now`) for this transaction; None when none is due.
+async def claim_due_job(conn: AsyncConnection) -> Row[Any] | None:
+    """Take the scheduled job due longest ago for this transaction; None when none is due.
 
-    The job becomes `pending` and stays locked until the transaction ends: a scheduler queues its rows in the same
-    transaction, so a crash rolls the job back to `scheduled` (due, taken again by the next run). `SKIP LOCKED`:
-    schedulers running at once take different jobs; a job being cancelled (`cancel_job` holds its lock) is skipped.
+    Due means `scheduled_for <= now()` on Postgres's clock (the transaction's start), never the caller's: a worker
+    whose clock is wrong (issue 19) neither starts a job early nor holds one back. The job becomes `pending` and
+    stays locked until the transaction ends: a scheduler queues its rows in the same transaction, so a crash rolls
+    the job back to `scheduled` (due, taken again by the next run). `SKIP LOCKED`: schedulers running at once take
+    different jobs; a job being cancelled (`cancel_job` holds its lock) is skipped. The row is JOB_SELECT's with
+    `claimed_at`, that `now()`.
     """
     claimed = (
         await conn.execute(
             text(
                 "UPDATE jobs SET status = 'pending' WHERE id = ("
-                "SELECT id FROM jobs WHERE status = 'scheduled' AND scheduled_for <= :now "
+                "SELECT id FROM jobs WHERE status = 'scheduled' AND scheduled_for <= now() "
                 "ORDER BY scheduled_for, id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id"
-            ),
-            {"now": now},
+            )
         )
     ).scalar_one_or_none()
     if claimed is None:
         return None
-    return (await conn.execute(text(JOB_SELECT + "WHERE j.id = :id"), {"id": claimed})).one()
+    query = text(f"SELECT job.*, now() AS claimed_at FROM ({JOB_SELECT} WHERE j.id = :id) AS job")
+    return (await conn.execute(query, {"id": claimed})).one()
+
+
+async def store_claimed_job(conn: AsyncConnection, job_id: UUID, stored: int) -> None:
+    """Mark a job claimed by `claim_due_job` `stored` with the number of rows its scheduler stored."""
+    await conn.execute(
+        text("UPDATE jobs SET status = 'stored', notification_count = :count WHERE id = :id AND status = 'pending'"),
+        {"id": job_id, "count": stored},
+    )
 
 
 async def lock_job_key(conn: AsyncConnection, service_id: UUID, key: str) -> bool:

@@ -4,9 +4,10 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import jobs, queries, tenancy
+from shared import jobs, partitions, queries, tenancy
 from shared.jobs import new_job_id
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
@@ -113,26 +114,50 @@ async def test_a_cancel_waits_for_the_lock_a_scheduler_holds_and_then_sees_the_j
     assert job.status == "pending"
 
 
+async def _database_now(engine: AsyncEngine) -> datetime:
+    async with engine.connect() as conn:
+        return (await partitions.clocks(conn))[0]
+
+
 async def test_schedulers_at_once_each_claim_a_different_due_job_and_a_rollback_gives_it_back(
     engine: AsyncEngine,
 ) -> None:
     _, template = await _template(engine, "jobs-a")
-    first = await _job(engine, template, jobs.SCHEDULED, NOW - timedelta(minutes=2))
-    second = await _job(engine, template, jobs.SCHEDULED, NOW - timedelta(minutes=1))
-    await _job(engine, template, jobs.SCHEDULED, NOW + timedelta(minutes=1))  # not due
+    now = await _database_now(engine)
+    first = await _job(engine, template, jobs.SCHEDULED, now - timedelta(minutes=2))
+    second = await _job(engine, template, jobs.SCHEDULED, now - timedelta(minutes=1))
+    await _job(engine, template, jobs.SCHEDULED, now + timedelta(minutes=10))  # not due
     async with engine.connect() as one, engine.connect() as two:
         await one.begin()
         await two.begin()
-        taken = await queries.claim_due_job(one, NOW)
-        other = await queries.claim_due_job(two, NOW)
+        taken = await queries.claim_due_job(one)
+        other = await queries.claim_due_job(two)
         assert taken is not None
         assert other is not None
         assert (taken.id, taken.status, other.id, other.status) == (first, "pending", second, "pending")
+        assert taken.claimed_at >= now  # Postgres's clock, as the claim read it
         async with engine.connect() as three:
-            assert await queries.claim_due_job(three, NOW) is None  # the rest is taken or not due
+            assert await queries.claim_due_job(three) is None  # the rest is taken or not due
         await one.rollback()  # a scheduler that died: its job is due again
+        await queries.store_claimed_job(two, second, 3)
         await two.commit()
     async with engine.begin() as conn:
-        again = await queries.claim_due_job(conn, NOW)
+        again = await queries.claim_due_job(conn)
         assert again is not None
         assert again.id == first
+        assert (await queries.get_job(conn, again.service_id, second)).status == "stored"  # type: ignore[union-attr]
+
+
+async def test_a_job_is_claimed_only_once_due_by_postgres_clock(engine: AsyncEngine) -> None:
+    _, template = await _template(engine, "jobs-a")
+    now = await _database_now(engine)
+    soon = await _job(engine, template, jobs.SCHEDULED, now + timedelta(minutes=10))
+    async with engine.begin() as conn:
+        assert await queries.claim_due_job(conn) is None
+        # Postgres's clock moved past it (as the scheduler's tests move it: by the job's time, never the worker's)
+        await conn.execute(
+            text("UPDATE jobs SET scheduled_for = now() - interval '1 second' WHERE id = :id"), {"id": soon}
+        )
+        claimed = await queries.claim_due_job(conn)
+    assert claimed is not None
+    assert claimed.id == soon
