@@ -14,17 +14,19 @@ commit. So:
   a lost arq Redis forgets no job.
 - A worker's own clock decides nothing: due is Postgres's `now()`, and the job's ids and `created_at` are dated by
   Postgres's clock too (a worker days behind would otherwise write into a day that maintenance drops).
-- A job that fails to store (an error, not a crash) is rolled back and retried by the next run; the jobs due after
-  it wait for it, as they are claimed oldest first.
+- A job that fails to store (an error, not a crash) is rolled back, logged and left for the next run; the run goes
+  on with the jobs due after it, so one bad job holds back no other.
 """
 
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared import job_store, partitions, queries
 
@@ -32,11 +34,19 @@ logger = logging.getLogger(__name__)
 
 #: How often each worker looks for due jobs (the cron's seconds: a divisor of 60).
 SCHEDULER_SECONDS = 5
-#: Most jobs one run starts; the next run (SCHEDULER_SECONDS later, on any worker) takes the rest.
+#: Most jobs one run tries; the next run (SCHEDULER_SECONDS later, on any worker) takes the rest.
 MAX_JOBS_PER_RUN = 10
 #: arq's limit on one run: a run past it is cancelled and its job rolled back, so it fits the largest job
 #: (MAX_JOB_ROWS, 16,000,000 rows at most) on a slow machine.
 RUN_TIMEOUT_SECONDS = 3600
+
+
+class JobNotStoredError(Exception):
+    """A claimed job failed to store: its transaction was rolled back, and it is due again (`job_id` says which)."""
+
+    def __init__(self, job_id: UUID) -> None:
+        super().__init__(f"scheduled job {job_id} was not stored")
+        self.job_id = job_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,42 +58,63 @@ class JobRun:
     seconds: float
 
 
-async def run_due_job(engine: AsyncEngine) -> JobRun | None:
+async def run_due_job(engine: AsyncEngine, skip: Collection[UUID] = ()) -> JobRun | None:
     """Store the job due longest ago in one transaction (claimed, COPYed, its file deleted, `stored`); None if none.
 
     The stem of the job's ids is made first (its day's partition may need making, in a transaction of its own);
-    it is thrown away when no job is due.
+    it is thrown away when no job is due. Jobs in `skip` are left alone.
+
+    Raises:
+        JobNotStoredError: a job was claimed but not stored (rolled back); the error's cause says why.
     """
     began = time.monotonic()
     async with engine.connect() as conn:
         database_now, _ = await partitions.clocks(conn)
     stem = await job_store.new_stem(engine, database_now)
     async with engine.begin() as conn:
-        job = await queries.claim_due_job(conn)
+        job = await queries.claim_due_job(conn, skip)
         if job is None:
             return None
-        target = job_store.JobTarget(
-            job.id, job.service_id, job.template_id, job.template_version, job.template_type, None
-        )
-        raw = (await conn.get_raw_connection()).driver_connection
-        # the file is read on a connection of its own, as `copy_rows` reads the next batch while the previous one
-        # is COPYed; it stays as committed at upload: a cancel waits for this job's lock, and only this
-        # transaction deletes it
-        async with engine.connect() as reader:
-            batches = job_store.file_batches(reader, job.id)
-            rows = await job_store.copy_rows(raw, target, stem, batches, job.claimed_at)
-        if rows != job.notification_count:  # the file holds what the upload counted: a difference is a defect
-            logger.error("scheduled job %s: %d rows kept, %d counted at upload", job.id, rows, job.notification_count)
-        await job_store.delete_file(conn, job.id)
-        await queries.store_claimed_job(conn, job.id, rows)
+        try:
+            rows = await _store(engine, conn, job, stem)
+        except Exception as exc:  # the transaction rolls back as this leaves it
+            raise JobNotStoredError(job.id) from exc
     return JobRun(job.id, rows, time.monotonic() - began)
 
 
+async def _store(engine: AsyncEngine, conn: AsyncConnection, job: Row[Any], stem: str) -> int:
+    """COPY a claimed job's kept rows as its notifications, delete its file, mark it `stored`; return the rows."""
+    target = job_store.JobTarget(job.id, job.service_id, job.template_id, job.template_version, job.template_type, None)
+    raw = (await conn.get_raw_connection()).driver_connection
+    # the file is read on a connection of its own, as `copy_rows` reads the next batch while the previous one is
+    # COPYed; it stays as committed at upload: a cancel waits for this job's lock, and only this transaction
+    # deletes it
+    async with engine.connect() as reader:
+        rows = await job_store.copy_rows(raw, target, stem, job_store.file_batches(reader, job.id), job.claimed_at)
+    if rows != job.notification_count:  # the file holds what the upload counted: a difference is a defect
+        logger.error("scheduled job %s: %d rows kept, %d counted at upload", job.id, rows, job.notification_count)
+    await job_store.delete_file(conn, job.id)
+    await queries.store_claimed_job(conn, job.id, rows)
+    return rows
+
+
 async def start_due_jobs(ctx: dict[str, Any]) -> int:
-    """Store due jobs one after another (the arq cron) until none is due (at most MAX_JOBS_PER_RUN); return how many."""
+    """Store due jobs one after another (the arq cron) until none is due, MAX_JOBS_PER_RUN tries at most.
+
+    Returns how many were stored. A job that fails is logged and skipped for the rest of the run.
+    """
     engine: AsyncEngine = ctx["drain"].engine
-    started = 0
-    while started < MAX_JOBS_PER_RUN and (run := await run_due_job(engine)) is not None:
-        started += 1
+    stored = 0
+    failed: set[UUID] = set()
+    for _ in range(MAX_JOBS_PER_RUN):
+        try:
+            run = await run_due_job(engine, failed)
+        except JobNotStoredError as exc:
+            logger.error("%s (rolled back, due again): %r", exc, exc.__cause__, exc_info=exc.__cause__)
+            failed.add(exc.job_id)
+            continue
+        if run is None:
+            break
+        stored += 1
         logger.info("scheduled job %s stored: %d rows in %.2fs", run.job_id, run.rows, run.seconds)
-    return started
+    return stored

@@ -1,5 +1,6 @@
 """SQL of bulk jobs (migration 0007): create, read, list, cancel and claim under a row lock."""
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -100,23 +101,25 @@ async def cancel_job(
     return await get_job(conn, service_id, job_id), cancellable
 
 
-async def claim_due_job(conn: AsyncConnection) -> Row[Any] | None:
+async def claim_due_job(conn: AsyncConnection, skip: Collection[UUID] = ()) -> Row[Any] | None:
     """Take the scheduled job due longest ago for this transaction; None when none is due.
 
     Due means `scheduled_for <= now()` on Postgres's clock (the transaction's start), never the caller's: a worker
     whose clock is wrong (issue 19) neither starts a job early nor holds one back. The job becomes `pending` and
     stays locked until the transaction ends: a scheduler queues its rows in the same transaction, so a crash rolls
     the job back to `scheduled` (due, taken again by the next run). `SKIP LOCKED`: schedulers running at once take
-    different jobs; a job being cancelled (`cancel_job` holds its lock) is skipped. The row is JOB_SELECT's with
-    `claimed_at`, that `now()`.
+    different jobs; a job being cancelled (`cancel_job` holds its lock) is skipped, as are the jobs in `skip` (those
+    that failed this run). The row is JOB_SELECT's with `claimed_at`, that `now()`.
     """
     claimed = (
         await conn.execute(
             text(
                 "UPDATE jobs SET status = 'pending' WHERE id = ("
                 "SELECT id FROM jobs WHERE status = 'scheduled' AND scheduled_for <= now() "
+                "AND id <> ALL(CAST(:skip AS uuid[])) "
                 "ORDER BY scheduled_for, id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id"
-            )
+            ),
+            {"skip": [str(job_id) for job_id in skip]},
         )
     ).scalar_one_or_none()
     if claimed is None:

@@ -161,3 +161,15 @@ async def test_a_job_is_claimed_only_once_due_by_postgres_clock(engine: AsyncEng
         claimed = await queries.claim_due_job(conn)
     assert claimed is not None
     assert claimed.id == soon
+
+
+async def test_a_claim_passes_over_the_jobs_it_is_told_to_skip(engine: AsyncEngine) -> None:
+    _, template = await _template(engine, "jobs-a")
+    now = await _database_now(engine)
+    failing = await _job(engine, template, jobs.SCHEDULED, now - timedelta(minutes=2))
+    next_due = await _job(engine, template, jobs.SCHEDULED, now - timedelta(minutes=1))
+    async with engine.begin() as conn:
+        claimed = await queries.claim_due_job(conn, {failing})
+        assert claimed is not None
+        assert claimed.id == next_due
+        assert await queries.claim_due_job(conn, {failing, next_due}) is None

@@ -206,6 +206,29 @@ async def test_a_cancelled_job_is_never_run(
     assert await count_rows(engine, "job_files") == 0
 
 
+async def test_a_job_that_fails_to_store_is_rolled_back_and_holds_back_no_other(
+    template: UUID, engine: AsyncEngine, drain: Drain, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = await _schedule_directly(engine, template, 6000, "+441")
+    good = await _schedule_directly(engine, template, 10, "+442")
+    async with engine.begin() as conn:  # its second chunk unreadable, after a first one COPYed
+        await conn.execute(
+            text("UPDATE job_files SET chunk = 'not json' WHERE job_id = :id AND seq = 1"), {"id": broken}
+        )
+        await conn.execute(
+            text("UPDATE jobs SET scheduled_for = now() - interval '1 minute' WHERE id = :id"), {"id": broken}
+        )
+    await _make_due(engine, good)  # due after the broken one, which is claimed first
+
+    assert await start_due_jobs({"drain": drain}) == 1
+
+    assert (await _status(engine, broken), await _status(engine, good)) == ("scheduled", "stored")
+    assert await count_rows(engine) == 10  # none of the broken job's first chunk
+    assert await _kept_chunks(engine, broken) == 2
+    assert f"scheduled job {broken} was not stored (rolled back, due again)" in caplog.text
+    assert await start_due_jobs({"drain": drain}) == 0  # tried again at the next run, and failing again
+
+
 async def test_a_worker_whose_clock_is_days_ahead_starts_no_job_before_its_time_by_postgres(
     template: UUID, engine: AsyncEngine, workers: Workers, clock_ahead: dict[str, str]
 ) -> None:
