@@ -161,6 +161,11 @@ def _worker_settings() -> type:
         on_startup = startup
         on_shutdown = shutdown
         handle_signals = True
+        # On SIGTERM, arq stops taking jobs and lets running ones end (up to this long) before it cancels them. Without
+        # it, a job cancelled in arq's own bookkeeping (the 5 s scheduler cron's start or end) fails arq's close():
+        # exit code 1, and on_shutdown (the drains' grace) skipped. A scheduler run still going then is cancelled,
+        # its job rolled back. The drains run meanwhile and get their own grace after it (within the pods' 45 s).
+        job_completion_wait = 5
         health_check_interval = 10
 
     return WorkerSettings

@@ -144,7 +144,7 @@ async def test_a_scheduled_job_waits_then_one_worker_stores_every_row_once(
         return {await _status(engine, native_id), await _status(engine, bulk_id)} == {"stored"}
 
     await wait_for(both_stored)
-    assert await stop(worker) == 0
+    assert await stop(worker) == 0, workers.log(worker)
     log = workers.log(worker)
     assert f"scheduled job {native_id} stored: 300 rows" in log, log
     assert f"scheduled job {bulk_id} stored: 20 rows" in log, log
@@ -248,7 +248,7 @@ async def test_a_worker_whose_clock_is_days_ahead_starts_no_job_before_its_time_
         return _runs_ended(workers.log(worker)) >= runs + 2
 
     await wait_for(ran_twice_more)
-    assert await stop(worker) == 0
+    assert await stop(worker) == 0, workers.log(worker)
     assert await _status(engine, later) == "scheduled", workers.log(worker)
     assert (await _stored(engine, later))[0] == 0
     assert await _kept_chunks(engine, later) == 1
@@ -306,7 +306,7 @@ async def test_a_worker_killed_mid_job_leaves_it_due_and_a_fresh_worker_stores_e
         return await _status(engine, job_id) == "stored"
 
     await wait_for(stored, limit=300)
-    assert await stop(rescuer) == 0
+    assert await stop(rescuer) == 0, workers.log(rescuer)
     assert f"scheduled job {job_id} stored: {rows} rows" in workers.log(rescuer)
     async with engine.connect() as conn:
         counted = await conn.execute(
