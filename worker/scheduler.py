@@ -1,4 +1,4 @@
-"""The scheduler: every worker starts due scheduled jobs, each in one Postgres transaction (docs/jobs.md).
+"""The scheduler: the workers start due scheduled jobs, each in one Postgres transaction (docs/jobs.md).
 
 A scheduled job's rows wait in `job_files` (the API kept them at upload) until its `scheduled_for`. An arq cron
 (`start_due_jobs`, every SCHEDULER_SECONDS on whichever worker takes the tick, and at each worker's start-up) runs
@@ -32,7 +32,7 @@ from shared import job_store, partitions, queries
 
 logger = logging.getLogger(__name__)
 
-#: How often each worker looks for due jobs (the cron's seconds: a divisor of 60).
+#: How often the workers look for due jobs: one run a tick, on whichever worker takes it (a divisor of 60).
 SCHEDULER_SECONDS = 5
 #: Most jobs one run tries; the next run (SCHEDULER_SECONDS later, on any worker) takes the rest.
 MAX_JOBS_PER_RUN = 10
