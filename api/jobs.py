@@ -218,7 +218,17 @@ async def _store_job(
             if per_minute:
                 await _charge(state, service_id, job_id, count, per_minute)
             await queries.insert_job(
-                conn, job_id, name, template.template_id, template.version, count, status, scheduled_for, now, None
+                conn,
+                job_id,
+                name,
+                template.template_id,
+                template.version,
+                count,
+                status,
+                scheduled_for,
+                now,
+                None,
+                reference,
             )
             if key is not None:
                 assert body is not None
@@ -444,4 +454,4 @@ async def list_jobs(state: State, service_id: UUID, limit: int, older_than: UUID
 
 async def cancel_job(state: State, service_id: UUID, job_id: UUID) -> tuple[Row[Any] | None, bool]:
     """Cancel a scheduled job of the service that is not yet due (its kept rows deleted); see `queries.cancel_job`."""
-    return await _read(state, lambda conn: queries.cancel_job(conn, service_id, job_id, datetime.now(UTC)))
+    return await _read(state, lambda conn: queries.cancel_job(conn, service_id, job_id))

@@ -84,7 +84,9 @@ async def run_due_job(engine: AsyncEngine, skip: Collection[UUID] = ()) -> JobRu
 
 async def _store(engine: AsyncEngine, conn: AsyncConnection, job: Row[Any], stem: str) -> int:
     """COPY a claimed job's kept rows as its notifications, delete its file, mark it `stored`; return the rows."""
-    target = job_store.JobTarget(job.id, job.service_id, job.template_id, job.template_version, job.template_type, None)
+    target = job_store.JobTarget(
+        job.id, job.service_id, job.template_id, job.template_version, job.template_type, job.reference
+    )
     raw = (await conn.get_raw_connection()).driver_connection
     # the file is read on a connection of its own, as `copy_rows` reads the next batch while the previous one is
     # COPYed; it stays as committed at upload: a cancel waits for this job's lock, and only this transaction

@@ -14,7 +14,7 @@ from shared import jobs
 #: show (its service's, its API key's).
 JOB_SELECT = """
     SELECT j.id, j.name, j.template_id, j.template_version, j.notification_count, j.status, j.scheduled_for,
-           j.created_at, j.api_key_id, j.cancelled_at, t.service_id, t.type AS template_type,
+           j.created_at, j.api_key_id, j.cancelled_at, j.reference, t.service_id, t.type AS template_type,
            s.name AS service_name, k.name AS api_key_name
     FROM jobs AS j JOIN templates AS t ON t.id = j.template_id JOIN services AS s ON s.id = t.service_id
     LEFT JOIN api_keys AS k ON k.id = j.api_key_id
@@ -32,13 +32,14 @@ async def insert_job(
     scheduled_for: datetime | None,
     created_at: datetime,
     api_key_id: UUID | None,
+    reference: str | None = None,
 ) -> None:
     """Create a job (the template version must exist: a foreign key; the caller checks it is the service's)."""
     await conn.execute(
         text(
             "INSERT INTO jobs (id, name, template_id, template_version, notification_count, status, scheduled_for, "
-            "created_at, api_key_id) VALUES (:id, :name, :template_id, :version, :count, :status, :scheduled_for, "
-            ":created_at, :api_key_id)"
+            "created_at, api_key_id, reference) VALUES (:id, :name, :template_id, :version, :count, :status, "
+            ":scheduled_for, :created_at, :api_key_id, :reference)"
         ),
         {
             "id": job_id,
@@ -50,6 +51,7 @@ async def insert_job(
             "scheduled_for": scheduled_for,
             "created_at": created_at,
             "api_key_id": api_key_id,
+            "reference": reference,
         },
     )
 
@@ -72,30 +74,33 @@ async def list_jobs(
 
 
 async def cancel_job(
-    conn: AsyncConnection, service_id: UUID, job_id: UUID, now: datetime
+    conn: AsyncConnection, service_id: UUID, job_id: UUID, now: datetime | None = None
 ) -> tuple[Row[Any] | None, bool]:
     """Cancel a job of `service_id` that is `scheduled` and not yet due; return it and whether this cancelled it.
 
     The job's row is locked (`FOR UPDATE`) while it is checked and changed, so a scheduler starting due jobs, which
     takes the same lock, either starts it first (then it is not cancelled) or finds it cancelled. A job that is
     already cancelled, started, or due is returned unchanged with False; an unknown job (or another service's) is
-    (None, False). A cancelled job's kept rows (`job_files`) are deleted with it.
+    (None, False). A cancelled job's kept rows (`job_files`) are deleted with it. "Due" is on Postgres's clock, as
+    the scheduler's (`now` only for tests).
     """
     locked = (
         await conn.execute(
             text(
-                "SELECT j.status, j.scheduled_for FROM jobs AS j JOIN templates AS t ON t.id = j.template_id "
+                "SELECT j.status, j.scheduled_for, coalesce(CAST(:now AS timestamptz), now()) AS now "
+                "FROM jobs AS j JOIN templates AS t ON t.id = j.template_id "
                 "WHERE j.id = :id AND t.service_id = :service_id FOR UPDATE OF j"
             ),
-            {"id": job_id, "service_id": service_id},
+            {"id": job_id, "service_id": service_id, "now": now},
         )
     ).one_or_none()
     if locked is None:
         return None, False
-    cancellable = locked.status == jobs.SCHEDULED and locked.scheduled_for > now
+    cancellable = locked.status == jobs.SCHEDULED and locked.scheduled_for > locked.now
     if cancellable:
         await conn.execute(
-            text("UPDATE jobs SET status = 'cancelled', cancelled_at = :now WHERE id = :id"), {"id": job_id, "now": now}
+            text("UPDATE jobs SET status = 'cancelled', cancelled_at = :now WHERE id = :id"),
+            {"id": job_id, "now": locked.now},
         )
         await conn.execute(text("DELETE FROM job_files WHERE job_id = :id"), {"id": job_id})
     return await get_job(conn, service_id, job_id), cancellable

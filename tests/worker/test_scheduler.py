@@ -123,7 +123,14 @@ async def test_a_scheduled_job_waits_then_one_worker_stores_every_row_once(
     native_id = native.json()["id"]
     rows = [["phone number", "code"], *([f"+4477008{i:05d}", str(i)] for i in range(20))]
     bulk = await notify.post(
-        BULK, json={"name": "gc", "template_id": str(template), "rows": rows, "scheduled_for": when.isoformat()}
+        BULK,
+        json={
+            "name": "gc",
+            "template_id": str(template),
+            "rows": rows,
+            "scheduled_for": when.isoformat(),
+            "reference": "batch-7",
+        },
     )
     assert bulk.status_code == 201, bulk.text
     bulk_id = bulk.json()["data"]["id"]
@@ -163,6 +170,7 @@ async def test_a_scheduled_job_waits_then_one_worker_stores_every_row_once(
     got = await notify.get(f"/v2/notifications/{notification_id}")
     assert got.status_code == 200, got.text
     assert (got.json()["job_id"], got.json()["template"]["id"]) == (bulk_id, str(template))
+    assert got.json()["reference"] == "batch-7"  # the bulk send's reference, kept with the job until it ran
 
 
 async def test_schedulers_running_at_once_store_each_job_once(
