@@ -58,6 +58,7 @@ from shared.recipient_csv import (
     native_rules,
     ndjson_rows,
 )
+from shared.settings import Settings
 from shared.templating import Measure
 
 T = TypeVar("T")
@@ -73,9 +74,16 @@ def _unreachable(exc: Exception) -> RetryLaterError:
     )
 
 
-def rendering_check(template: TemplateVersion, max_rendered: int) -> RowCheck:
-    """A send's last check of a row: the template's rendered subject and body within MAX_RENDERED_LENGTH."""
+def rendering_check(template: TemplateVersion, settings: Settings) -> RowCheck | None:
+    """A send's last check of a row: the template's rendered subject and body within MAX_RENDERED_LENGTH.
+
+    None when no row can fail it: a row reaches this check with every value within
+    MAX_PERSONALIZATION_VALUE_LENGTH, so a template whose longest rendering is within the bound needs no check.
+    """
     measure = Measure(template.subject, template.body)  # the template split once per job, not per row
+    max_rendered = settings.max_rendered_length
+    if measure.longest(settings.max_personalization_value_length) <= max_rendered:
+        return None
 
     def check(to: str, values: dict[str, str]) -> list[str]:
         length = measure(values)
@@ -86,9 +94,11 @@ def rendering_check(template: TemplateVersion, max_rendered: int) -> RowCheck:
     return check
 
 
-def with_rendering_bound(template: TemplateVersion, max_rendered: int, rules: JobRules) -> JobRules:
-    """Add `rendering_check` to the rows' rules, for rows that pass the others."""
-    check, rendered = rules.check, rendering_check(template, max_rendered)
+def with_rendering_bound(template: TemplateVersion, settings: Settings, rules: JobRules) -> JobRules:
+    """Add `rendering_check` to the rows' rules (if it can fail), for rows that pass the others."""
+    check, rendered = rules.check, rendering_check(template, settings)
+    if rendered is None:
+        return rules
 
     def checked(to: str, values: dict[str, str]) -> list[str]:
         return check(to, values) or rendered(to, values)
@@ -382,9 +392,7 @@ async def create_native_job(
     source = chunks if body is None else body.__aiter__()
     listed = MAX_ERRORS_LISTED - 1  # and a last entry saying how many more
     if media_type in CSV_TYPES:
-        rules = with_rendering_bound(
-            template, settings.max_rendered_length, native_rules(settings, template.type, template.placeholders)
-        )
+        rules = with_rendering_bound(template, settings, native_rules(settings, template.type, template.placeholders))
         batches = csv_rows(source, rules, max_listed=listed, batch_rows=job_store.JOB_BATCH_ROWS)
     else:
         batches = ndjson_rows(
@@ -394,7 +402,7 @@ async def create_native_job(
             template.placeholders,
             max_listed=listed,
             batch_rows=job_store.JOB_BATCH_ROWS,
-            check=rendering_check(template, settings.max_rendered_length),
+            check=rendering_check(template, settings),
         )
     return await store_job(
         state, template, name, batches, scheduled_for=when, key=idempotency_key, body=body, refusal=_native_refusal

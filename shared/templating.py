@@ -78,6 +78,10 @@ class Measure:
                 last = end
             self.literal += len(text) - last
 
+    def longest(self, max_value_length: int) -> int:
+        """Return the longest rendering of the texts with values of at most `max_value_length` characters each."""
+        return self.literal + sum(max(count * max_value_length, written) for count, written in self.names.values())
+
     def __call__(self, values: Mapping[str, str]) -> int:
         """Return the length of the texts rendered with `values` (a placeholder without a value kept as written)."""
         length = self.literal

@@ -79,9 +79,7 @@ async def create_bulk_job(state: State, service_id: UUID, body: bytes) -> dict[s
     template = await job_template(state, service_id, request.template_id)
     if template is None:
         raise NotifyError("Template not found")
-    rules = with_rendering_bound(
-        template, settings.max_rendered_length, bulk_rules(settings, template.type, template.placeholders)
-    )
+    rules = with_rendering_bound(template, settings, bulk_rules(settings, template.type, template.placeholders))
     batches = csv_rows(chunked(request.csv), rules, max_listed=MAX_ROWS_LISTED, batch_rows=job_store.JOB_BATCH_ROWS)
 
     def refusal(exc: Exception) -> Exception:

@@ -5,7 +5,7 @@ import tracemalloc
 
 import pytest
 
-from shared.templating import Measure, RenderedTooLongError, render, render_within
+from shared.templating import Measure, RenderedTooLongError, placeholders, render, render_within
 
 VALUES = {"name": "Ann", "code": "1234", "empty": "", "amp": "&<>\"'", "long": "x" * 5000, "nl": "a\n\nb"}
 TEMPLATES = [
@@ -33,6 +33,8 @@ def test_the_measured_length_is_the_rendered_length(template: str) -> None:
     assert Measure(template)(VALUES) == len(rendered)
     assert Measure(template, None, template)(VALUES) == 2 * len(rendered)
     assert Measure(template)({}) == len(template)  # no values: every placeholder as written
+    longest = dict.fromkeys(placeholders(template), "x" * 5000)  # every placeholder at its longest
+    assert Measure(template).longest(5000) == len(render(template, longest) or "")
     assert render_within([template], VALUES, len(rendered)) == [rendered]
     # escaping is per character and no placeholder holds an escaped one: measuring with escaped values gives the
     # length of the escaped rendering
