@@ -19,6 +19,7 @@ unreachable a job is a 503 (docs/jobs.md says why there is no Redis fallback).
 
 import asyncio
 import hashlib
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from api.errors import (
     IdempotencyKeyInFlightError,
     IdempotencyKeyMismatchError,
     RetryLaterError,
+    WriteOutcomeUnknownError,
 )
 from api.flush import RateLimit
 from api.govuk.bulk import (
@@ -58,10 +60,12 @@ from shared.recipient_csv import (
     native_rules,
     ndjson_rows,
 )
+from shared.schemas import MESSAGE_TEXT
 from shared.settings import Settings
 from shared.templating import Measure
 
 T = TypeVar("T")
+_MESSAGE_TEXT = re.compile(MESSAGE_TEXT)
 
 #: How long an upload may send nothing before it is refused (408) and its job rolled back (milliseconds).
 IDLE_UPLOAD_MS = 60_000
@@ -197,6 +201,8 @@ async def _store_job(
 ) -> StoredJob:
     service_id = template.service_id
     now = datetime.now(UTC)
+    committing = False
+    job_id = None
     try:
         # a job stored at once shares its id's stem with its notifications: the job's id is its first row's
         stem = None if scheduled_for is not None else await job_store.new_stem(state.engine)
@@ -244,11 +250,18 @@ async def _store_job(
                 assert body is not None
                 await queries.insert_job_key(conn, service_id, key, job_id, await body.drain())
             job = await queries.get_job(conn, service_id, job_id)
+            committing = True  # what fails from here on failed the commit: it may have been applied
     except (JobFileError, InvalidRowsError) as exc:
         if refusal is None:
             raise
         raise refusal(exc) from None
     except Exception as exc:
+        if committing and failures.database_unreachable(exc):
+            raise WriteOutcomeUnknownError(
+                f"Postgres did not confirm the commit of job {job_id} ({type(exc).__name__}): it may or may not be "
+                f"stored. GET /notifications/v1/jobs/{job_id} answers 200 once it is and 404 if it is not; a "
+                "retry with the same Idempotency-Key is safe, a plain retry may store it twice"
+            ) from exc
         if failures.database_unreachable(exc):
             raise _unreachable(exc) from exc
         raise
@@ -304,7 +317,12 @@ async def _charge(state: State, service_id: UUID, job_id: UUID, count: int, per_
     shard = writer.layout.shard_of_stem(job_id.hex[: 2 * ids.STEM_BYTES])
     rate = RateLimit(shard.bucket_key(str(service_id)), per_minute, count, per_minute / writer.layout.count)
     sent_at = time.monotonic()
-    state_ = await writer.charge(rate, shard.index)
+    try:
+        state_ = await writer.charge(rate, shard.index)
+    except WriteOutcomeUnknownError as exc:  # the job is rolled back whatever Redis did: retrying it is safe
+        raise RetryLaterError(
+            "Redis did not confirm the job's rate-limit charge: nothing of this job was stored; a retry is safe"
+        ) from exc
     state.rate_limits.note(state_, service_id, sent_at, shard.index)
     if not state_.allowed:
         raise rate_limited_error(state_, count)
@@ -384,6 +402,8 @@ async def create_native_job(
         when, error = scheduled_for_error(scheduled_for, datetime.now(UTC), settings.jobs_max_schedule_hours_ahead)
         if error is not None:
             raise _invalid(("query", "scheduled_for"), "scheduled_for", error.removeprefix("scheduled_for "))
+    if not _MESSAGE_TEXT.match(name):
+        raise _invalid(("query", "name"), "string_pattern_mismatch", "a job's name may hold no control characters")
     template = await job_template(state, service_id, template_id)
     if template is None:
         raise _invalid(("query", "template_id"), "unknown_template", f"your service has no template {template_id}")

@@ -3,7 +3,9 @@
 import asyncio
 from collections.abc import AsyncIterator
 
+import asyncpg
 import httpx
+import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy import text
@@ -70,3 +72,50 @@ async def test_a_job_past_the_whole_rate_limit_is_refused_before_its_end(
     assert "whole rate limit of 10" in refused.json()["detail"]
     async with engine.connect() as conn:
         assert (await conn.execute(text("SELECT count(*) FROM notifications"))).scalar_one() == 0
+
+
+async def test_a_commit_postgres_does_not_confirm_is_answered_as_an_unknown_outcome_not_as_nothing_stored(
+    client: httpx.AsyncClient, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    template = await client.post("/templates/v1/", json={"name": "t", "type": "sms", "body": "Code ((code))"})
+    commit = asyncpg.transaction.Transaction.commit
+
+    async def committed_then_lost(self: asyncpg.transaction.Transaction) -> None:
+        await commit(self)  # applied, and then the connection is gone before the client hears of it
+        raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+    monkeypatch.setattr(asyncpg.transaction.Transaction, "commit", committed_then_lost)
+    answered = await client.post(
+        JOBS,
+        params={"template_id": template.json()["id"]},
+        headers={"Content-Type": "text/csv"},
+        content=b"to,code\n+447700900123,1\n+447700900124,2\n",
+    )
+    monkeypatch.undo()
+
+    assert answered.status_code == 503, answered.text
+    detail = answered.json()["detail"]
+    assert "may or may not be stored" in detail
+    assert "nothing of this job was stored" not in detail
+    async with engine.connect() as conn:
+        job_id = (await conn.execute(text("SELECT id FROM jobs"))).scalar_one()  # it was stored
+    assert str(job_id) in detail
+    found = await client.get(f"{JOBS}/{job_id}")
+    assert found.status_code == 200, found.text
+
+
+async def test_a_name_with_a_control_character_is_a_422_before_the_body_is_read(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    template = await client.post("/templates/v1/", json={"name": "t", "type": "sms", "body": "Code ((code))"})
+    for name in ("a\x00b", "a\x01b"):
+        refused = await client.post(
+            JOBS,
+            params={"template_id": template.json()["id"], "name": name},
+            headers={"Content-Type": "text/csv"},
+            content=b"to,code\n+447700900123,1\n",
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"][0]["loc"] == ["query", "name"]
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM jobs"))).scalar_one() == 0
