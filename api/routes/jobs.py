@@ -120,5 +120,6 @@ async def cancel_job(request: Request, service_id: ServiceId, job_id: UUID) -> R
         raise NotFoundError(f"your service has no job {job_id}")
     if not cancelled:
         state = jobs.native_job(job)["status"]
-        raise ConflictError(f"only a scheduled job that has not started can be cancelled; this one is {state}")
+        why = "its time has come: it is being stored or about to be" if state == "scheduled" else f"it is {state}"
+        raise ConflictError(f"only a scheduled job whose time has not come can be cancelled; {why}")
     return _json(jobs.native_job(job, counts=True))

@@ -6,9 +6,13 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import Row, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared import jobs
+from shared import failures, jobs
+
+#: SQLSTATE of a row lock that NOWAIT could not take.
+LOCK_NOT_AVAILABLE = "55P03"
 
 #: A job with its service and template type, which are its template's (migration 0007), and the names its answers
 #: show (its service's, its API key's).
@@ -82,18 +86,26 @@ async def cancel_job(
     takes the same lock, either starts it first (then it is not cancelled) or finds it cancelled. A job that is
     already cancelled, started, or due is returned unchanged with False; an unknown job (or another service's) is
     (None, False). A cancelled job's kept rows (`job_files`) are deleted with it. "Due" is on Postgres's clock, as
-    the scheduler's (`now` only for tests).
+    the scheduler's (`now` only for tests). A job a scheduler holds (being stored) is not cancellable, and the
+    cancel does not wait for it (`NOWAIT`): a large job's run would otherwise hold the caller's pooled connection.
     """
-    locked = (
-        await conn.execute(
-            text(
-                "SELECT j.status, j.scheduled_for, coalesce(CAST(:now AS timestamptz), now()) AS now "
-                "FROM jobs AS j JOIN templates AS t ON t.id = j.template_id "
-                "WHERE j.id = :id AND t.service_id = :service_id FOR UPDATE OF j"
-            ),
-            {"id": job_id, "service_id": service_id, "now": now},
-        )
-    ).one_or_none()
+    try:
+        async with conn.begin_nested():  # a savepoint: a lock not available must not abort the caller's transaction
+            locked = (
+                await conn.execute(
+                    text(
+                        "SELECT j.status, j.scheduled_for, coalesce(CAST(:now AS timestamptz), now()) AS now "
+                        "FROM jobs AS j JOIN templates AS t ON t.id = j.template_id "
+                        "WHERE j.id = :id AND t.service_id = :service_id FOR UPDATE OF j NOWAIT"
+                    ),
+                    {"id": job_id, "service_id": service_id, "now": now},
+                )
+            ).one_or_none()
+    except DBAPIError as exc:
+        if failures.sqlstate(exc) != LOCK_NOT_AVAILABLE:
+            raise
+        # a scheduler is storing it (for as long as the job takes): too late to cancel, and no waiting for it
+        return await get_job(conn, service_id, job_id), False
     if locked is None:
         return None, False
     cancellable = locked.status == jobs.SCHEDULED and locked.scheduled_for > locked.now
