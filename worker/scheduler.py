@@ -101,14 +101,16 @@ async def _store(engine: AsyncEngine, conn: AsyncConnection, job: Row[Any], stem
 
 
 async def start_due_jobs(ctx: dict[str, Any]) -> int:
-    """Store due jobs one after another (the arq cron) until none is due, MAX_JOBS_PER_RUN tries at most.
+    """Store due jobs one after another (the arq cron) until none is due, MAX_JOBS_PER_RUN stored at most.
 
-    Returns how many were stored. A job that fails is logged and skipped for the rest of the run.
+    Returns how many were stored. A job that fails is logged and skipped for the rest of the run, and does not count
+    against MAX_JOBS_PER_RUN: failing jobs due first never hold back the ones due after them (the run ends when
+    every due job was stored or failed).
     """
     engine: AsyncEngine = ctx["drain"].engine
     stored = 0
     failed: set[UUID] = set()
-    for _ in range(MAX_JOBS_PER_RUN):
+    while stored < MAX_JOBS_PER_RUN:
         try:
             run = await run_due_job(engine, failed)
         except JobNotStoredError as exc:

@@ -20,7 +20,7 @@ from shared import job_store, jobs, partitions, queries
 from shared.recipient_csv import JobRow
 from tests.helpers import Tenant, Workers, count_rows, stop, wait_for
 from worker.drain import Drain
-from worker.scheduler import start_due_jobs
+from worker.scheduler import MAX_JOBS_PER_RUN, start_due_jobs
 
 JOBS = "/notifications/v1/jobs"
 BULK = "/v2/notifications/bulk"
@@ -218,15 +218,19 @@ async def test_a_job_that_fails_to_store_is_rolled_back_and_holds_back_no_other(
     template: UUID, engine: AsyncEngine, drain: Drain, caplog: pytest.LogCaptureFixture
 ) -> None:
     broken = await _schedule_directly(engine, template, 6000, "+441")
+    # more failing jobs than a run stores, all due before the good one: none may hold it back
+    others = [await _schedule_directly(engine, template, 1, f"+443{n:02d}") for n in range(MAX_JOBS_PER_RUN)]
     good = await _schedule_directly(engine, template, 10, "+442")
     async with engine.begin() as conn:  # its second chunk unreadable, after a first one COPYed
         await conn.execute(
             text("UPDATE job_files SET chunk = 'not json' WHERE job_id = :id AND seq = 1"), {"id": broken}
         )
+        await conn.execute(text("UPDATE job_files SET chunk = 'not json' WHERE job_id = ANY(:ids)"), {"ids": others})
         await conn.execute(
-            text("UPDATE jobs SET scheduled_for = now() - interval '1 minute' WHERE id = :id"), {"id": broken}
+            text("UPDATE jobs SET scheduled_for = now() - interval '1 minute' WHERE id = ANY(:ids)"),
+            {"ids": [broken, *others]},
         )
-    await _make_due(engine, good)  # due after the broken one, which is claimed first
+    await _make_due(engine, good)  # due after the broken ones, which are claimed first
 
     assert await start_due_jobs({"drain": drain}) == 1
 
