@@ -35,6 +35,9 @@ from shared.settings import Settings
 
 #: Rows a batch holds (a reader's consumer writes them in batches of this size).
 BATCH_ROWS = 1000
+#: Characters of the body a batch holds at most (about; past it a batch ends with the chunk being read): rows of
+#: many long values would otherwise make a batch of BATCH_ROWS rows hundreds of megabytes.
+BATCH_CHARS = 8 * 1024 * 1024
 #: Notify's message for a cell a row needs and does not fill.
 MISSING = "Missing"
 
@@ -220,9 +223,16 @@ def _row(cells: list[str], columns: _Columns, rules: JobRules, number: int) -> J
 
 
 async def csv_rows(
-    chunks: AsyncIterator[bytes], rules: JobRules, *, max_listed: int, batch_rows: int = BATCH_ROWS
+    chunks: AsyncIterator[bytes],
+    rules: JobRules,
+    *,
+    max_listed: int,
+    batch_rows: int = BATCH_ROWS,
+    batch_chars: int = BATCH_CHARS,
 ) -> AsyncIterator[list[JobRow]]:
     """Yield a CSV job's valid rows in batches; raise once the body is read if any row was not valid.
+
+    A batch ends at `batch_rows` rows, or once the records read for it reach `batch_chars` characters.
 
     Raises:
         JobFileError: no header, a header without the recipient or a placeholder column, or with one of them twice;
@@ -233,7 +243,9 @@ async def csv_rows(
     errors = _Errors(max_listed)
     batch: list[JobRow] = []
     number = 0
+    chars = 0
     async for records in _records(chunks, rules.max_record_chars):
+        chars += sum(map(len, records))
         for cells in _parse(records):
             if isinstance(cells, _Unreadable):
                 if columns is None:
@@ -256,7 +268,10 @@ async def csv_rows(
                 batch.append(row)
                 if len(batch) >= batch_rows:
                     yield batch
-                    batch = []
+                    batch, chars = [], 0
+        if batch and chars >= batch_chars:
+            yield batch
+            batch, chars = [], 0
     if columns is None:
         raise JobFileError("the file is empty: it needs a header row and at least one row")
     if number == 0:
@@ -311,6 +326,7 @@ async def ndjson_rows(
     max_rows: int | None = None,
     batch_rows: int = BATCH_ROWS,
     check: RowCheck | None = None,
+    batch_chars: int = BATCH_CHARS,
 ) -> AsyncIterator[list[JobRow]]:
     """Yield a native NDJSON job's valid rows in batches (one `/notifications/v1/` object a line); as `csv_rows`.
 
@@ -328,6 +344,7 @@ async def ndjson_rows(
     number = 0
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
     pending = ""
+    chars = 0
     longest = max_record_chars(settings)
 
     def take(line: str) -> list[JobRow]:
@@ -363,9 +380,10 @@ async def ndjson_rows(
                 raise JobFileError(f"a line is longer than {longest} characters")
             for line in lines:
                 batch.extend(take(line))
-                if len(batch) >= batch_rows:
+                chars += len(line)
+                if batch and (len(batch) >= batch_rows or chars >= batch_chars):
                     yield batch
-                    batch = []
+                    batch, chars = [], 0
         batch.extend(take(pending + decoder.decode(b"", final=True)))
     except UnicodeDecodeError:
         raise JobFileError("the file is not UTF-8 text") from None
@@ -384,6 +402,7 @@ async def chunked(data: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
 
 
 __all__ = [
+    "BATCH_CHARS",
     "BATCH_ROWS",
     "InvalidRowsError",
     "JobFileError",

@@ -4,6 +4,7 @@ import tracemalloc
 from collections.abc import AsyncIterator
 from uuid import uuid4
 
+import orjson
 import pytest
 
 from shared.recipient_csv import (
@@ -213,3 +214,29 @@ async def test_memory_stays_bounded_while_200000_rows_are_read_in_batches() -> N
     assert read == 200_000
     # the file is ~10 MB; a reader holding it, or its rows, would peak far above this
     assert peak < 4 * 1024 * 1024, peak
+
+
+async def test_rows_of_long_values_end_a_batch_before_its_row_count() -> None:
+    # 200 rows of ~40,000 characters each: ~8 MB in one batch of 1,000 rows, were it counted by rows alone
+    long = "x" * 4000
+    header = "email address," + ",".join(f"p{n}" for n in range(10)) + "\n"
+    row = "a@example.com," + ",".join([long] * 10) + "\n"
+    rules = JobRules(("email address",), (), _no_check, 1_000_000, 100_000)
+    sizes = [
+        len(batch)
+        async for batch in csv_rows(
+            chunked((header + row * 200).encode()), rules, max_listed=10, batch_rows=1000, batch_chars=400_000
+        )
+    ]
+    assert sum(sizes) == 200
+    assert max(sizes) <= 12  # 400,000 characters' worth, give or take the 64 KiB chunk being read
+
+    line = orjson.dumps({"to": "a@example.com", "personalization": {f"p{n}": long for n in range(10)}}) + b"\n"
+    sizes = [
+        len(batch)
+        async for batch in ndjson_rows(
+            chunked(line * 200), SETTINGS, uuid4(), (), max_listed=10, batch_rows=1000, batch_chars=400_000
+        )
+    ]
+    assert sum(sizes) == 200
+    assert max(sizes) <= 11
