@@ -16,7 +16,7 @@ from arq import cron
 from arq.connections import RedisSettings
 from prometheus_client import start_http_server
 
-from shared import keys, partitions, redis_client
+from shared import keys, partitions, queries, redis_client
 from shared.db import create_engine
 from shared.heap import freeze_startup_objects
 from shared.logs import configure_logging
@@ -118,12 +118,16 @@ async def forget_idle_consumers(ctx: dict[str, Any], idle_ms: int = IDLE_CONSUME
 
 
 async def maintain_partitions(ctx: dict[str, Any]) -> None:
-    """Make the coming days' partitions and drop expired ones (skipped while another process does it)."""
+    """Make the coming days' partitions and drop expired ones (skipped while another process does it); expire keys."""
     drain: Drain = ctx["drain"]
     settings = drain.settings
     done = await partitions.maintain(drain.engine, drain.redis, settings.retention_days, keys.layout_for(settings))
     if done.skipped:
         logger.info("partition maintenance skipped: another process holds it")
+    async with drain.engine.begin() as conn:  # jobs' Idempotency-Keys are kept IDEMPOTENCY_TTL_SECONDS
+        expired = await queries.delete_expired_job_keys(conn, settings.idempotency_ttl_seconds)
+    if expired:
+        logger.info("deleted %d expired job Idempotency-Keys", expired)
 
 
 def _arq_redis_url(settings: Settings) -> str:

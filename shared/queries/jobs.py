@@ -185,3 +185,11 @@ async def insert_job_key(conn: AsyncConnection, service_id: UUID, key: str, job_
         ),
         {"service_id": service_id, "key": key, "job_id": job_id, "fingerprint": fingerprint},
     )
+
+
+async def delete_expired_job_keys(conn: AsyncConnection, ttl_seconds: int) -> int:
+    """Delete the job Idempotency-Keys older than the TTL (their jobs stay); return how many."""
+    result = await conn.execute(
+        text("DELETE FROM job_keys WHERE created_at < now() - make_interval(secs => :ttl)"), {"ttl": ttl_seconds}
+    )
+    return int(result.rowcount)

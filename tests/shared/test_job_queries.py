@@ -159,3 +159,15 @@ async def test_a_claim_passes_over_the_jobs_it_is_told_to_skip(engine: AsyncEngi
         assert claimed is not None
         assert claimed.id == next_due
         assert await queries.claim_due_job(conn, {failing, next_due}) is None
+
+
+async def test_job_keys_past_the_ttl_are_deleted_and_newer_ones_kept(engine: AsyncEngine) -> None:
+    service, template = await _template(engine, "jobs-a")
+    job_id = await _job(engine, template)
+    async with engine.begin() as conn:
+        await queries.insert_job_key(conn, service, "old", job_id, b"f")
+        await queries.insert_job_key(conn, service, "new", job_id, b"f")
+        await conn.execute(text("UPDATE job_keys SET created_at = now() - interval '2 days' WHERE key = 'old'"))
+    async with engine.begin() as conn:
+        assert await queries.delete_expired_job_keys(conn, 86_400) == 1
+        assert (await conn.execute(text("SELECT key FROM job_keys"))).scalars().all() == ["new"]
