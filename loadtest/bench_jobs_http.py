@@ -233,30 +233,45 @@ async def empty_tables(database_url: str) -> None:
         print(f"no CHECKPOINT between the runs ({error.__class__.__name__})", flush=True)
 
 
+class Measuring:
+    """One path's measurement, started at once: the API's memory (before, sampled peak) and every process's CPU."""
+
+    def __init__(self, api_pid: int, cpu_pids: dict[str, int]) -> None:
+        self.rss_before = psutil.Process(api_pid).memory_info().rss
+        self.sampler = RssSampler({"api": api_pid})
+        self.sampler.start()
+        self.meter = CpuMeter(cpu_pids)
+        self.meter.start()
+        self.machine, self.bench_cpu, self.started = psutil.cpu_times(), time.process_time(), time.monotonic()
+
+    def stop(self) -> tuple[float, dict[str, float]]:
+        """Stop; return the seconds measured and the CPU of each process, this one's and the machine's (%)."""
+        seconds = time.monotonic() - self.started
+        cpu = {
+            **self.meter.stop(),
+            "bench": round(100 * (time.process_time() - self.bench_cpu) / seconds),
+            "machine": busy(self.machine),
+        }
+        del cpu["load"]  # CpuMeter's finished children of this process: none here
+        self.sampler.running = False
+        self.sampler.join()
+        return seconds, cpu
+
+
 def measure_job(
     base_url: str, key: str, template_id: str, csv_path: Path, api_pid: int, cpu_pids: dict[str, int], database_url: str
 ) -> dict[str, Any]:
     """POST the job once; return its figures (seconds, rate, rows in Postgres, API memory, CPU)."""
-    rss_before = psutil.Process(api_pid).memory_info().rss
-    sampler = RssSampler({"api": api_pid})
-    sampler.start()
-    meter = CpuMeter(cpu_pids)
-    meter.start()
-    machine, bench_cpu, started = psutil.cpu_times(), time.process_time(), time.monotonic()
+    measuring = Measuring(api_pid, cpu_pids)
     answer = asyncio.run(post_job(base_url, key, template_id, csv_path, f"bench-{time.time_ns()}"))
-    seconds = time.monotonic() - started
-    cpu = {**meter.stop(), "bench": round(100 * (time.process_time() - bench_cpu) / seconds), "machine": busy(machine)}
-    del cpu["load"]  # CpuMeter's finished children of this process: none here
-    sampler.running = False
-    sampler.join()
-    peak = max(sampler.peak["api"], vm_hwm(api_pid))
+    seconds, cpu = measuring.stop()
     return {
         "answer": answer,
         "seconds": seconds,
         "stored": asyncio.run(count_stored(database_url, str(answer["id"]))),
         "stored_seconds": seconds,  # the 201 comes after the commit: every row is stored when it is answered
-        "api_rss_before_mb": rss_before / 2**20,
-        "api_rss_peak_mb": peak / 2**20,
+        "api_rss_before_mb": measuring.rss_before / 2**20,
+        "api_rss_peak_mb": max(measuring.sampler.peak["api"], vm_hwm(api_pid)) / 2**20,
         "cpu": cpu,
     }
 
@@ -266,18 +281,11 @@ def measure_multiple(
     database_url: str, redis_url: str,
 ) -> dict[str, Any]:  # fmt: skip
     """Send the `/multiple` bodies, wait until the drain stored them all; return the figures."""
-    rss_before = psutil.Process(api_pid).memory_info().rss
-    sampler = RssSampler({"api": api_pid})
-    sampler.start()
-    meter = CpuMeter(cpu_pids)
-    meter.start()
-    machine, bench_cpu, started = psutil.cpu_times(), time.process_time(), time.monotonic()
+    measuring = Measuring(api_pid, cpu_pids)
+    started = measuring.started
     accepted = asyncio.run(post_multiple(base_url, key, bodies, in_flight))
-    seconds = time.monotonic() - started
-    cpu = {**meter.stop(), "bench": round(100 * (time.process_time() - bench_cpu) / seconds), "machine": busy(machine)}
-    del cpu["load"]  # CpuMeter's finished children of this process: none here
-    sampler.running = False
-    sampler.join()
+    seconds, cpu = measuring.stop()
+    meter = measuring.meter
     meter.start()
     tail_started = time.monotonic()
     stored_then = asyncio.run(count_stored(database_url))
@@ -290,8 +298,8 @@ def measure_multiple(
         "stored_seconds": stored_at - started,
         "stored_at_accept_end": stored_then,
         "tail_seconds": stored_at - tail_started,
-        "api_rss_before_mb": rss_before / 2**20,
-        "api_rss_peak_mb": sampler.peak["api"] / 2**20,
+        "api_rss_before_mb": measuring.rss_before / 2**20,
+        "api_rss_peak_mb": measuring.sampler.peak["api"] / 2**20,
         "cpu": cpu,
         "tail_cpu": tail_cpu,
     }
