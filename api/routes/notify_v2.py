@@ -87,8 +87,8 @@ async def get_notification(
     return await respond(request, V2_ONE, _uuid(notification_id, "notification_id"))
 
 
-def _list_filters(request: Request) -> tuple[list[str], list[str], str | None, UUID | None, bool]:
-    """Check the list's query as Notify does: (template types, statuses, reference, older_than, include_jobs)."""
+def _list_filters(request: Request) -> queries.ListingFilter:
+    """Check the list's query as Notify does; return what it asks for."""
     query = request.query_params
     errors = []
     unexpected = [name for name in query if name not in _LIST_PARAMETERS]
@@ -113,7 +113,7 @@ def _list_filters(request: Request) -> tuple[list[str], list[str], str | None, U
         errors.append(f"include_jobs {query['include_jobs']} is not of type boolean")
     if errors:
         raise NotifyValidationError(errors)
-    return types, statuses, reference, older_than, include_jobs == "true"
+    return queries.ListingFilter(types, statuses, reference, older_than, include_jobs == "true")
 
 
 @router.get("/notifications")
@@ -124,19 +124,11 @@ async def list_notifications(request: Request, service_id: NotifyServiceId, engi
     is stored in Postgres; a notification still queued in Redis shows up once drained (GET by id finds it at once).
     Bulk jobs' notifications are listed only with `include_jobs=true`, as GC Notify lists them.
     """
-    types, statuses, reference, older_than, include_jobs = _list_filters(request)
+    listing = _list_filters(request)
     docs: list[bytes] = []
-    if queries.listing_can_match(types, statuses):  # else empty (`status=delivered`): no query, no scan
+    if listing.can_match():  # else empty (`status=delivered`): no query, no scan
         async with engine.connect() as conn:
-            docs = await queries.list_notify_notifications(
-                conn,
-                service_id,
-                types=types,
-                statuses=statuses,
-                reference=reference,
-                older_than=older_than,
-                include_jobs=include_jobs,
-            )
+            docs = await queries.list_notify_notifications(conn, service_id, listing)
     root = base_url(request.scope, request.app.state.settings.public_base_url)
     found = [notification(orjson.loads(doc), root) for doc in docs]
     params = list(request.query_params.multi_items())

@@ -1,5 +1,7 @@
 """SQL of the notifications table: the drain's COPY and idempotent insert, GET's lookups, the v2 listing."""
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -105,22 +107,29 @@ STORED_TYPES = frozenset({"email", "sms"})
 STORED_STATUSES = frozenset({"created"})
 
 
-def listing_can_match(types: list[str], statuses: list[str]) -> bool:
-    """Whether a listing filter can match a stored notification (empty: no filter): if not, the page is empty."""
-    return (not types or not STORED_TYPES.isdisjoint(types)) and (
-        not statuses or not STORED_STATUSES.isdisjoint(statuses)
-    )
+@dataclass(frozen=True, slots=True)
+class ListingFilter:
+    """What `GET /v2/notifications` asks for.
+
+    Any of `types` and of `statuses` (empty: all), the exact `reference`, ids below `older_than`; bulk jobs'
+    notifications only with `include_jobs` (as GC Notify lists them).
+    """
+
+    types: Sequence[str] = ()
+    statuses: Sequence[str] = ()
+    reference: str | None = None
+    older_than: UUID | None = None
+    include_jobs: bool = False
+
+    def can_match(self) -> bool:
+        """Whether the filter can match a stored notification: if not, the page is empty without a query."""
+        return (not self.types or not STORED_TYPES.isdisjoint(self.types)) and (
+            not self.statuses or not STORED_STATUSES.isdisjoint(self.statuses)
+        )
 
 
 def listing_query(
-    service_id: UUID,
-    *,
-    types: list[str],
-    statuses: list[str],
-    reference: str | None,
-    older_than: UUID | None,
-    limit: int = NOTIFY_PAGE_SIZE,
-    include_jobs: bool = False,
+    service_id: UUID, listing: ListingFilter, limit: int = NOTIFY_PAGE_SIZE
 ) -> tuple[TextClause, dict[str, Any]]:
     """Return the SQL and parameters listing a service's stored v2 notifications, newest first.
 
@@ -133,19 +142,19 @@ def listing_query(
     rows each index scan reads, so a page behind a large job reads past its rows.
     """
     where = ["n.service_id = :service_id", "n.type IS NOT NULL"]
-    if not include_jobs:
+    if not listing.include_jobs:
         where.append("n.job_id IS NULL")
     params: dict[str, Any] = {"service_id": service_id, "limit": limit}
-    wanted_types = sorted(STORED_TYPES.intersection(types) if types else STORED_TYPES)
-    if statuses:
+    wanted_types = sorted(STORED_TYPES.intersection(listing.types) if listing.types else STORED_TYPES)
+    if listing.statuses:
         where.append("n.status = ANY(:statuses)")
-        params["statuses"] = sorted(STORED_STATUSES.intersection(statuses))
-    if older_than is not None:
+        params["statuses"] = sorted(STORED_STATUSES.intersection(listing.statuses))
+    if listing.older_than is not None:
         where.append("n.id < :older_than")
-        params["older_than"] = older_than
-    if reference is not None:
+        params["older_than"] = listing.older_than
+    if listing.reference is not None:
         where += ["n.reference = :reference", "n.type = ANY(:types)"]
-        params.update(reference=reference, types=wanted_types)
+        params.update(reference=listing.reference, types=wanted_types)
         return text(f"{SELECT_NOTIFICATIONS_FROM} WHERE {' AND '.join(where)} ORDER BY n.id DESC LIMIT :limit"), params
     branches = []
     for index, notification_type in enumerate(wanted_types or [""]):  # "": no type asked for is stored
@@ -159,31 +168,13 @@ def listing_query(
 
 
 async def list_notify_notifications(
-    conn: AsyncConnection,
-    service_id: UUID,
-    *,
-    types: list[str],
-    statuses: list[str],
-    reference: str | None,
-    older_than: UUID | None,
-    limit: int = NOTIFY_PAGE_SIZE,
-    include_jobs: bool = False,
+    conn: AsyncConnection, service_id: UUID, listing: ListingFilter, limit: int = NOTIFY_PAGE_SIZE
 ) -> list[bytes]:
-    """Return the JSON documents of a service's stored v2 notifications (type not NULL), newest first.
+    """Return the JSON documents of a service's stored v2 notifications that `listing` asks for, newest first.
 
-    Filters: any of `types` and of `statuses` (empty: all), the exact `reference`, ids below `older_than`
-    (`listing_query`); bulk jobs' notifications only with `include_jobs`. Callers answer a filter that cannot
-    match (`listing_can_match`) without calling this.
+    Callers answer a filter that cannot match (`ListingFilter.can_match`) without calling this.
     """
-    query, params = listing_query(
-        service_id,
-        types=types,
-        statuses=statuses,
-        reference=reference,
-        older_than=older_than,
-        limit=limit,
-        include_jobs=include_jobs,
-    )
+    query, params = listing_query(service_id, listing, limit)
     return [_document(row) for row in await conn.execute(query, params)]
 
 

@@ -52,8 +52,7 @@ def scans(plan: Any) -> Iterator[dict[str, Any]]:
 
 async def explain(engine: AsyncEngine, service_id: UUID, **filters: Any) -> list[dict[str, Any]]:
     """Run the listing with EXPLAIN ANALYZE; return its partition scans."""
-    arguments: dict[str, Any] = {"types": [], "statuses": [], "reference": None, "older_than": None, **filters}
-    query, params = queries.listing_query(service_id, **arguments)
+    query, params = queries.listing_query(service_id, queries.ListingFilter(**filters))
     async with engine.connect() as conn:
         plan = (await conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) " + query.text), params)).scalar()
     return list(scans(orjson.loads(plan) if isinstance(plan, str) else plan))
@@ -145,11 +144,9 @@ async def test_pages_of_both_types_are_merged_newest_first(engine: AsyncEngine, 
             )
 
     async def page(older_than: str | None = None, **filters: Any) -> list[str]:
-        arguments: dict[str, Any] = {"types": [], "statuses": [], "reference": None, **filters}
+        listing = queries.ListingFilter(older_than=UUID(older_than) if older_than else None, **filters)
         async with engine.connect() as conn:
-            docs = await queries.list_notify_notifications(
-                conn, tenant.service_id, older_than=UUID(older_than) if older_than else None, limit=4, **arguments
-            )
+            docs = await queries.list_notify_notifications(conn, tenant.service_id, listing, limit=4)
         return [orjson.loads(doc)["id"] for doc in docs]
 
     newest_first = ids[::-1]
