@@ -1,13 +1,13 @@
-"""Jobs: one request carrying many notifications, stored all or nothing. The native routes' work, and both's path.
+"""Jobs: one request carrying many notifications, stored all or nothing. The path both job routes take.
 
 GC Notify's `POST /v2/notifications/bulk` (`api.govuk.jobs.create_bulk_job`, its body in memory: at most 50,000
-rows) and the native streamed `POST /notifications/v1/jobs` (`create_native_job`, CSV or NDJSON of up to
+rows) and the native streamed `POST /notifications/v1/jobs` (`api.native_jobs.create_native_job`, CSV or NDJSON of up to
 MAX_JOB_ROWS rows, read as it arrives) take one path, `store_job` (docs/jobs.md): in ONE Postgres transaction, an
 Idempotency-Key is taken (`job_keys`, so a retry stores the job once), every row is read and checked as it arrives
 and COPYed into `notifications` with its `job_id` (`shared.job_store.copy_rows`) — or, for a scheduled job, kept
 in `job_files` until the worker's scheduler queues it —, then the `jobs` row is written with its count, and the
 transaction commits. The 201 comes after the commit: the job is durable (`stored`, or `scheduled`). A bad row, a
-file fault, too many rows for the service's rate limit, or the client gone (or silent for IDLE_UPLOAD_MS: 408) roll
+file fault, too many rows for the service's rate limit, or the client gone (or silent: a 408) roll
 everything back; so does a process killed mid-upload (Postgres drops the transaction with the connection). Redis
 holds nothing of a job.
 
@@ -17,9 +17,7 @@ stored; one past the whole limit is refused as soon as its rows read pass it). J
 unreachable a job is a 503 (docs/jobs.md says why there is no Redis fallback).
 """
 
-import asyncio
 import hashlib
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -27,13 +25,10 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
-from fastapi.exceptions import RequestValidationError
 from sqlalchemy import Row, text
 from starlette.datastructures import State
 
 from api.errors import (
-    MAX_ERRORS_LISTED,
-    ApiError,
     BadRequestError,
     ConflictError,
     IdempotencyKeyInFlightError,
@@ -42,9 +37,6 @@ from api.errors import (
     WriteOutcomeUnknownError,
 )
 from api.flush import RateLimit
-from api.govuk.bulk import (
-    scheduled_for_error,
-)
 from api.govuk.validation import EMAIL, SMS
 from api.ingest import rate_limited_error
 from api.template_cache import TemplateVersion
@@ -56,19 +48,11 @@ from shared.recipient_csv import (
     JobRow,
     JobRules,
     RowCheck,
-    csv_rows,
-    native_rules,
-    ndjson_rows,
 )
-from shared.schemas import MESSAGE_TEXT
 from shared.settings import Settings
 from shared.templating import Measure
 
 T = TypeVar("T")
-_MESSAGE_TEXT = re.compile(MESSAGE_TEXT)
-
-#: How long an upload may send nothing before it is refused (408) and its job rolled back (milliseconds).
-IDLE_UPLOAD_MS = 60_000
 
 
 def _unreachable(exc: Exception) -> RetryLaterError:
@@ -326,132 +310,6 @@ async def _charge(state: State, service_id: UUID, job_id: UUID, count: int, per_
     state.rate_limits.note(state_, service_id, sent_at, shard.index)
     if not state_.allowed:
         raise rate_limited_error(state_, count)
-
-
-#: Content types of a native job's body: CSV (a header row, then rows) or NDJSON (one native object a line).
-CSV_TYPES = frozenset({"text/csv", "application/csv"})
-NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"})
-
-
-async def _within_stalls(chunks: AsyncIterator[bytes], seconds: float) -> AsyncIterator[bytes]:
-    """Pass a body's chunks on; 408 once the client sends nothing for `seconds` (the job is rolled back)."""
-    iterator = aiter(chunks)
-    while True:
-        try:
-            chunk = await asyncio.wait_for(anext(iterator), seconds)
-        except StopAsyncIteration:
-            return
-        except TimeoutError:
-            raise BadRequestError(
-                f"the upload sent nothing for {seconds:g} seconds: nothing of this job was stored; send it again",
-                status_code=408,
-            ) from None
-        yield chunk
-
-
-def _invalid(loc: tuple[Any, ...], kind: str, message: str) -> RequestValidationError:
-    return RequestValidationError([{"type": kind, "loc": loc, "msg": message}])
-
-
-def _native_refusal(exc: Exception) -> ApiError | RequestValidationError:
-    """The native 400 for a file that cannot be read as a whole; the native 422 listing a job's bad rows."""
-    if isinstance(exc, JobFileError):
-        return BadRequestError(f"the job's file cannot be taken: {exc}")
-    assert isinstance(exc, InvalidRowsError)
-    errors: list[dict[str, Any]] = [
-        {"type": "invalid_row", "loc": ["body", "row", error.number], "msg": "; ".join(error.messages)}
-        for error in exc.errors
-    ]
-    if exc.count > len(errors):
-        more = exc.count - len(errors)
-        errors.append({"type": "too_many_errors", "loc": [], "msg": f"and {more} more rows with errors, not listed"})
-    return RequestValidationError(errors)
-
-
-async def create_native_job(
-    state: State,
-    service_id: UUID,
-    template_id: UUID,
-    name: str,
-    scheduled_for: str | None,
-    content_type: str | None,
-    chunks: AsyncIterator[bytes],
-    *,
-    idempotency_key: str | None = None,
-    request_mark: bytes = b"",
-) -> StoredJob:
-    """Store a native job from its streamed body (CSV or NDJSON), all or nothing; see `store_job`.
-
-    `request_mark` (route and query) goes into an Idempotency-Key's fingerprint with the body.
-
-    Raises:
-        BadRequestError: a body of another type (415), a `scheduled_for` out of bounds or a file that cannot be
-            read (400), more rows than the service's rate limit per minute (413), an upload that stalled (408).
-        RequestValidationError: an unknown template; rows that are not valid (422, the rows listed).
-        RetryLaterError: Postgres is unreachable (503).
-    """
-    settings = state.settings
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    if media_type not in CSV_TYPES | NDJSON_TYPES:
-        raise BadRequestError(
-            f"a job's body is CSV (Content-Type: text/csv) or NDJSON (application/x-ndjson), not {content_type!r}",
-            status_code=415,
-        )
-    when = None
-    if scheduled_for is not None:
-        when, error = scheduled_for_error(scheduled_for, datetime.now(UTC), settings.jobs_max_schedule_hours_ahead)
-        if error is not None:
-            raise _invalid(("query", "scheduled_for"), "scheduled_for", error.removeprefix("scheduled_for "))
-    if not _MESSAGE_TEXT.match(name):
-        raise _invalid(("query", "name"), "string_pattern_mismatch", "a job's name may hold no control characters")
-    template = await job_template(state, service_id, template_id)
-    if template is None:
-        raise _invalid(("query", "template_id"), "unknown_template", f"your service has no template {template_id}")
-    chunks = _within_stalls(chunks, IDLE_UPLOAD_MS / 1000)
-    body = Fingerprinted(chunks, request_mark) if idempotency_key is not None else None
-    source = chunks if body is None else body.__aiter__()
-    listed = MAX_ERRORS_LISTED - 1  # and a last entry saying how many more
-    if media_type in CSV_TYPES:
-        rules = with_rendering_bound(template, settings, native_rules(settings, template.type, template.placeholders))
-        batches = csv_rows(source, rules, max_listed=listed, batch_rows=job_store.JOB_BATCH_ROWS)
-    else:
-        batches = ndjson_rows(
-            source,
-            settings,
-            template.template_id,
-            template.placeholders,
-            max_listed=listed,
-            batch_rows=job_store.JOB_BATCH_ROWS,
-            check=rendering_check(template, settings),
-        )
-    return await store_job(
-        state, template, name, batches, scheduled_for=when, key=idempotency_key, body=body, refusal=_native_refusal
-    )
-
-
-def native_job(job: Row[Any], *, counts: bool = False) -> dict[str, Any]:
-    """A job in the native routes' shape; with `counts`, how many of its rows are queued and stored."""
-    shown: dict[str, Any] = {
-        "id": str(job.id),
-        "name": job.name,
-        "status": jobs.NATIVE_JOB_STATUS[job.status],
-        "rows": job.notification_count,
-        "template": {"id": str(job.template_id), "version": job.template_version},
-        "scheduled_for": None if job.scheduled_for is None else job.scheduled_for.astimezone(UTC).isoformat(),
-        "created_at": job.created_at.astimezone(UTC).isoformat(),
-    }
-    if job.status == jobs.STORED and job.scheduled_for is None:
-        # stored at once: its notifications' ids are its own id with the row's index (from 0) in the last 24 bits
-        stem = job.id.hex[: 2 * ids.STEM_BYTES]
-        shown["notification_ids"] = {
-            "first": ids.notification_id_at(stem, 0),
-            "last": ids.notification_id_at(stem, job.notification_count - 1),
-        }
-    if counts:  # a job's rows are queued and stored in one transaction: all of them, or none yet
-        done = job.notification_count if job.status in (jobs.QUEUED, jobs.STORED) else 0
-        shown["queued"] = done
-        shown["stored"] = job.notification_count if job.status == jobs.STORED else 0
-    return shown
 
 
 async def _read(state: State, read: Callable[[Any], Awaitable[T]]) -> T:

@@ -1,4 +1,4 @@
-"""Native jobs (`/notifications/v1/jobs`), declared here; the work is `api.jobs`.
+"""Native jobs (`/notifications/v1/jobs`), declared here; the work is `api.native_jobs` and `api.jobs`.
 
 A job's body is CSV (`text/csv`) or NDJSON (`application/x-ndjson`), streamed: read as it arrives, its rows
 COPYed into Postgres in one transaction as they are checked, so its length is bounded by MAX_JOB_ROWS, not
@@ -13,7 +13,7 @@ from uuid import UUID
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from api import jobs
+from api import jobs, native_jobs
 from api.auth import ServiceId
 from api.errors import ConflictError, NotFoundError
 from api.govuk.bulk import MAX_NAME_LENGTH
@@ -75,7 +75,7 @@ async def create_job(
 ) -> Response:
     """Store every row as a notification once all are valid (201 `stored`), or keep them until `scheduled_for`."""
     key = None if idempotency is None else idempotency_key(idempotency.encode("latin-1"))
-    stored = await jobs.create_native_job(
+    stored = await native_jobs.create_native_job(
         request.app.state,
         service_id,
         template_id,
@@ -87,7 +87,7 @@ async def create_job(
         request_mark=f"POST {PATH}?{request.url.query} {request.headers.get('content-type')}".encode(),
     )
     headers = {"Idempotent-Replayed": "true"} if stored.replayed else None
-    return _json(jobs.native_job(stored.job), 201, headers)
+    return _json(native_jobs.native_job(stored.job), 201, headers)
 
 
 @router.get("", summary="List your service's jobs, newest first")
@@ -100,7 +100,7 @@ async def list_jobs(
     found = await jobs.list_jobs(request.app.state, service_id, PAGE_SIZE, older_than)
     if found is None:
         raise NotFoundError(f"your service has no job {older_than}")
-    return _json({"jobs": [jobs.native_job(job, counts=True) for job in found]})
+    return _json({"jobs": [native_jobs.native_job(job, counts=True) for job in found]})
 
 
 @router.get("/{job_id}", summary="Get one job with its queued and stored counts")
@@ -109,7 +109,7 @@ async def get_job(request: Request, service_id: ServiceId, job_id: UUID) -> Resp
     job = await jobs.get_job(request.app.state, service_id, job_id)
     if job is None:
         raise NotFoundError(f"your service has no job {job_id}")
-    return _json(jobs.native_job(job, counts=True))
+    return _json(native_jobs.native_job(job, counts=True))
 
 
 @router.post("/{job_id}/cancel", summary="Cancel a scheduled job that has not started")
@@ -119,7 +119,7 @@ async def cancel_job(request: Request, service_id: ServiceId, job_id: UUID) -> R
     if job is None:
         raise NotFoundError(f"your service has no job {job_id}")
     if not cancelled:
-        state = jobs.native_job(job)["status"]
+        state = native_jobs.native_job(job)["status"]
         why = "its time has come: it is being stored or about to be" if state == "scheduled" else f"it is {state}"
         raise ConflictError(f"only a scheduled job whose time has not come can be cancelled; {why}")
-    return _json(jobs.native_job(job, counts=True))
+    return _json(native_jobs.native_job(job, counts=True))

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api import jobs as api_jobs
+from api import native_jobs
 from api.main import create_app
 from shared import job_store, ratelimits
 from shared.settings import Settings
@@ -562,7 +562,7 @@ async def _no_open_transaction(engine: AsyncEngine) -> bool:
 async def test_an_upload_that_stalls_is_a_408_and_stores_nothing(
     client: httpx.AsyncClient, email: str, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(api_jobs, "IDLE_UPLOAD_MS", 1000)
+    monkeypatch.setattr(native_jobs, "IDLE_UPLOAD_MS", 1000)
     never = asyncio.Event()
 
     async def stalled() -> AsyncIterator[bytes]:
@@ -579,7 +579,7 @@ async def test_an_upload_that_stalls_is_a_408_and_stores_nothing(
 async def test_a_slow_steady_upload_is_not_taken_for_a_stalled_one(
     client: httpx.AsyncClient, email: str, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(api_jobs, "IDLE_UPLOAD_MS", 2000)
+    monkeypatch.setattr(native_jobs, "IDLE_UPLOAD_MS", 2000)
     chunks = 40  # 0.1 s apart: the body takes twice the stall limit, a batch is never filled before its end
 
     async def steady() -> AsyncIterator[bytes]:
