@@ -276,11 +276,12 @@ def _body_error(exc: ValidationError) -> RequestValidationError:
 async def rate_limit(request: Ingest, cost: int) -> RateLimit | None:
     """Return the request's place in its service's token bucket (None if the service is not limited).
 
-    A keyed request is left to Redis: if it is a retry, its first answer is given again whatever the bucket holds.
+    What this process knows of the bucket was asked before the body was read or validated
+    (`refuse_before_body`, `refuse_before_validation`); the bucket has only gained since, so it is not asked
+    again: Redis's script decides.
 
     Raises:
         BadRequestError: the request holds more notifications than the whole limit (413: it never fits).
-        RateLimitedError: Redis refused the service lately and its bucket cannot hold `cost` tokens yet (429).
     """
     limits: RateLimiter = request.state.rate_limits
     service_id, shard = request.service_id, request.shard
@@ -295,9 +296,6 @@ async def rate_limit(request: Ingest, cost: int) -> RateLimit | None:
             "per minute: send at most that many per request",
             status_code=413,
         )
-    refused = None if request.idempotency_key is not None else limits.refused_before(service_id, cost, shard.index)
-    if refused is not None:
-        raise rate_limited_error(refused, cost)
     # each shard counts in a bucket of its own, refilled at its share of the limit
     shards = request.state.writer.layout.count
     return RateLimit(shard.bucket_key(request.service), per_minute, cost, per_minute / shards)
