@@ -361,6 +361,10 @@ class Drain:
                     raise
                 why = "Postgres unreachable" if failures.database_unreachable(exc) else "storing failed"
                 logger.warning("%s for %d entries (%r); retrying in %.1fs", why, len(entries), exc, delay)
+                if self.on_loop is not None:
+                    # alive, and doing what it should: a restart would not end the outage, but each one hands the
+                    # batch over again and counts a delivery, until MAX_DELIVERIES dead-letters good entries
+                    self.on_loop()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.db_retry_max_seconds)
 

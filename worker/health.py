@@ -1,10 +1,12 @@
 """Each worker's own liveness: a file its drains keep fresh, and `python -m worker.health`, which checks it.
 
 With WORKER_HEARTBEAT_FILE set, the file's modification time is the oldest of the drains' latest completed loops,
-so it goes stale as soon as any one drain stops completing loops (frozen, cut off from Redis, holding a batch while
-Postgres is down). `python -m worker.health` (the compose healthcheck, the Kubernetes liveness probe) exits 1 once
-the file is older than WORKER_HEARTBEAT_MAX_AGE_SECONDS, or missing. Unlike arq's health key, shared by every worker
-of a queue, it speaks for this worker only.
+so it goes stale as soon as any one drain stops completing loops (frozen, cut off from Redis). A drain retrying a
+batch while Postgres is down beats at each try: it is alive, a restart would not end the outage, and every restart
+hands its batch over again, one delivery more towards MAX_DELIVERIES (which would dead-letter good entries).
+`python -m worker.health` (the compose healthcheck, the Kubernetes liveness probe) exits 1 once the file is older
+than WORKER_HEARTBEAT_MAX_AGE_SECONDS, or missing. Unlike arq's health key, shared by every worker of a queue, it
+speaks for this worker only.
 """
 
 import contextlib

@@ -1,6 +1,7 @@
 """The drain in-process: POST → drain → rows in Postgres → GET from Postgres; idempotence; poison entries."""
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -11,8 +12,10 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from devstack.embedded import free_port
 from shared import keys, partitions, queries, redis_client
 from shared.codec import encode_notification, join_array
+from shared.db import create_engine
 from shared.ids import request_ids
 from shared.schemas import BRIEF_MULTIPLE_EXAMPLE
 from shared.tenancy import new_id
@@ -412,3 +415,34 @@ async def test_each_stored_batch_counts_as_progress_for_the_heartbeat(
     await beating.drain_batch(await beating.read_new())  # as the reclaim loop drains batch after batch, no read between
 
     assert beats == [1.0]
+
+
+async def test_a_drain_retrying_through_a_postgres_outage_keeps_its_heartbeat_and_its_batch(
+    client: httpx.AsyncClient, redis: Redis, drain: Drain
+) -> None:
+    await client.post(f"{BASE}/", json={"to": "me"})
+    gone = create_engine(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")  # nothing listens there
+    beaten = asyncio.Event()
+    beats: list[float] = []
+
+    def beat() -> None:
+        beats.append(1.0)
+        if len(beats) >= 3:
+            beaten.set()
+
+    settings = drain.settings.model_copy(update={"db_retry_max_seconds": 0.05})
+    waiting = Drain(redis, gone, settings, "waiting", on_loop=beat)
+    await waiting.ensure_group()
+    storing = asyncio.create_task(waiting.drain_batch(await waiting.read_new()))
+    try:
+        # a liveness probe sees it alive: no restart, no delivery counted towards MAX_DELIVERIES for nothing
+        await asyncio.wait_for(beaten.wait(), 60)
+    finally:
+        waiting.stopping.set()
+        storing.cancel()
+        with contextlib.suppress(BaseException):
+            await storing
+        await gone.dispose()
+    pending = await redis.xpending(keys.STREAM, keys.GROUP)
+    assert pending["pending"] == 1  # the batch is kept for the next try, never dropped or dead-lettered
+    assert await redis.xlen(keys.DEAD_LETTER_STREAM) == 0
