@@ -83,6 +83,8 @@ class RateLimiter:
             return None
         _, known = self._known.get((service_id.int, shard))
         if known is None:  # not known, or no longer: the limit it was counted under may have changed
+            # forgotten, so that once no rate-limited service writes here the check above costs nothing again
+            self._known.forget((service_id.int, shard))
             return None
         at, tokens, limit, refill_per_minute = known
         per_second = refill_per_minute / 60

@@ -3,8 +3,10 @@
 import asyncio
 import contextlib
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any, cast
+from uuid import uuid4
 
 import httpx
 import pytest
@@ -13,7 +15,9 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api.flush import RateState
 from api.main import create_app
+from api.rate_limiter import RateLimiter
 from shared import keys, ratelimits
 from shared.schemas import BRIEF_EXAMPLE
 from shared.settings import Settings
@@ -343,3 +347,13 @@ async def test_a_list_larger_than_the_limit_is_a_413_also_while_the_bucket_is_em
     assert too_large.status_code == 413, too_large.text  # as the README says: it never fits, whatever the bucket holds
     assert fits_later.status_code == 429
     assert single.status_code == 429
+
+
+def test_what_redis_said_of_a_bucket_is_forgotten_once_expired_so_the_no_limited_service_shortcut_comes_back() -> None:
+    limits = RateLimiter(cast(Any, None), cast(Any, None), 0, ttl_seconds=1.0)
+    service = uuid4()
+    handed_long_ago = time.monotonic() - 10  # what Redis said then is no longer to be trusted
+    limits.note(RateState(True, 60, 30_000, 1_000, 60.0), service, handed_long_ago)
+
+    assert limits.refused_before(service, 1) is None
+    assert len(limits._known) == 0  # `if not self._known` skips every lookup again
