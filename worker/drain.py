@@ -344,7 +344,9 @@ class Drain:
                 if not idempotent:
                     try:
                         return await self._copy(entries)
-                    except Exception:
+                    except Exception as exc:
+                        if _is_missing_partition(exc):  # the insert would fail the same way: make it, COPY again
+                            raise
                         # stored before, bad data or an outage: the idempotent insert tells which
                         idempotent = True
                 return await self._insert(entries)
@@ -365,7 +367,7 @@ class Drain:
                     # alive, and doing what it should: a restart would not end the outage, but each one hands the
                     # batch over again and counts a delivery, until MAX_DELIVERIES dead-letters good entries
                     self.on_loop()
-                await asyncio.sleep(delay)
+                await self._linger(delay)  # a stop ends the wait: the batch stays pending for the next worker
                 delay = min(delay * 2, self.settings.db_retry_max_seconds)
 
     async def _ack(self, stored: list[Entry], finished: list[bytes]) -> None:
@@ -427,6 +429,12 @@ class Drain:
             BACKLOG_BY_SHARD.labels(str(shard)).set(entries)
         OLDEST_PENDING_AGE.set(backlog.oldest_age_seconds)
 
+    async def _drain_redelivered(self, read: Callable[[], Awaitable[list[RawEntry]]], logged: str) -> None:
+        """Drain what `read` gives (entries delivered before) until it gives nothing; over-delivered ones buried."""
+        while entries := await read():
+            logger.info(logged, len(entries))
+            await self.drain_batch(await self.bury_overdelivered(entries), redelivered=True)
+
     async def _linger(self, seconds: float) -> None:
         """After a part-full batch, let new entries gather for `seconds` (unless stopping).
 
@@ -452,26 +460,24 @@ class Drain:
         while not self.stopping.is_set():
             try:
                 if reread_own:
-                    while own := await self.read_own_pending():
-                        logger.info("read again %d entries left pending at this consumer by an error", len(own))
-                        await self.drain_batch(await self.bury_overdelivered(own), redelivered=True)
+                    await self._drain_redelivered(
+                        self.read_own_pending, "read again %d entries left pending at this consumer by an error"
+                    )
                     reread_own = False
                 if loop.time() >= next_reclaim:
                     next_reclaim = loop.time() + self.settings.reclaim_interval_seconds
-                    while stale := await self.reclaim_stale():
-                        logger.info("reclaimed %d stale entries", len(stale))
-                        await self.drain_batch(await self.bury_overdelivered(stale), redelivered=True)
+                    await self._drain_redelivered(self.reclaim_stale, "reclaimed %d stale entries")
                 if loop.time() >= next_observation:
                     next_observation = loop.time() + 1.0
                     await self.observe_backlog()
                 read_at = loop.time()
                 if batch := await self.read_new():
-                    await self.drain_batch(batch)
+                    await self.drain_batch(batch)  # which beats the heartbeat
                     if len(batch) < self.settings.drain_batch_entries:
                         await self._linger(read_at + self.settings.drain_linger_ms / 1000 - loop.time())
-                delay = 0.1
-                if self.on_loop is not None:
+                elif self.on_loop is not None:  # a loop that found nothing new is complete too
                     self.on_loop()
+                delay = 0.1
             except ResponseError as exc:
                 reread_own = True
                 if "NOGROUP" in str(exc):  # Redis lost the group (flushed, or restarted without AOF)
@@ -487,6 +493,8 @@ class Drain:
                 delay = min(delay * 2, self.settings.db_retry_max_seconds)
             except Exception:  # a bug must not end the drain: whatever it was, the entries stay pending
                 reread_own = True
+                if self.stopping.is_set():  # a store given up on because the worker stops (its batch stays pending)
+                    break
                 logger.exception("drain iteration failed; retrying in %.1fs", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.db_retry_max_seconds)
