@@ -124,6 +124,7 @@ async def maintain_partitions(ctx: dict[str, Any]) -> None:
     done = await partitions.maintain(drain.engine, drain.redis, settings.retention_days, keys.layout_for(settings))
     if done.skipped:
         logger.info("partition maintenance skipped: another process holds it")
+        return
     async with drain.engine.begin() as conn:  # jobs' Idempotency-Keys are kept IDEMPOTENCY_TTL_SECONDS
         expired = await queries.delete_expired_job_keys(conn, settings.idempotency_ttl_seconds)
     if expired:

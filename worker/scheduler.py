@@ -28,7 +28,7 @@ from uuid import UUID
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shared import job_store, partitions, queries
+from shared import job_store, queries
 
 logger = logging.getLogger(__name__)
 
@@ -61,21 +61,19 @@ class JobRun:
 async def run_due_job(engine: AsyncEngine, skip: Collection[UUID] = ()) -> JobRun | None:
     """Store the job due longest ago in one transaction (claimed, COPYed, its file deleted, `stored`); None if none.
 
-    The stem of the job's ids is made first (its day's partition may need making, in a transaction of its own);
-    it is thrown away when no job is due. Jobs in `skip` are left alone.
+    Once a job is claimed, the stem of its ids is made from the claim's `now()` (Postgres's clock; its day's
+    partition made if missing, in a transaction of its own). Jobs in `skip` are left alone.
 
     Raises:
         JobNotStoredError: a job was claimed but not stored (rolled back); the error's cause says why.
     """
     began = time.monotonic()
-    async with engine.connect() as conn:
-        database_now, _ = await partitions.clocks(conn)
-    stem = await job_store.new_stem(engine, database_now)
     async with engine.begin() as conn:
         job = await queries.claim_due_job(conn, skip)
         if job is None:
             return None
         try:
+            stem = await job_store.new_stem(engine, job.claimed_at)
             rows = await _store(engine, conn, job, stem)
         except Exception as exc:  # the transaction rolls back as this leaves it
             raise JobNotStoredError(job.id) from exc

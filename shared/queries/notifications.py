@@ -212,19 +212,14 @@ def copy_rows(docs: list[NotificationDoc]) -> list[tuple[Any, ...]]:
     return rows
 
 
-async def copy_notifications(raw: Any, docs: list[NotificationDoc], job_id: UUID | None = None) -> int:
+async def copy_notifications(raw: Any, docs: list[NotificationDoc]) -> int:
     """Store decoded notifications with one binary COPY, in one transaction of the raw asyncpg connection.
 
     The fast path of the drain: not idempotent. It raises asyncpg's UniqueViolationError when any notification
     is stored already (a redelivered batch); the caller then stores the batch with `insert_notifications`.
-    A bulk job's rows (`api.jobs`) are COPYed the same way with their `job_id`, inside the job's own transaction
-    (this one is then a savepoint of it).
+    A job's rows are COPYed by `shared.job_store.copy_rows`, built from the job's rows rather than documents.
     """
     rows = copy_rows(docs)
-    columns = NOTIFICATION_COLUMNS
-    if job_id is not None:
-        rows = [(*row, job_id) for row in rows]
-        columns = [*NOTIFICATION_COLUMNS, "job_id"]
     async with raw.transaction():
-        await raw.copy_records_to_table("notifications", records=rows, columns=columns)
+        await raw.copy_records_to_table("notifications", records=rows, columns=NOTIFICATION_COLUMNS)
     return len(rows)
