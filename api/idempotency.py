@@ -12,18 +12,31 @@ followed by the whole answer) are answered as they are.
 import hashlib
 from uuid import UUID
 
-import orjson
 from starlette.datastructures import State
 
-from api.errors import IdempotencyKeyMismatchError, IdempotentAnswerGoneError
+from api.errors import BadRequestError, IdempotencyKeyMismatchError, IdempotentAnswerGoneError
 from api.govuk import objects as govuk_objects
 from shared import keys, queries
 from shared.codec import join_array
 from shared.ids import ids_of
 
+#: The longest Idempotency-Key accepted (draft-ietf-httpapi-idempotency-key-header leaves the limit to the server).
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
 #: The length of a record's fingerprint (hex SHA-256).
 FINGERPRINT_LENGTH = 64
 _NEW_FORMAT = b"@"  # after the fingerprint: a record that names the ids; `{` or `[` start an old record's answer
+
+
+def parse_key(value: bytes) -> str:
+    """Return an Idempotency-Key header's key: its sf-string quotes, if any, removed; 400 unless printable ASCII."""
+    if len(value) >= 2 and value[0] == value[-1] == 0x22:  # '"': the draft's form; the bare form is common too
+        value = value[1:-1]
+    key = value.decode("latin-1")
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or not (key.isascii() and key.isprintable()):
+        raise BadRequestError(
+            f"the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters"
+        )
+    return key
 
 
 def fingerprint(route_mark: bytes, body: bytes) -> bytes:
@@ -77,5 +90,5 @@ async def replay(
         return entry, ids[0]
     doc = entry[1:-1]  # the array of one request's one notification
     if root:  # a v2 route: Notify's answer, for the base URL the first request was answered with
-        doc = orjson.dumps(govuk_objects.created(orjson.loads(doc), root))
+        doc = govuk_objects.created_json(doc, root)
     return doc, ids[0]

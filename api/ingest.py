@@ -49,8 +49,6 @@ from shared.schemas import limited_notification, notification_list
 JSON = "application/json"
 NATIVE_PREFIX = "/notifications/v1"
 V2_PREFIX = "/v2/notifications"
-#: The longest Idempotency-Key accepted (draft-ietf-httpapi-idempotency-key-header leaves the limit to the server).
-MAX_IDEMPOTENCY_KEY_LENGTH = 255
 Headers = list[tuple[bytes, bytes]]
 _JSON_HEADER = (b"content-type", JSON.encode())
 _REPLAYED_HEADER = (b"idempotent-replayed", b"true")
@@ -184,23 +182,11 @@ def begin(
     state: State, route: Route, service_id: UUID, request_id: str, idempotency_header: bytes | None, root: str
 ) -> Ingest:
     """Give a POST its ids' stem, and so its shard: every retry with the same Idempotency-Key goes to one shard."""
-    key = None if idempotency_header is None else idempotency_key(idempotency_header)
+    key = None if idempotency_header is None else idempotency.parse_key(idempotency_header)
     layout: keys.Layout = state.writer.layout
     service = str(service_id)
     stem = new_stem(None if key is None else layout.shard_for_idempotency_key(service, key), layout.count)
     return Ingest(state, route, service_id, service, request_id, key, stem, layout.shard_of_stem(stem), root)
-
-
-def idempotency_key(value: bytes) -> str:
-    """Return an Idempotency-Key header's key: its sf-string quotes, if any, removed; 400 unless printable ASCII."""
-    if len(value) >= 2 and value[0] == value[-1] == 0x22:  # '"': the draft's form; the bare form is common too
-        value = value[1:-1]
-    key = value.decode("latin-1")
-    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or not (key.isascii() and key.isprintable()):
-        raise BadRequestError(
-            f"the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters"
-        )
-    return key
 
 
 def refuse_before_body(request: Ingest) -> None:
@@ -329,7 +315,7 @@ def documents(request: Ingest, parsed: Parsed) -> Documents:
     entry = join_array(docs)
     body = entry if route.listed else docs[0]
     if route.notify:
-        body = orjson.dumps(govuk_objects.created(orjson.loads(body), request.root))
+        body = govuk_objects.created_json(body, request.root)
     return Documents(ids, entry, body)
 
 

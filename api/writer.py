@@ -152,12 +152,7 @@ class RedisWriter:
                 raise IdempotencyKeyInFlightError()
             # held until the flush carrying it is answered, even if this request goes away before that
             self._keys_in_flight.add(idempotency.key)
-        pending = _PendingWrite(entry, cache_key, request_id, idempotency, rate_limit)
-        queue.queue.append(pending)
-        if not queue.flusher_starting and queue.in_flight < self._max_in_flight:
-            self._start_flusher(queue)
-        # Cancelling this wait cancels only this request's future, never the flush that other requests share
-        return await pending.done
+        return await self._enqueue(queue, _PendingWrite(entry, cache_key, request_id, idempotency, rate_limit))
 
     async def charge(self, rate_limit: RateLimit, shard: int = 0) -> RateState:
         """Take `rate_limit.cost` tokens from the service's bucket in `shard`, with the writes of the same flush.
@@ -171,13 +166,18 @@ class RedisWriter:
         queue = self._shards[shard]
         if queue.probe is not None:
             raise RedisUnresponsiveError()
-        pending = _PendingWrite(b"", rate_limit.bucket_key, "", None, rate_limit)
+        # an empty entry: FLUSH takes the tokens and keeps and queues nothing (the bucket key stands in for a cache key)
+        written = await self._enqueue(queue, _PendingWrite(b"", rate_limit.bucket_key, "", None, rate_limit))
+        assert written.rate is not None
+        return written.rate
+
+    async def _enqueue(self, queue: _ShardQueue, pending: _PendingWrite) -> Written:
+        """Hand a write to its shard's next flush (starting a flusher if none is starting) and await its outcome."""
         queue.queue.append(pending)
         if not queue.flusher_starting and queue.in_flight < self._max_in_flight:
             self._start_flusher(queue)
-        written = await pending.done
-        assert written.rate is not None
-        return written.rate
+        # Cancelling this wait cancels only this request's future, never the flush that other requests share
+        return await pending.done
 
     def _start_flusher(self, queue: _ShardQueue) -> None:
         queue.flusher_starting = True  # it takes everything queued until it runs

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import orjson
 from sqlalchemy import Row
 
 from api.errors import NotifyError, NotifyValidationError
@@ -89,6 +90,11 @@ def created(doc: dict[str, Any], root: str) -> dict[str, Any]:
     else:
         answer["content"] = {"body": doc["body"], "from_number": None}
     return answer
+
+
+def created_json(doc: bytes, root: str) -> bytes:
+    """Notify's answer to a send (`created`), as JSON, from the notification's own JSON document."""
+    return orjson.dumps(created(orjson.loads(doc), root))
 
 
 def notification(doc: dict[str, Any], root: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from api import jobs, native_jobs
 from api.auth import ServiceId
 from api.errors import ConflictError, NotFoundError
 from api.govuk.bulk import MAX_NAME_LENGTH
-from api.ingest import idempotency_key
+from api.idempotency import parse_key
 from api.middleware.body import JOBS_PATH as PATH
 
 router = APIRouter(prefix=PATH, tags=["jobs"])
@@ -74,7 +74,7 @@ async def create_job(
     idempotency: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     """Store every row as a notification once all are valid (201 `stored`), or keep them until `scheduled_for`."""
-    key = None if idempotency is None else idempotency_key(idempotency.encode("latin-1"))
+    key = None if idempotency is None else parse_key(idempotency.encode("latin-1"))
     stored = await native_jobs.create_native_job(
         request.app.state,
         service_id,

@@ -10,6 +10,7 @@ from uuid import UUID
 from fastapi import APIRouter, Request, Response
 
 from api.auth import ServiceId
+from api.idempotency import MAX_IDEMPOTENCY_KEY_LENGTH
 from api.ingest import JSON, MULTIPLE, NATIVE_PREFIX, ONE, SINGLE, respond
 from shared.schemas import BRIEF_EXAMPLE, BRIEF_MULTIPLE_EXAMPLE, NotificationIn, NotificationListIn, NotificationOut
 
@@ -23,7 +24,11 @@ _ERROR = {"content": {JSON: {"example": {"detail": "..."}}}}
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"description": "Missing, unknown or revoked API key", **_ERROR}}
 _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     **_AUTH_ERRORS,
-    400: {"description": "Idempotency-Key empty, longer than 255 characters or not printable ASCII", **_ERROR},
+    400: {
+        "description": f"Idempotency-Key empty, longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters or not printable "
+        "ASCII",
+        **_ERROR,
+    },
     409: {"description": "A request with this Idempotency-Key is still in progress", **_ERROR},
     410: {
         "description": "A retry with an Idempotency-Key whose first request's notifications are no longer kept",
@@ -44,7 +49,7 @@ _IDEMPOTENCY_KEY_DOC = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "maxLength": 255},
+    "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH},
     "description": "Retry safely: the same key with the same body within IDEMPOTENCY_TTL_SECONDS gets the first "
     "answer again (with `Idempotent-Replayed: true`) and queues nothing; with another body, a 422; a 410 once the "
     "first request's notifications are no longer kept (RETENTION_DAYS)",
