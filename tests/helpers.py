@@ -57,10 +57,22 @@ migrate = upgrade_database
 
 @asynccontextmanager
 async def redis_asleep(redis: Redis, seconds: float) -> AsyncIterator[None]:
-    """Redis busy for `seconds` (DEBUG SLEEP, as a stalled server): commands sent meanwhile run once it wakes."""
+    """Redis busy for `seconds` (DEBUG SLEEP, as a stalled server): commands sent meanwhile run once it wakes.
+
+    Entered once Redis has stopped answering: a PING that gets no answer within a quarter of a second is the sign
+    the sleep has begun (a fixed wait for it could be missed on a busy machine, and a command sent before the sleep
+    would run at once). The sleep must be long enough to leave the caller its stall after that.
+    """
     on_every_node = {"target_nodes": RedisCluster.ALL_NODES} if redis_client.is_cluster(redis) else {}
     sleeping = asyncio.create_task(redis.execute_command("DEBUG", "SLEEP", str(seconds), **on_every_node))
-    await asyncio.sleep(0.05)  # the sleep has begun
+    for _ in range(200):  # each try ~0.25 s at most: far past any sleep a test asks for
+        try:
+            await asyncio.wait_for(redis.execute_command("PING", **on_every_node), 0.25)
+        except TimeoutError:
+            break  # no answer: asleep
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("Redis kept answering: DEBUG SLEEP never began")
     try:
         yield
     finally:

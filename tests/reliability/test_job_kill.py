@@ -42,12 +42,12 @@ async def _open_copies(engine: AsyncEngine) -> list[int]:
 
 
 async def _open_transactions(engine: AsyncEngine, pids: list[int] | None = None) -> list[tuple[int, str]]:
-    """Other sessions with a transaction open (of `pids` only, when given)."""
+    """Other client sessions with a transaction open (of `pids` only, when given; autovacuum is not a client)."""
     async with engine.connect() as conn:
         found = await conn.execute(
             text(
                 "SELECT pid, state FROM pg_stat_activity WHERE datname = current_database() "
-                "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
+                "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL AND backend_type = 'client backend'"
             )
         )
         return [(int(pid), str(state)) for pid, state in found if pids is None or pid in pids]
