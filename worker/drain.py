@@ -14,7 +14,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import date
 
 from redis.asyncio import Redis
@@ -36,7 +36,7 @@ from shared.metrics import (
     STORAGE_ERRORS,
 )
 from shared.settings import Settings
-from worker.entries import FETCH_CHUNK, Entry, Fetched, RawEntry, describe, parts_by_bytes, release
+from worker.entries import Entry, Fetched, RawEntry, fetched_parts
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class Drain:
         over = [(entry_id, fields) for entry_id, fields in claimed if deliveries.get(entry_id, 0) > limit]
         if not over:
             return claimed
-        async for part in self._fetched_parts(over):
+        async for part in fetched_parts(self.redis, over, self.settings.drain_batch_bytes):
             for fetched in part:
                 error = f"delivered {deliveries[fetched.entry_id]} times (MAX_DELIVERIES={limit}): it may crash workers"
                 await self._dead_letter(fetched.entry_id, fetched.payload or b"", error, fetched.request_id)
@@ -205,48 +205,11 @@ class Drain:
         """
         stored = 0
         with collector_paused():
-            async for part in self._fetched_parts(raw):
+            async for part in fetched_parts(self.redis, raw, self.settings.drain_batch_bytes):
                 stored += await self._drain_part(part, redelivered)
         if self.on_loop is not None:  # progress: a drain working through a long reclaim is alive
             self.on_loop()
         return stored
-
-    async def _fetched_parts(self, raw: list[RawEntry]) -> AsyncIterator[list[Fetched]]:
-        """Yield the entries in parts of at most DRAIN_BATCH_BYTES of JSON, fetched one at a time.
-
-        Each part is fetched just before it is yielded and released when the caller asks for the next, so only one
-        part's JSON is held at a time.
-        """
-        for part in parts_by_bytes(await self._sized(raw), self.settings.drain_batch_bytes):
-            await self._fetch(part)
-            yield part
-            release(part)
-
-    async def _sized(self, raw: list[RawEntry]) -> list[Fetched]:
-        """Describe the entries (`_described`), asking Redis the size of JSON the entry does not declare (STRLEN).
-
-        The API declares each entry's size in the entry; entries written by an older API do not, and are measured
-        in one round trip, so that no part is fetched without knowing its size.
-        """
-        entries = describe(raw)
-        unknown = [(entry, entry.cache_key) for entry in entries if entry.size is None and entry.cache_key]
-        if unknown:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for _, key in unknown:
-                    pipe.strlen(key)
-                lengths = await pipe.execute(raise_on_error=False)
-            for (entry, _), length in zip(unknown, lengths, strict=True):
-                entry.size = length if isinstance(length, int) else 0  # not a string: MGET finds no JSON there
-        return entries
-
-    async def _fetch(self, part: list[Fetched]) -> None:
-        """Fetch the JSON of the entries that name a cache key: one MGET per FETCH_CHUNK keys."""
-        named = [(entry, entry.cache_key) for entry in part if entry.cache_key is not None]
-        for start in range(0, len(named), FETCH_CHUNK):
-            chunk = named[start : start + FETCH_CHUNK]
-            payloads = await self.redis.mget([key for _, key in chunk])
-            for (entry, _), payload in zip(chunk, payloads, strict=True):
-                entry.payload = payload
 
     async def _drain_part(self, part: list[Fetched], redelivered: bool) -> int:
         """Store some stream entries in one transaction, then ack them; return how many rows were new."""

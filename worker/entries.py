@@ -1,13 +1,15 @@
-"""What a stream entry says, and how a batch of entries is cut into parts the drain stores one at a time.
+"""What a stream entry says, and how a batch of entries is cut into parts and fetched, one part at a time.
 
 An entry names the cache key holding its request's JSON array (or, for dead letters replayed and older entries,
 carries the array inline), the request's id, and the array's size in bytes, so that a batch can be cut into parts of
 at most DRAIN_BATCH_BYTES before any JSON is fetched.
 """
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import date
+
+from redis.asyncio import Redis
 
 from shared import keys
 from shared.codec import NotificationDoc
@@ -75,3 +77,43 @@ def release(part: list[Fetched]) -> None:
     """Drop a part's JSON once it is stored, before the next part is fetched (the entries outlive the part)."""
     for entry in part:
         entry.payload = None
+
+
+async def fetched_parts(redis: Redis, raw: list[RawEntry], limit: int) -> AsyncIterator[list[Fetched]]:
+    """Yield the entries in parts of at most `limit` (DRAIN_BATCH_BYTES) bytes of JSON, fetched one at a time.
+
+    Each part is fetched just before it is yielded and released when the caller asks for the next, so only one
+    part's JSON is held at a time.
+    """
+    for part in parts_by_bytes(await _sized(redis, raw), limit):
+        await _fetch(redis, part)
+        yield part
+        release(part)
+
+
+async def _sized(redis: Redis, raw: list[RawEntry]) -> list[Fetched]:
+    """Describe the entries (`describe`), asking Redis the size of JSON the entry does not declare (STRLEN).
+
+    The API declares each entry's size in the entry; entries written by an older API do not, and are measured
+    in one round trip, so that no part is fetched without knowing its size.
+    """
+    entries = describe(raw)
+    unknown = [(entry, entry.cache_key) for entry in entries if entry.size is None and entry.cache_key]
+    if unknown:
+        async with redis.pipeline(transaction=False) as pipe:
+            for _, key in unknown:
+                pipe.strlen(key)
+            lengths = await pipe.execute(raise_on_error=False)
+        for (entry, _), length in zip(unknown, lengths, strict=True):
+            entry.size = length if isinstance(length, int) else 0  # not a string: MGET finds no JSON there
+    return entries
+
+
+async def _fetch(redis: Redis, part: list[Fetched]) -> None:
+    """Fetch the JSON of the entries that name a cache key: one MGET per FETCH_CHUNK keys."""
+    named = [(entry, entry.cache_key) for entry in part if entry.cache_key is not None]
+    for start in range(0, len(named), FETCH_CHUNK):
+        chunk = named[start : start + FETCH_CHUNK]
+        payloads = await redis.mget([key for _, key in chunk])
+        for (entry, _), payload in zip(chunk, payloads, strict=True):
+            entry.payload = payload
