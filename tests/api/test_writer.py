@@ -81,16 +81,23 @@ async def test_a_write_arriving_as_both_flushes_finish_still_goes_out(redis: Red
     gate = asyncio.get_running_loop().create_future()
     real_flush = writer._flush
 
+    at_gate = [asyncio.Event(), asyncio.Event()]  # set as the first and the second flush reach the gate
+    flushes = 0
+
     async def answered_together(**kwargs: object) -> object:
+        nonlocal flushes
         result = await real_flush(**kwargs)  # the real write, then wait to be released with the other flush
+        flushes += 1
+        if flushes <= len(at_gate):
+            at_gate[flushes - 1].set()
         await gate
         return result
 
     writer._flush = answered_together  # type: ignore[assignment]
     first = asyncio.create_task(writer.write(b"[1]", "notify:r:test:1"))
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(at_gate[0].wait(), 30)  # the first flush is in flight: the second write is not in it
     second = asyncio.create_task(writer.write(b"[2]", "notify:r:test:2"))
-    await asyncio.sleep(0.1)  # two flushes in flight, both waiting at the gate
+    await asyncio.wait_for(at_gate[1].wait(), 30)  # two flushes in flight, both waiting at the gate
 
     async def late() -> None:
         await gate  # resumes right after the two flushers, in the same iteration
@@ -100,7 +107,7 @@ async def test_a_write_arriving_as_both_flushes_finish_still_goes_out(redis: Red
     await asyncio.sleep(0)
     gate.set_result(None)
 
-    await asyncio.wait_for(asyncio.gather(first, second, third), 5)
+    await asyncio.wait_for(asyncio.gather(first, second, third), 30)
     await writer.close()
     assert await redis.xlen(keys.STREAM) == 3
 
@@ -120,35 +127,40 @@ async def test_a_redis_error_no_handler_maps_is_a_json_500_not_a_crash(client: h
 async def test_a_redis_that_stops_answering_fails_every_write_within_one_timeout_saying_what_is_known(
     redis: Redis, settings: Settings
 ) -> None:
-    slow = redis_client.connect(settings.model_copy(update={"redis_timeout_seconds": 0.5}))
+    # One timeout is 1.5 s and Redis stalls 12 s: one timeout for all the writes ends within 6 s (4.5 s of slack),
+    # one per flush would take 9 s or more even two at a time (12 flushes), all while Redis still does not answer.
+    slow = redis_client.connect(settings.model_copy(update={"redis_timeout_seconds": 1.5}))
+    # the stall's own client waits it out (the suite's `redis` gives up after 5 s)
+    sleeper = redis_client.connect(settings.model_copy(update={"redis_timeout_seconds": 60}))
     writer = RedisWriter(slow, max_backlog=100_000, max_requests_per_flush=50)
     await writer.write(b"[{}]", "notify:r:test:warm")  # a connection in the pool
-    async with redis_asleep(redis, 2):  # the reproduction: commands sent meanwhile run once it wakes
+    async with redis_asleep(sleeper, 12):  # the reproduction: commands sent meanwhile run once it wakes
         started = time.monotonic()
 
         results = await asyncio.gather(
             *(writer.write(b"[{}]", f"notify:r:test:{n}") for n in range(600)), return_exceptions=True
         )
         elapsed = time.monotonic() - started
-        fast_started = time.monotonic()
+        # refused at once: the write raises without ever suspending (nothing sent, no wait on Redis)
+        refusal = writer.write(b"[{}]", "notify:r:test:while-down")
         with pytest.raises(RedisUnresponsiveError):
-            await writer.write(b"[{}]", "notify:r:test:while-down")
-        refused_in = time.monotonic() - fast_started
+            refusal.send(None)
+    await sleeper.aclose()
 
     unknown = [n for n, result in enumerate(results) if isinstance(result, WriteOutcomeUnknownError)]
     not_queued = [n for n, result in enumerate(results) if isinstance(result, RedisUnresponsiveError)]
     assert len(unknown) + len(not_queued) == 600
     assert 1 <= len(unknown) <= 100  # the flushes that were sent (at most two of 50)
-    assert elapsed < 2.0  # one timeout for all of them, not one per flush of 50 (12 flushes: 6 s or more)
-    assert refused_in < 0.1
+    assert elapsed < 6.0  # one timeout for all of them, not one per flush of 50 (12 flushes: 9 s or more)
 
-    for _ in range(100):  # the writer finds Redis answering again by itself
-        await asyncio.sleep(0.1)
+    deadline = time.monotonic() + 60
+    while True:  # the writer finds Redis answering again by itself
         try:
             await writer.write(b"[{}]", "notify:r:test:after")
             break
         except RedisUnresponsiveError:
-            continue
+            assert time.monotonic() < deadline, "the writer did not find Redis answering again within 60 s"
+            await asyncio.sleep(0.1)
     await writer.close()
     await slow.aclose()
 
