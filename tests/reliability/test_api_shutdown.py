@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from devstack.embedded import free_port
 from shared import keys
-from tests.helpers import ROOT, Tenant
+from tests.helpers import ROOT, Tenant, wait_for
 
 
 async def test_sigterm_finishes_in_flight_requests_and_loses_no_201(
@@ -45,14 +45,21 @@ async def test_sigterm_finishes_in_flight_requests_and_loses_no_201(
 
     try:
         async with httpx.AsyncClient(timeout=10) as client:
-            for _ in range(100):
+
+            async def listening() -> bool:
                 try:
-                    if (await client.get(f"http://127.0.0.1:{port}/status/heartbeat")).status_code == 204:
-                        break
+                    return (await client.get(f"http://127.0.0.1:{port}/status/heartbeat")).status_code == 204
                 except httpx.TransportError:
-                    await asyncio.sleep(0.1)
+                    return False
+
+            async def loaded() -> bool:  # SIGTERM under load, however slowly the machine got there
+                if any(task.done() for task in producers):  # a producer stopped early: its status says why
+                    return True
+                return len(accepted) >= 50 * 20
+
+            await wait_for(listening, 120)
             producers = [asyncio.create_task(producer(client)) for _ in range(20)]
-            await asyncio.sleep(1.5)
+            await wait_for(loaded, 60)
             server.send_signal(signal.SIGTERM)
             started = time.monotonic()
             await asyncio.gather(*producers)
