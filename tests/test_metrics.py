@@ -1,6 +1,5 @@
 """Prometheus metrics: the named series exist and move when notifications flow (API and worker)."""
 
-import asyncio
 import re
 from pathlib import Path
 
@@ -57,9 +56,18 @@ async def test_worker_serves_its_metrics(
             return await count_rows(engine) >= 5  # type: ignore[arg-type]
 
         await wait_for(stored)
-        await asyncio.sleep(1.2)  # the backlog gauges are refreshed once a second
-        async with httpx.AsyncClient() as http:
-            exposition = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+        exposition = ""
+
+        async def refreshed() -> bool:  # the backlog gauges are refreshed once a second: until they show the drain
+            nonlocal exposition
+            async with httpx.AsyncClient() as http:
+                exposition = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+            return (
+                sample(exposition, "notify_rows_stored_total") == 5
+                and sample(exposition, "notify_backlog_entries") == 0
+            )
+
+        await wait_for(refreshed, 60)
         assert sample(exposition, "notify_rows_stored_total") == 5
         assert sample(exposition, "notify_backlog_entries") == 0
         assert "notify_oldest_pending_age_seconds" in exposition
