@@ -126,7 +126,8 @@ async def test_tokens_come_back_at_the_limits_rate(
     await _limit(engine, redis, tenant, 600)  # 10 per second
     emptied_at_the_latest = time.monotonic()  # the bucket is empty once the 600 are taken, after this
     assert (await client.post(f"{BASE}/multiple", json=_items(600))).status_code == 201
-    refused = await client.post(f"{BASE}/", json=BRIEF_EXAMPLE)
+    # 9 tokens take 0.9 s to come back: refused however slowly this request follows, and told to retry in 1 s
+    refused = await client.post(f"{BASE}/multiple", json=_items(9))
     assert refused.status_code == 429
     assert refused.headers["retry-after"] == "1"
 
